@@ -1,0 +1,130 @@
+"""Adapt a causal LM at test time with ZeroSiam (or Tent, COME, none) on unlabeled GSM8K prompts.
+
+Usage:
+
+    # the embedded default (SmolLM2-135M-Instruct), online protocol, a 64-problem subset on the CPU
+    accelerate launch scripts/adapt.py --model llama --max_samples 64 --output_dir outputs/zerosiam
+
+    # a YAML config with command-line overrides
+    accelerate launch scripts/adapt.py --config configs/adapt.yaml --method tent --learning_rate 1e-4
+
+    # offline: adapt for 20 steps, save the adapter, then evaluate it as a separate run
+    accelerate launch scripts/adapt.py --model llama --protocol offline --max_steps 20 --output_dir outputs/offline
+    python scripts/evaluate.py --model llama --adapter outputs/offline
+
+    # two CPU processes
+    accelerate launch --cpu --num_processes 2 scripts/adapt.py --model llama --max_samples 64
+
+The output folder holds the LoRA adapter (with the predictor), `run.json` (config, data identity, versions,
+timings, online accuracy and the logged diagnostics) and `predictions.jsonl` (each online answer, scored).
+"""
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+from accelerate import PartialState
+from transformers import set_seed
+
+from zerosiam_hf.cli import exits_cleanly, parse_args
+from zerosiam_hf.config import ZeroSiamConfig
+from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+from zerosiam_hf.records import (
+    RUN_FILE,
+    check_output_dir,
+    config_dict,
+    make_staging,
+    publish,
+    staging_path,
+    versions,
+    write_json,
+    write_jsonl,
+)
+from zerosiam_hf.trainer import ZeroSiamTrainer
+
+
+logger = logging.getLogger("zerosiam_hf")
+
+
+@dataclass
+class AdaptArguments:
+    """Options of this script beyond the model, the data and the adaptation config."""
+
+    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    """Run one adaptation and return its run record."""
+    # ------------------------------------------------------------------------------------------------ arguments
+    model_args, data_args, script_args, args = parse_args(
+        (ModelArguments, DataArguments, AdaptArguments, ZeroSiamConfig), argv
+    )
+    state = PartialState()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if state.is_main_process else logging.WARNING,
+    )
+    set_seed(args.seed)
+    config = config_dict(model_args, data_args, script_args, args)
+    final_dir = args.output_dir
+    check_output_dir(final_dir, config, script_args.overwrite)
+
+    # ------------------------------------------------------------------------------------------------ data
+    problems, data_identity = load_problems(data_args)
+    logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
+
+    # ------------------------------------------------------------------------------------------------ model
+    with state.main_process_first():  # the embedded model is converted once, by the first process
+        model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+        prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    gold = gold_numbers(problems) if args.protocol == "online" else None
+
+    # ------------------------------------------------------------------------------------------------ trainer
+    if state.is_main_process:
+        make_staging(final_dir)
+    state.wait_for_everyone()
+    args.output_dir = str(staging_path(final_dir))
+    trainer = ZeroSiamTrainer(model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold)
+
+    # ------------------------------------------------------------------------------------------------ adapt
+    start = time.perf_counter()
+    train_output = trainer.train()
+    adapt_seconds = time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------------ save
+    trainer.save_model(args.output_dir)
+    online, records = trainer.online_results() if args.protocol == "online" else (None, [])
+    record = {
+        "config": config,
+        "command": sys.argv,
+        "model": model_spec,
+        "data": data_identity,
+        "versions": versions(),
+        "num_processes": state.num_processes,
+        "results": {"online": online, "steps": train_output.global_step, "train_metrics": train_output.metrics},
+        "timings": {"adapt_seconds": adapt_seconds},
+        "log_history": trainer.state.log_history,
+    }
+    if state.is_main_process:
+        if records:
+            write_jsonl(trainer.args.output_dir + "/predictions.jsonl", records)
+        write_json(trainer.args.output_dir + "/" + RUN_FILE, record)
+        publish(staging_path(final_dir), final_dir)
+        if online:
+            print(
+                f"online accuracy over {online['n']} answers: strict {online['accuracy_strict']:.2f}%, "
+                f"flexible {online['accuracy_flexible']:.2f}% ({args.method}, {adapt_seconds:.0f} s)"
+            )
+        print(
+            f"adapter and run record in {final_dir}; evaluate with: python scripts/evaluate.py "
+            f"--model {model_args.model} --adapter {final_dir}"
+        )
+    state.wait_for_everyone()
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""GSM8K accuracy of a base model and, given an adapter saved by adapt.py, of the adapted model.
+
+Usage:
+
+    # base and adapted model on the same 64 problems, greedy, strict and flexible scoring
+    python scripts/evaluate.py --model llama --adapter outputs/offline --max_samples 64
+
+    # the base model alone on the full test split (GPU)
+    python scripts/evaluate.py --model llama --batch_size 512 --output_dir outputs/eval-base
+
+The output folder holds `eval.json` (accuracies, n, timings, config, data identity, versions) and one
+`predictions-<variant>.jsonl` per evaluated variant.
+"""
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zerosiam_hf.cli import exits_cleanly, parse_args
+from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.generation import generate_completions
+from zerosiam_hf.modeling import ModelArguments, load_adapted_model, load_model_and_tokenizer
+from zerosiam_hf.records import check_output_dir, config_dict, make_staging, publish, versions, write_json, write_jsonl
+from zerosiam_hf.scoring import accuracy, score_answer
+
+
+logger = logging.getLogger("zerosiam_hf")
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate and how to generate."""
+
+    adapter: str | None = field(default=None, metadata={"help": "Output folder of adapt.py to evaluate."})
+    skip_base: bool = field(default=False, metadata={"help": "With --adapter, do not evaluate the base model too."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to this many tokens (left)."})
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.adapter is None and self.skip_base:
+            raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
+
+
+def evaluate_variant(model, tokenizer, prompts, gold: dict, args: EvalArguments) -> tuple[dict, list[dict]]:
+    """Answer every prompt greedily and score it; return the accuracy summary and the scored records."""
+    start = time.perf_counter()
+    completions = generate_completions(
+        model,
+        tokenizer,
+        prompts["prompt_ids"],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        show_progress=True,
+    )
+    seconds = time.perf_counter() - start
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    records = []
+    for index, text, ids in zip(prompts["index"], texts, completions):
+        records.append({"index": index, "completion": text, "tokens": len(ids), **score_answer(text, gold[index])})
+    return {**accuracy(records), "generate_seconds": seconds}, records
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate the base and/or adapted model and return the evaluation record."""
+    # ------------------------------------------------------------------------------------------------ arguments
+    model_args, data_args, args = parse_args((ModelArguments, DataArguments, EvalArguments), argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"--adapter {args.adapter}: no adapter_config.json there; give the output_dir of adapt.py.")
+    output_dir = args.output_dir or (
+        f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
+    )
+    config = config_dict(model_args, data_args, args)
+    check_output_dir(output_dir, config, args.overwrite, record_file="eval.json")
+
+    # ------------------------------------------------------------------------------------------------ data
+    problems, data_identity = load_problems(data_args)
+
+    # ------------------------------------------------------------------------------------------------ model
+    model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+    if torch.cuda.is_available() and not model_args.load_in_4bit:
+        model.to("cuda")
+    prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    gold = gold_numbers(problems)
+
+    # ------------------------------------------------------------------------------------------------ evaluate
+    staging = make_staging(output_dir)
+    results = {}
+    if args.adapter is None or not args.skip_base:
+        results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, args)
+        write_jsonl(staging / "predictions-base.jsonl", records)
+    if args.adapter is not None:
+        # The base pass is done: wrapping the same weights with the adapter costs no second load.
+        model = load_adapted_model(model, args.adapter)
+        results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, args)
+        write_jsonl(staging / "predictions-adapted.jsonl", records)
+
+    # ------------------------------------------------------------------------------------------------ save
+    record = {
+        "config": config,
+        "command": sys.argv,
+        "model": model_spec,
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
+        "data": data_identity,
+        "versions": versions(),
+        "results": results,
+    }
+    write_json(staging / "eval.json", record)
+    publish(staging, output_dir)
+    for variant, summary in results.items():
+        print(
+            f"{variant}: strict {summary['accuracy_strict']:.2f}%, flexible {summary['accuracy_flexible']:.2f}% "
+            f"over {summary['n']} problems ({summary['generate_seconds']:.0f} s)"
+        )
+    print(f"results in {output_dir}/eval.json")
+    return record
+
+
+if __name__ == "__main__":
+    main()

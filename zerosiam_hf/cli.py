@@ -1,0 +1,57 @@
+"""Command-line plumbing shared by the scripts: YAML configs with flag overrides, and one-line errors."""
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for; the scripts print it as one line and exit with status 2."""
+
+
+def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """Parse dataclasses from `--config file.yaml` (flat keys) overridden by command-line flags."""
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML file of defaults; command-line flags override it.")
+    argv = sys.argv[1:] if argv is None else argv
+    config_path = parser.parse_known_args(argv)[0].config
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise UsageError(f"--config {config_path}: no such file.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UsageError(f"--config {config_path}: not valid YAML ({error.__class__.__name__}).") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"--config {config_path}: expected a mapping of option names to values.")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"--config {config_path}: unknown option(s) {', '.join(unknown)}; see --help.")
+        parser.set_defaults(**values)
+    # The trailing namespace holds `--config` itself.
+    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+def exits_cleanly(main):
+    """Turn the errors a user can fix into one line on stderr and exit status 2, instead of a traceback.
+
+    Set ZEROSIAM_DEBUG=1 to get the traceback back.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (ValueError, FileNotFoundError, PermissionError) as error:
+            if os.environ.get("ZEROSIAM_DEBUG"):
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,163 @@
+"""GSM8K-style data through `datasets`: sources, validation, identity, and the prompts the model sees."""
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets import Dataset
+
+from .scoring import parse_gold
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# The alias `gsm8k` prefers a local copy of the official files (offline machines), then the hub.
+HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main")}
+DEFAULT_INSTRUCTION = 'Solve the problem step by step, then give the final answer on its own line as "#### <number>".'
+
+
+@dataclass
+class DataArguments:
+    """Which unlabeled test prompts to use and how to present them."""
+
+    dataset: str = field(
+        default="gsm8k",
+        metadata={
+            "help": "`gsm8k` (a local copy under $ZEROSIAM_DATA_DIR or ../shared/data, else openai/gsm8k on the "
+            "hub), a hub id, a folder with <split>.jsonl, or a .jsonl/.json/.parquet/.csv file with `question` "
+            "and `answer` columns."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    split: str = field(default="test", metadata={"help": "Split to adapt and evaluate on."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (a fixed subset)."})
+    instruction: str = field(
+        default=DEFAULT_INSTRUCTION, metadata={"help": "Text appended to each question in the user message."}
+    )
+
+    def __post_init__(self):
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"--max_samples must be a positive integer, got {self.max_samples}.")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_gsm8k_dirs() -> list[Path]:
+    candidates = [REPO_ROOT.parent / "shared" / "data" / "gsm8k"]
+    if os.environ.get("ZEROSIAM_DATA_DIR"):
+        candidates.insert(0, Path(os.environ["ZEROSIAM_DATA_DIR"]) / "gsm8k")
+    return candidates
+
+
+def _find_file(source: str, split: str) -> Path | None:
+    """The local file behind `source`, or None when `source` names a hub dataset."""
+    path = Path(source)
+    if source in HUB_DATASETS:
+        for folder in _local_gsm8k_dirs():
+            if (folder / f"{split}.jsonl").is_file():
+                return folder / f"{split}.jsonl"
+        return None
+    if path.is_dir():
+        matches = [path / f"{split}{suffix}" for suffix in FILE_BUILDERS if (path / f"{split}{suffix}").is_file()]
+        if not matches:
+            raise ValueError(f"--dataset {source}: no {split}.jsonl/.json/.parquet/.csv in that folder.")
+        return matches[0]
+    if path.suffix in FILE_BUILDERS:
+        if not path.is_file():
+            raise ValueError(f"--dataset {source}: no such file; check the path.")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"--dataset {source}: the file is not readable; check its permissions.")
+        return path
+    if source.count("/") == 1:
+        return None
+    raise ValueError(
+        f"--dataset {source!r} is neither a file (.jsonl, .json, .parquet, .csv), a folder, `gsm8k` nor a hub id."
+    )
+
+
+def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
+    """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity."""
+    file = _find_file(args.dataset, args.split)
+    if file is not None:
+        try:
+            dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix], data_files=str(file), split="train")
+        except Exception as error:  # datasets raises many types for a malformed file
+            raise ValueError(
+                f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
+            ) from error
+        identity = {"source": "file", "path": str(file.resolve()), "sha256": _sha256(file)}
+    else:
+        hub_id, config = HUB_DATASETS.get(args.dataset, (args.dataset, args.dataset_config))
+        try:
+            dataset = datasets.load_dataset(hub_id, config, split=args.split)
+        except Exception as error:
+            raise ValueError(
+                f"--dataset {args.dataset}: could not load {hub_id} from the hub ({type(error).__name__}); "
+                "without hub access give a local file, e.g. --dataset ../shared/data/gsm8k/test.jsonl."
+            ) from error
+        identity = {"source": "hub", "id": hub_id, "config": config, "fingerprint": dataset._fingerprint}
+        identity["revision"] = _hub_revision(hub_id)
+    identity["split"] = args.split
+    missing = {"question", "answer"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(
+            f"--dataset {args.dataset}: rows lack the column(s) {', '.join(sorted(missing))}; "
+            "each row needs `question` and `answer` (gold after '#### ')."
+        )
+    identity["rows"] = len(dataset)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"--dataset {args.dataset}: the {args.split} split is empty; give a file with problems.")
+    for i, answer in enumerate(dataset["answer"]):
+        try:
+            parse_gold(str(answer))
+        except ValueError as error:
+            raise ValueError(f"--dataset {args.dataset}: row {i}: {error}.") from None
+    identity["selected"] = len(dataset)
+    dataset = dataset.select_columns(["question", "answer"]).add_column("index", list(range(len(dataset))))
+    return dataset, identity
+
+
+def _hub_revision(hub_id: str) -> str | None:
+    """The commit of a hub dataset, when the hub answers."""
+    try:
+        from huggingface_hub import dataset_info
+
+        return dataset_info(hub_id).sha
+    except Exception:  # offline or private: the fingerprint still identifies the data
+        return None
+
+
+def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_length: int) -> Dataset:
+    """Tokenize each question once into `prompt_ids` (chat template where the tokenizer has one).
+
+    The result holds `index` and `prompt_ids` only: the gold answers are dropped here, so that nothing
+    downstream of this function (adaptation included) can feed them to the model.
+    """
+    has_template = tokenizer.chat_template is not None
+
+    def encode(row):
+        text = f"{row['question']}\n\n{instruction}" if instruction else row["question"]
+        if has_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        else:
+            ids = tokenizer(text + "\n")["input_ids"]
+        # Cutting from the left keeps the end of the question and the generation prompt.
+        return {"prompt_ids": list(ids)[-max_prompt_length:]}
+
+    return dataset.map(encode, remove_columns=["question", "answer"], desc="Tokenizing prompts")
+
+
+def gold_numbers(dataset: Dataset) -> dict:
+    """Gold numbers by row index, for scoring only."""
+    return {index: parse_gold(str(answer)) for index, answer in zip(dataset["index"], dataset["answer"])}

