@@ -1,0 +1,325 @@
+"""Benchmarks of the adaptation step's costs. Stage "loss head": lm_head + loss, forward and backward, naive
+(`chunk_size=0`, full logits and autograd) against chunked, for Tent, ZeroSiam and COME on the same tokens.
+
+Peak extra memory is measured on each variant's first call: on a GPU, the rise of `torch.cuda.max_memory_allocated`
+above the memory allocated once the inputs exist; on CPU, where each variant runs in a fresh child process, its peak
+resident set size (`ru_maxrss`) minus its resident size once the inputs exist. Times are medians of repeated calls,
+the variants taking turns on the same inputs: wall time, and on CPU also the process's CPU time, the figure to read
+where other processes share the cores. The table ends with the ratios the project's goals are stated in.
+
+Usage (from the repository root, with the package installed, `pip install -e .`):
+
+    # CPU: the embedded model's head (d 576, vocab 49152) on 512 tokens, chunks of 128
+    python scripts/benchmark.py --output_json benchmarks/loss_head.json
+
+    # GPU: the embedded model's head on 16384 tokens and a Llama-3.1-8B head (8192 x 4096 x 128256), bf16
+    python scripts/benchmark.py --output_json benchmarks/loss_head_gpu.json
+
+    # one shape, some methods, several repeats
+    python scripts/benchmark.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
+"""
+
+import concurrent.futures
+import dataclasses
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser
+
+from zerosiam_hf.losses import METHODS, head_loss
+
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_HEAD = {"hidden": 576, "vocab": 49152}  # SmolLM2-135M-Instruct, the project's embedded model
+GPU_SHAPES = [(16384, 576, 49152), (8192, 4096, 128256)]  # (tokens, hidden, vocab); the second is Llama-3.1-8B's
+CPU_TOKENS, CPU_CHUNK, GPU_CHUNK = 512, 128, 1024
+# (name, numerator, denominator, goal): numerator and denominator are (method, implementation, measure); cpu_ms, the
+# process's CPU time, is measured on CPU only, where other processes sharing the cores inflate the wall time
+RATIOS = [
+    (
+        "wall time zerosiam chunked / tent chunked",
+        ("zerosiam", "chunked", "time_ms"),
+        ("tent", "chunked", "time_ms"),
+        1.3,
+    ),
+    (
+        "CPU time zerosiam chunked / tent chunked",
+        ("zerosiam", "chunked", "cpu_ms"),
+        ("tent", "chunked", "cpu_ms"),
+        1.3,
+    ),
+    ("peak zerosiam chunked / tent naive", ("zerosiam", "chunked", "peak_mib"), ("tent", "naive", "peak_mib"), 0.3),
+    ("wall time zerosiam naive / tent naive", ("zerosiam", "naive", "time_ms"), ("tent", "naive", "time_ms"), None),
+    ("peak zerosiam naive / tent naive", ("zerosiam", "naive", "peak_mib"), ("tent", "naive", "peak_mib"), None),
+    ("wall time tent chunked / tent naive", ("tent", "chunked", "time_ms"), ("tent", "naive", "time_ms"), None),
+]
+
+
+@dataclass
+class BenchmarkArguments:
+    """Arguments of scripts/benchmark.py."""
+
+    tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Selected positions N. Default: {CPU_TOKENS} on CPU; on a GPU, with no shape given, two shapes: "
+            "16384 tokens with d 576 and V 49152, and 8192 tokens with d 4096 and V 128256."
+        },
+    )
+    hidden: int | None = field(default=None, metadata={"help": "Hidden size d (default 576, the embedded model's)."})
+    vocab: int | None = field(
+        default=None, metadata={"help": "Vocabulary size V (default 49152, the embedded model's)."}
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["tent", "zerosiam", "come"], metadata={"help": "Methods to time."}
+    )
+    chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Positions per chunk of the chunked variants. Default: {GPU_CHUNK} (head_loss's default) on a "
+            f"GPU, {CPU_CHUNK} on CPU (4 chunks of the default {CPU_TOKENS} tokens; smaller chunks pay per-op "
+            "overhead there)."
+        },
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Input dtype: auto (bfloat16 on GPU, float32 on CPU) or a name."}
+    )
+    warmup: int = field(default=1, metadata={"help": "Untimed calls of each variant before the timed ones."})
+    repeats: int = field(default=5, metadata={"help": "Timed calls of each variant; the table reports their median."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random inputs."})
+    threads: int | None = field(default=None, metadata={"help": "CPU intra-op threads (default: torch's choice)."})
+    output_json: str = field(default="benchmarks/loss_head.json", metadata={"help": "Where to write the results."})
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"--methods takes {', '.join(METHODS)}; got {unknown}.")
+        for name in ("tokens", "hidden", "vocab", "chunk_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1; got {value}.")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"--warmup must be >= 0 and --repeats >= 1; got {self.warmup} and {self.repeats}.")
+        if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
+
+
+def resident_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def make_inputs(setting: dict) -> dict:
+    """Random hidden states [1, N, d], head [V, d], all-true mask and a near-identity predictor [d, d]."""
+    device, tokens, hidden = setting["device"], setting["tokens"], setting["hidden"]
+    kwargs = {"device": device, "dtype": getattr(torch, setting["dtype"])}
+    torch.manual_seed(setting["seed"])
+    # logits of standard deviation ~2, in the range of a trained LM's
+    weight = torch.randn(setting["vocab"], hidden, **kwargs).mul_(2 / hidden**0.5)
+    predictor = torch.eye(hidden, **kwargs).add_(torch.randn(hidden, hidden, **kwargs), alpha=0.01)
+    return {
+        "hidden": torch.randn(1, tokens, hidden, **kwargs).requires_grad_(),
+        "lm_head_weight": weight,
+        "mask": torch.ones(1, tokens, dtype=torch.bool, device=device),
+        "predictor_weight": predictor.requires_grad_(),
+    }
+
+
+def loss_head_step(inputs: dict, method: str, chunk_size: int) -> None:
+    """One forward and backward of the loss head, synchronized on a GPU."""
+    inputs["hidden"].grad = inputs["predictor_weight"].grad = None
+    predictor = inputs["predictor_weight"] if method == "zerosiam" else None
+    loss = head_loss(
+        method,
+        inputs["hidden"],
+        inputs["lm_head_weight"],
+        inputs["mask"],
+        predictor_weight=predictor,
+        chunk_size=chunk_size,
+    ).loss
+    loss.backward()
+    if inputs["hidden"].is_cuda:
+        torch.cuda.synchronize()
+
+
+def measure_peak(setting: dict, method: str, chunk_size: int) -> dict:
+    """Peak extra memory (MiB) of one call above the memory held once the inputs exist."""
+    if setting["threads"]:
+        torch.set_num_threads(setting["threads"])
+    # a tiny call first, so that one-time library set-up (thread pools, BLAS buffers) is not counted as the head's
+    tiny = {**setting, "tokens": 2, "hidden": 8, "vocab": 16}
+    loss_head_step(make_inputs(tiny), method, chunk_size)
+    inputs = make_inputs(setting)
+    if setting["device"].startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss_head_step(inputs, method, chunk_size)
+        return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    gc.collect()
+    base = resident_bytes()
+    # ru_maxrss is a high-water mark: a mark already above `base` would hide a smaller peak of the call
+    slack = max(peak_resident_bytes() - base, 0)
+    loss_head_step(inputs, method, chunk_size)
+    return {"peak_mib": (peak_resident_bytes() - base) / 2**20, "rss_high_water_above_base_mib": slack / 2**20}
+
+
+def measure_peak_in_child(setting: dict, method: str, chunk_size: int) -> dict:
+    """measure_peak in a fresh spawned process, so that the peak RSS is this variant's alone."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure_peak, setting, method, chunk_size).result()
+
+
+def time_round_robin(setting: dict, variants: list[tuple[str, int]], warmup: int, repeats: int) -> list[dict]:
+    """Median wall (and on CPU, process CPU) time in ms of each variant's `repeats` calls, the variants taking turns.
+
+    Taking turns, rather than timing one variant after another, lets a shared CPU's changing load slow every variant
+    alike, so that their ratios hold even when the absolute times drift.
+    """
+    inputs = make_inputs(setting)
+    for method, chunk_size in variants:
+        for _ in range(warmup):
+            loss_head_step(inputs, method, chunk_size)
+    wall, cpu = [[] for _ in variants], [[] for _ in variants]
+    for _ in range(repeats):
+        for i, (method, chunk_size) in enumerate(variants):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            loss_head_step(inputs, method, chunk_size)
+            wall[i].append(1e3 * (time.perf_counter() - start))
+            cpu[i].append(1e3 * (time.process_time() - start_cpu))
+    timings = [{"time_ms": statistics.median(w), "times_ms": w} for w in wall]
+    if not inputs["hidden"].is_cuda:
+        for timing, c in zip(timings, cpu):
+            timing.update(cpu_ms=statistics.median(c), cpu_times_ms=c)
+    return timings
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """The RATIOS that the measured variants allow, with their goals."""
+    table = {(r["method"], r["implementation"]): r for r in results}
+    rows = []
+    for name, (method_a, impl_a, key_a), (method_b, impl_b, key_b), goal in RATIOS:
+        if key_a in table.get((method_a, impl_a), {}) and key_b in table.get((method_b, impl_b), {}):
+            value = table[method_a, impl_a][key_a] / table[method_b, impl_b][key_b]
+            rows.append({"ratio": name, "value": value, "goal": goal, "met": None if goal is None else value <= goal})
+    return rows
+
+
+def format_table(shape: dict) -> str:
+    """Markdown table of one shape's variants and ratios."""
+    lines = [
+        f"tokens {shape['tokens']}, hidden {shape['hidden']}, vocab {shape['vocab']}, {shape['dtype']}",
+        "",
+        "| method | implementation | chunk | median wall ms | median CPU ms | peak extra MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in shape["results"]:
+        chunk, cpu = r["chunk_size"] or "-", f"{r['cpu_ms']:.0f}" if "cpu_ms" in r else "-"
+        lines.append(
+            f"| {r['method']} | {r['implementation']} | {chunk} | {r['time_ms']:.0f} | {cpu} | {r['peak_mib']:.0f} |"
+        )
+    lines += ["", "| ratio | value | goal |", "|---|---|---|"]
+    for r in shape["ratios"]:
+        goal = "-" if r["goal"] is None else f"<= {r['goal']} ({'met' if r['met'] else 'not met'})"
+        lines.append(f"| {r['ratio']} | {r['value']:.2f} | {goal} |")
+    if any("cpu_ms" in r for r in shape["results"]):
+        lines += ["", "On a CPU shared with other processes the wall time includes waiting for a core: read CPU time."]
+    return "\n".join(lines)
+
+
+def machine_info(device: str) -> dict:
+    """Versions and hardware, with the CPU load at the start (the CPU may be shared)."""
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    info = {
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0],
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def benchmark_loss_head(args: BenchmarkArguments, device: str, dtype: str) -> list[dict]:
+    """Time and measure every (method, naive | chunked) variant at each shape."""
+    cuda = device.startswith("cuda")
+    if args.tokens is None and args.hidden is None and args.vocab is None and cuda:
+        shapes = GPU_SHAPES
+    else:
+        shapes = [
+            (
+                args.tokens or (GPU_SHAPES[0][0] if cuda else CPU_TOKENS),
+                args.hidden or EMBEDDED_HEAD["hidden"],
+                args.vocab or EMBEDDED_HEAD["vocab"],
+            )
+        ]
+    chunk_size = args.chunk_size or (GPU_CHUNK if cuda else CPU_CHUNK)
+    variants = [(method, size) for method in args.methods for size in (0, chunk_size)]
+    report = []
+    for tokens, hidden, vocab in shapes:
+        shape = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "dtype": dtype}
+        setting = {**shape, "device": device, "seed": args.seed, "threads": args.threads}
+        results = []
+        for method, size in variants:
+            measure = measure_peak if cuda else measure_peak_in_child
+            result = {"method": method, "implementation": "chunked" if size else "naive", "chunk_size": size}
+            result.update(measure(setting, method, size))
+            if cuda:
+                torch.cuda.empty_cache()
+            logger.info("memory: %s", result)
+            results.append(result)
+        for result, timing in zip(results, time_round_robin(setting, variants, args.warmup, args.repeats)):
+            result.update(timing)
+        shape.update(results=results, ratios=ratios(results))
+        print(format_table(shape) + "\n", flush=True)
+        report.append(shape)
+    return report
+
+
+def main() -> None:
+    """Parse the arguments and run the benchmark stages."""
+    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
+
+    # ------------------------------------------------------------------ setup
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {"args": dataclasses.asdict(args), "machine": machine_info(device)}
+    logger.info("machine: %s", report["machine"])
+
+    # ------------------------------------------------------------------ loss head
+    report["loss_head"] = benchmark_loss_head(args, device, dtype)
+
+    # ------------------------------------------------------------------ save
+    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
+    with open(args.output_json, "w") as f:
+        json.dump(report, f, indent=2)
+    logger.info("wrote %s", args.output_json)
+
+
+if __name__ == "__main__":
+    main()
