@@ -15,6 +15,9 @@ Usage (from the repository root, with the package installed, `pip install -e .`)
     # GPU: the embedded model's head on 16384 tokens and a Llama-3.1-8B head (8192 x 4096 x 128256), bf16
     python scripts/benchmark.py --output_json benchmarks/loss_head_gpu.json
 
+    # the online loop: none / tent / zerosiam against plain evaluation, same prompts and batch size
+    python scripts/benchmark.py --stages online --online_prompts 32 --output_json benchmarks/online.json
+
     # one shape, some methods, several repeats
     python scripts/benchmark.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
 """
@@ -99,6 +102,16 @@ class BenchmarkArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the random inputs."})
     threads: int | None = field(default=None, metadata={"help": "CPU intra-op threads (default: torch's choice)."})
     output_json: str = field(default="benchmarks/loss_head.json", metadata={"help": "Where to write the results."})
+    stages: list[str] = field(
+        default_factory=lambda: ["loss_head"],
+        metadata={"help": "Stages to run: loss_head, online (the online loop against plain evaluation)."},
+    )
+    online_model: str = field(default="llama", metadata={"help": "Model of the online stage (alias, id or folder)."})
+    online_dataset: str = field(default="gsm8k", metadata={"help": "Prompts of the online stage."})
+    online_prompts: int = field(default=32, metadata={"help": "Prompts answered by each online variant."})
+    online_batch_size: int = field(default=16, metadata={"help": "Prompts per batch, for all online variants."})
+    online_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per answer."})
+    online_rounds: int = field(default=1, metadata={"help": "Rounds of the online variants, taking turns."})
 
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -110,6 +123,9 @@ class BenchmarkArguments:
                 raise ValueError(f"--{name} must be >= 1; got {value}.")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1; got {self.warmup} and {self.repeats}.")
+        unknown_stages = sorted(set(self.stages) - {"loss_head", "online"})
+        if unknown_stages:
+            raise ValueError(f"--stages takes loss_head and online; got {unknown_stages}.")
         if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
@@ -298,6 +314,80 @@ def benchmark_loss_head(args: BenchmarkArguments, device: str, dtype: str) -> li
     return report
 
 
+def benchmark_online(args: BenchmarkArguments, device: str) -> dict:
+    """Wall time of the online protocol (none, tent, zerosiam) against plain evaluation on the same prompts.
+
+    Every variant loads the model afresh and answers the same prompts at the same batch size; `evaluate` is
+    `generate_completions` on the base model, the others are `ZeroSiamTrainer.train()` with one update per batch
+    (none: no update). Generated lengths differ once a model adapts, so they are reported beside the times.
+    """
+    import tempfile
+
+    from zerosiam_hf.config import ZeroSiamConfig
+    from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+    from zerosiam_hf.generation import generate_completions
+    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+    from zerosiam_hf.trainer import ZeroSiamTrainer
+
+    data_args = DataArguments(dataset=args.online_dataset, max_samples=args.online_prompts)
+    problems, identity = load_problems(data_args)
+    gold = gold_numbers(problems)
+    times: dict[str, list[float]] = {}
+    tokens: dict[str, list[float]] = {}
+    for _ in range(args.online_rounds):
+        for variant in ("evaluate", "none", "tent", "zerosiam"):
+            model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=args.online_model))
+            model.to(device)
+            prompts = build_prompts(problems, tokenizer, data_args.instruction, max_prompt_length=512)
+            with tempfile.TemporaryDirectory() as tmp:
+                if variant == "evaluate":
+                    start = time.perf_counter()
+                    completions = generate_completions(
+                        model,
+                        tokenizer,
+                        prompts["prompt_ids"],
+                        max_new_tokens=args.online_max_new_tokens,
+                        batch_size=args.online_batch_size,
+                    )
+                    seconds = time.perf_counter() - start
+                    lengths = [len(c) for c in completions]
+                else:
+                    config = ZeroSiamConfig(
+                        output_dir=tmp,
+                        method=variant,
+                        per_device_train_batch_size=args.online_batch_size,
+                        max_new_tokens=args.online_max_new_tokens,
+                        report_to="none",
+                        disable_tqdm=True,
+                        seed=args.seed,
+                        use_cpu=device == "cpu",
+                    )
+                    trainer = ZeroSiamTrainer(model, config, prompts, tokenizer, gold=gold)
+                    start = time.perf_counter()
+                    trainer.train()
+                    seconds = time.perf_counter() - start
+                    lengths = [r["tokens"] for r in trainer.online_records.values()]
+            times.setdefault(variant, []).append(seconds)
+            tokens.setdefault(variant, []).append(statistics.fmean(lengths))
+            logger.info("online %s: %.1f s, %.1f tokens per answer", variant, seconds, tokens[variant][-1])
+    rows = [
+        {"variant": v, "seconds": statistics.median(times[v]), "answer_tokens": statistics.fmean(tokens[v])}
+        for v in times
+    ]
+    base = times["evaluate"]
+    for row in rows:
+        row["ratio_to_evaluate"] = row["seconds"] / statistics.median(base)
+    lines = ["| variant | wall s | tokens per answer | / evaluate |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['variant']} | {r['seconds']:.1f} | {r['answer_tokens']:.1f} | {r['ratio_to_evaluate']:.2f} |"
+        for r in rows
+    ]
+    print("\n".join(lines) + "\n", flush=True)
+    settings = {k: getattr(args, k) for k in ("online_model", "online_prompts", "online_batch_size")}
+    settings["online_max_new_tokens"] = args.online_max_new_tokens
+    return {"settings": settings, "data": identity, "rows": rows, "goal": "zerosiam / evaluate <= 1.5"}
+
+
 def main() -> None:
     """Parse the arguments and run the benchmark stages."""
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
@@ -312,7 +402,12 @@ def main() -> None:
     logger.info("machine: %s", report["machine"])
 
     # ------------------------------------------------------------------ loss head
-    report["loss_head"] = benchmark_loss_head(args, device, dtype)
+    if "loss_head" in args.stages:
+        report["loss_head"] = benchmark_loss_head(args, device, dtype)
+
+    # ------------------------------------------------------------------ online loop
+    if "online" in args.stages:
+        report["online"] = benchmark_online(args, device)
 
     # ------------------------------------------------------------------ save
     os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
