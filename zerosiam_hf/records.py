@@ -70,6 +70,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def matching_record(output_dir: str, config: dict, record_file: str = RUN_FILE) -> dict | None:
+    """The record of a finished run in `output_dir` made with the same settings as `config`, or None."""
+    previous = Path(output_dir) / record_file
+    if not previous.is_file():
+        return None
+    try:
+        record = json.loads(previous.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if _identity(record.get("config", {})) == _identity(config) else None
+
+
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file: str = RUN_FILE) -> None:
     """Refuse an `output_dir` that holds a different run (or anything else) unless `overwrite`; reads only.
 
@@ -80,13 +92,8 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
         return
     if not target.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; choose a folder.")
-    previous = target / record_file
-    if previous.is_file():
-        try:
-            same = _identity(json.loads(previous.read_text()).get("config", {})) == _identity(config)
-        except json.JSONDecodeError:
-            same = False
-        if not same:
+    if (target / record_file).is_file():
+        if matching_record(output_dir, config, record_file) is None:
             raise ValueError(
                 f"--output_dir {output_dir} already holds a different run; choose another folder or pass "
                 "--overwrite true."
