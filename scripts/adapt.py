@@ -12,8 +12,9 @@ Usage:
     accelerate launch scripts/adapt.py --model llama --protocol offline --max_steps 20 --output_dir outputs/offline
     python scripts/evaluate.py --model llama --adapter outputs/offline
 
-    # two CPU processes
-    accelerate launch --cpu --num_processes 2 scripts/adapt.py --model llama --max_samples 64
+    # two CPU processes (`--cpu --num_processes 2` would start one: accelerate runs several CPU processes only
+    # through mpirun; the torchrun-style launcher with --use_cpu starts two that talk over gloo)
+    accelerate launch --multi_gpu --num_processes 2 scripts/adapt.py --use_cpu true --model llama --max_samples 64
 
 The output folder holds the LoRA adapter (with the predictor), `run.json` (config, data identity, versions,
 timings, online accuracy and the logged diagnostics) and `predictions.jsonl` (each online answer, scored).
@@ -55,18 +56,11 @@ class AdaptArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
 
 
-@exits_cleanly
-def main(argv: list[str] | None = None) -> dict:
-    """Run one adaptation and return its run record."""
-    # ------------------------------------------------------------------------------------------------ arguments
-    model_args, data_args, script_args, args = parse_args(
-        (ModelArguments, DataArguments, AdaptArguments, ZeroSiamConfig), argv
-    )
+def run(
+    model_args: ModelArguments, data_args: DataArguments, script_args: AdaptArguments, args: ZeroSiamConfig
+) -> dict:
+    """Run one adaptation into `args.output_dir` and return its run record."""
     state = PartialState()
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if state.is_main_process else logging.WARNING,
-    )
     set_seed(args.seed)
     config = config_dict(model_args, data_args, script_args, args)
     final_dir = args.output_dir
@@ -124,6 +118,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
     state.wait_for_everyone()
     return record
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line (and `--config`), then run one adaptation."""
+    model_args, data_args, script_args, args = parse_args(
+        (ModelArguments, DataArguments, AdaptArguments, ZeroSiamConfig), argv
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if PartialState().is_main_process else logging.WARNING,
+    )
+    return run(model_args, data_args, script_args, args)
 
 
 if __name__ == "__main__":

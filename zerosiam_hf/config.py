@@ -91,6 +91,13 @@ class ZeroSiamConfig(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "Checkpoints during adaptation (none by default)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns for the loop."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP's find_unused_parameters. False: the predictor is used after the model's forward, in the "
+            "loss, so DDP's unused-parameter search would mark it ready twice and fail."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -87,9 +87,13 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity."""
     file = _find_file(args.dataset, args.split)
     if file is not None:
+        if file.stat().st_size == 0:
+            raise ValueError(f"--dataset {file}: the file is empty; give a file with problems.")
         try:
             dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix], data_files=str(file), split="train")
         except Exception as error:  # datasets raises many types for a malformed file
+            if "corresponds to no data" in str(error):  # datasets' words for a file that holds no rows
+                raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
             raise ValueError(
                 f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
             ) from error

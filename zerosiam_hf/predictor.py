@@ -36,7 +36,10 @@ def attach_predictor(model: nn.Module) -> Predictor:
     if existing is not None:
         return existing
     head = model.get_output_embeddings()
-    predictor = Predictor(head.in_features, dtype=head.weight.dtype, device=head.weight.device)
+    # A half-precision predictor would round away its updates near the identity (bf16 spacing at 1.0 is ~4e-3), so
+    # it keeps float32 weights, as peft does for LoRA; the loss casts it to the hidden states' dtype.
+    dtype = torch.float32 if head.weight.dtype in (torch.float16, torch.bfloat16) else head.weight.dtype
+    predictor = Predictor(head.in_features, dtype=dtype, device=head.weight.device)
     setattr(model, PREDICTOR_NAME, predictor)
     return predictor
 
