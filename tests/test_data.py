@@ -1,0 +1,214 @@
+"""Tests for zerosiam_hf.data: file sources, validation with clear errors, data identity and prompt building."""
+
+import hashlib
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
+from datasets import Dataset
+
+from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, gold_numbers, load_problems
+
+
+ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    """Write rows in the format the file's suffix names and return the path."""
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        return write_problems(path, rows)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    return str(path)
+
+
+def load(source, **kwargs):
+    return load_problems(DataArguments(dataset=str(source), **kwargs))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+def test_load_problems_from_each_file_format(tmp_path, suffix):
+    path = write_rows(tmp_path / f"problems{suffix}", ROWS)
+    dataset, identity = load(path)
+    assert dataset.column_names == ["question", "answer", "index"]
+    assert dataset["question"] == [q for q, _ in PROBLEMS]
+    assert dataset["answer"] == [a for _, a in PROBLEMS]  # csv keeps the multi-line answers intact
+    assert dataset["index"] == list(range(len(PROBLEMS)))
+    assert identity == {
+        "source": "file",
+        "path": str(Path(path).resolve()),
+        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "split": "test",
+        "rows": len(PROBLEMS),
+        "selected": len(PROBLEMS),
+    }
+
+
+def test_identity_follows_the_file_content(tmp_path):
+    path = write_rows(tmp_path / "problems.jsonl", ROWS)
+    first = load(path)[1]["sha256"]
+    write_rows(tmp_path / "problems.jsonl", ROWS[::-1])
+    assert load(path)[1]["sha256"] != first
+
+
+def test_max_samples_takes_the_first_rows(tmp_path):
+    dataset, identity = load(write_rows(tmp_path / "p.jsonl", ROWS), max_samples=4)
+    assert dataset["question"] == [q for q, _ in PROBLEMS[:4]]
+    assert dataset["index"] == [0, 1, 2, 3]
+    assert (identity["rows"], identity["selected"]) == (6, 4)
+    assert len(load(tmp_path / "p.jsonl", max_samples=100)[0]) == 6
+
+
+def test_max_samples_must_be_positive():
+    with pytest.raises(ValueError, match="--max_samples must be a positive integer, got 0"):
+        DataArguments(max_samples=0)
+
+
+def test_folder_source_picks_the_split_file(tmp_path):
+    write_rows(tmp_path / "test.csv", ROWS[:2])
+    write_rows(tmp_path / "train.jsonl", ROWS)
+    assert load(tmp_path)[0]["question"] == [q for q, _ in PROBLEMS[:2]]
+    assert len(load(tmp_path, split="train")[0]) == 6
+    with pytest.raises(ValueError, match="no validation.jsonl/.json/.parquet/.csv in that folder"):
+        load(tmp_path, split="validation")
+
+
+def test_gold_numbers_by_index(tmp_path):
+    dataset, _ = load(write_rows(tmp_path / "p.jsonl", ROWS))
+    gold = gold_numbers(dataset)
+    assert gold == {0: 7, 1: 24, 2: 4, 3: 30, 4: 300, 5: 11}
+    assert all(isinstance(value, Fraction) for value in gold.values())
+
+
+# -------------------------------------------------------------------------------------------------------------- errors
+def test_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"missing\.jsonl: no such file; check the path"):
+        load(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("bad.jsonl", "{not json\n"), ("bad.parquet", "not a parquet file"), ("bad.json", '{"question": ')],
+)
+def test_malformed_file(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"{name}: could not be read as \.{name.split('.')[1]}"):
+        load(tmp_path / name)
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = Path(write_rows(tmp_path / "p.jsonl", ROWS))
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: make the permission check see what another user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == path else real_access(p, mode))
+    try:
+        with pytest.raises(ValueError, match="the file is not readable; check its permissions"):
+            load(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_rows_without_question_or_answer(tmp_path):
+    path = write_problems(tmp_path / "p.jsonl", [{"question": q, "solution": a} for q, a in PROBLEMS])
+    with pytest.raises(ValueError, match=r"rows lack the column\(s\) answer; each row needs `question` and `answer`"):
+        load(path)
+    path = write_problems(tmp_path / "text.jsonl", [{"text": q} for q, _ in PROBLEMS])
+    with pytest.raises(ValueError, match=r"rows lack the column\(s\) answer, question"):
+        load(path)
+
+
+def test_unparseable_gold_names_the_row(tmp_path):
+    rows = [dict(row) for row in ROWS]
+    rows[3]["answer"] = "5 * 6 = 30, so thirty pages"
+    path = write_problems(tmp_path / "p.jsonl", rows)
+    with pytest.raises(
+        ValueError, match=r"row 3: gold answer has no '#### <number>' line \(ends with '.*thirty pages'\)"
+    ):
+        load(path)
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", ""), ("empty.csv", ""), ("blank.jsonl", "\n\n")])
+def test_empty_file(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"{name}: the file (is empty|holds no rows); give a file with problems"):
+        load(tmp_path / name)
+
+
+@pytest.mark.parametrize(("name", "content"), [("header.csv", "question,answer\n"), ("list.json", "[]")])
+def test_file_without_rows(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"{name}: the file holds no rows; give a file with problems"):
+        load(tmp_path / name)
+
+
+@pytest.mark.parametrize("source", ["not-a-dataset", "a/b/c", "problems.txt"])
+def test_unknown_source(source):
+    with pytest.raises(ValueError, match="is neither a file .* a folder, `gsm8k` nor a hub id"):
+        load(source)
+
+
+# ------------------------------------------------------------------------------------------------------------- prompts
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+def problems_dataset() -> Dataset:
+    return Dataset.from_list([{**row, "index": i} for i, row in enumerate(ROWS)])
+
+
+def test_build_prompts_uses_the_chat_template_and_drops_the_gold(tokenizer):
+    prompts = build_prompts(problems_dataset(), tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
+    assert prompts.column_names == ["index", "prompt_ids"]
+    assert prompts["index"] == list(range(len(PROBLEMS)))
+    for (question, answer), ids in zip(PROBLEMS, prompts["prompt_ids"]):
+        assert tokenizer.decode(ids) == f"<|user|>{question}\n\n{DEFAULT_INSTRUCTION}<|end|><|assistant|>"
+        assert answer.split("####")[0].strip() not in tokenizer.decode(ids)
+
+
+def test_build_prompts_cuts_long_prompts_from_the_left(tokenizer):
+    full = build_prompts(problems_dataset(), tokenizer, "Solve.", max_prompt_length=512)["prompt_ids"]
+    cut = build_prompts(problems_dataset(), tokenizer, "Solve.", max_prompt_length=10)["prompt_ids"]
+    assert all(len(ids) == 10 for ids in cut)
+    assert cut == [ids[-10:] for ids in full]
+    assert all(tokenizer.decode(ids).endswith("Solve.<|end|><|assistant|>") for ids in cut)
+
+
+def test_build_prompts_without_a_chat_template(tokenizer):
+    plain = make_tokenizer()
+    plain.chat_template = None
+    prompts = build_prompts(problems_dataset(), plain, "", max_prompt_length=512)
+    assert [plain.decode(ids) for ids in prompts["prompt_ids"]] == [f"{q}\n" for q, _ in PROBLEMS]
+
+
+# --------------------------------------------------------------------------------------------------------------- gsm8k
+def test_gsm8k_alias_prefers_zerosiam_data_dir(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    path = write_rows(tmp_path / "gsm8k" / "test.jsonl", ROWS)
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(tmp_path))
+    dataset, identity = load("gsm8k")
+    assert len(dataset) == 6
+    assert identity["path"] == str(Path(path).resolve())
+
+
+def test_official_gsm8k_test_file(monkeypatch):
+    if not (SHARED_GSM8K / "test.jsonl").is_file():
+        pytest.skip(f"{SHARED_GSM8K} is absent on this machine")
+    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
+    monkeypatch.chdir(REPO)
+    dataset, identity = load("../shared/data/gsm8k/test.jsonl")
+    assert len(dataset) == identity["rows"] == 1319
+    assert identity["path"] == str((SHARED_GSM8K / "test.jsonl").resolve())
+    assert identity["sha256"] == hashlib.sha256((SHARED_GSM8K / "test.jsonl").read_bytes()).hexdigest()
+    assert len(gold_numbers(dataset)) == 1319  # every official gold answer parses
+    assert load("gsm8k")[1] == identity  # the alias resolves to the same local file

