@@ -57,7 +57,11 @@ class AdaptArguments:
 
 
 def run(
-    model_args: ModelArguments, data_args: DataArguments, script_args: AdaptArguments, args: ZeroSiamConfig
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    script_args: AdaptArguments,
+    args: ZeroSiamConfig,
+    command: list[str] | None = None,
 ) -> dict:
     """Run one adaptation into `args.output_dir` and return its run record."""
     state = PartialState()
@@ -93,7 +97,7 @@ def run(
     online, records = trainer.online_results() if args.protocol == "online" else (None, [])
     record = {
         "config": config,
-        "command": sys.argv,
+        "command": command or sys.argv,
         "model": model_spec,
         "data": data_identity,
         "versions": versions(),
@@ -130,7 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if PartialState().is_main_process else logging.WARNING,
     )
-    return run(model_args, data_args, script_args, args)
+    return run(
+        model_args, data_args, script_args, args, command=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    )
 
 
 if __name__ == "__main__":
