@@ -1,0 +1,76 @@
+"""Tests for scripts/compare.py: methods x seeds under the online protocol, the table, the plots, and resuming."""
+
+import json
+
+import compare
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compare_argv(model_dir, dataset, output_dir, *extra):
+    return [
+        *("--model", model_dir, "--dataset", dataset, "--output_dir", str(output_dir)),
+        *("--methods", "none", "zerosiam", "--seeds", "0", "1"),
+        *("--per_device_train_batch_size", "3", "--max_new_tokens", "4", "--report_to", "none"),
+        *("--disable_tqdm", "true", "--use_cpu", "true"),
+        *extra,
+    ]
+
+
+def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    output_dir = tmp_path / "cmp"
+    result = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
+
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"none", "zerosiam"}
+    for row in rows.values():
+        assert row["seeds"] == 2 and row["n"] == 6
+        assert 0 <= row["degenerate"] <= 1
+    assert rows["zerosiam"]["final_entropy"] > 0 and rows["zerosiam"]["final_logit_norm"] > 0
+    # `none` runs no loss forward, so it has no loss-side diagnostics, only answer-side ones.
+    assert rows["none"]["final_entropy"] is None
+    for method in ("none", "zerosiam"):
+        for seed in (0, 1):
+            record = json.loads((output_dir / "runs" / f"{method}-seed{seed}" / "run.json").read_text())
+            assert record["config"]["ZeroSiamConfig"]["method"] == method
+            assert record["config"]["ZeroSiamConfig"]["seed"] == seed
+    table = (output_dir / "comparison.md").read_text()
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, rule, none, zerosiam
+    assert lines[2].startswith("| none | 2 | 6 |") and lines[3].startswith("| zerosiam | 2 | 6 |")
+    for name in ("collapse_entropy.png", "collapse_logit_norm.png", "online_accuracy_flexible.png"):
+        assert (output_dir / name).read_bytes().startswith(b"\x89PNG")
+
+    # Run again with the same settings: finished runs are read back, never redone.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(compare, "run", refuse)
+    again = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
+    assert again["rows"] == result["rows"]
+
+
+def test_compare_synthetic_preset_generates_its_problems(tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "synthetic"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--synthetic_preset", "base", "--synthetic_n", "4")
+    argv[argv.index("--seeds") + 1 : argv.index("--seeds") + 3] = ["0"]
+    result = compare.main(argv)
+    assert all(row["n"] == 4 for row in result["rows"])
+    assert len((output_dir / "synthetic-base.jsonl").read_text().splitlines()) == 4
+
+
+def test_compare_rejects_unknown_method(capsys, tiny_model_dir, problems_file, tmp_path):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "bad")
+    argv[argv.index("--methods") + 1] = "magic"
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(argv)
+    assert exit_info.value.code == 2
+    assert "--methods: unknown magic" in capsys.readouterr().err
