@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
     output_dir = Path(args.output_dir)
     config = config_dict(model_args, data_args, compare_args, args)
-    check_output_dir(str(output_dir), config, compare_args.overwrite, record_file="comparison.json")
+    # A folder without comparison.json is an interrupted comparison: its finished runs are reused below.
+    if (output_dir / "comparison.json").is_file():
+        check_output_dir(str(output_dir), config, compare_args.overwrite, record_file="comparison.json")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------------ data
