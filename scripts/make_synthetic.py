@@ -6,13 +6,13 @@ The file loads with ``datasets.load_dataset("json", data_files=PATH, split="trai
 Usage:
 
     # 512 problems of the calibrated base distribution
-    python scripts/make_synthetic.py --output data/synthetic/base.jsonl --n 512
+    python scripts/make_synthetic.py --output outputs/synthetic/base.jsonl --n 512
 
     # the same problems, wrapped in a verbose narrative (a known shift in wording; same answers)
-    python scripts/make_synthetic.py --output data/synthetic/verbose.jsonl --n 512 --preset verbose
+    python scripts/make_synthetic.py --output outputs/synthetic/verbose.jsonl --n 512 --preset verbose
 
     # a custom shift: three steps over all four operations, two distractor sentences, another seed
-    python scripts/make_synthetic.py --output data/synthetic/custom.jsonl --n 256 \\
+    python scripts/make_synthetic.py --output outputs/synthetic/custom.jsonl --n 256 \\
         --num_steps 3 --operations "+-*/" --num_distractors 2 --seed 1
 """
 

@@ -92,6 +92,8 @@ def test_more_distractors_add_sentences_with_numbers_but_keep_the_answer():
     for b, m in zip(base, more):
         assert sentences_with_numbers(m["question"]) == sentences_with_numbers(b["question"]) + 3
         assert m["answer"] == b["answer"]
+        sentences = re.split(r"(?<=[.?!])\s+", m["question"])
+        assert len(set(sentences)) == len(sentences), "no distractor is repeated"
 
 
 @pytest.mark.parametrize("max_value", [2, 7, 30, 1000])

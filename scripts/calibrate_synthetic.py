@@ -1,0 +1,153 @@
+"""Measure a causal LM's zero-shot accuracy on synthetic word-problem presets, to calibrate their difficulty.
+
+The model is resolved by `zerosiam_hf.modeling` (an alias from configs/models, a hub id or a local folder), the
+prompt is the project's GSM8K prompt (chat template, question, blank line, `#### <number>` instruction), decoding is
+greedy, and answers are scored by `zerosiam_hf.scoring` (strict `#### N` and flexible last-number match). On a
+shared CPU, `OMP_NUM_THREADS=1` is several times faster than oversubscribed threads.
+
+Usage:
+
+    # every preset of zerosiam_hf.synthetic.SHIFTS on the embedded SmolLM2-135M-Instruct (alias `llama`),
+    # 128 problems each: about 6 min per preset on one shared CPU core
+    OMP_NUM_THREADS=1 python scripts/calibrate_synthetic.py --model llama --dtype float32 --n 128 \\
+        --output runs/calibrate_synthetic/smollm2-135m.json
+
+    # two presets, with a knob overridden in both
+    python scripts/calibrate_synthetic.py --model llama --presets base verbose --num_steps 2 --n 64 \\
+        --output runs/calibrate_synthetic/two_steps.json
+"""
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser
+
+from zerosiam_hf.data import DEFAULT_INSTRUCTION
+from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
+from zerosiam_hf.scoring import accuracy, parse_gold, score_answer
+from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, write_jsonl
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrateArguments:
+    """Which presets to measure, how many problems, and how to generate."""
+
+    output: str = field(metadata={"help": "JSON file for the results; generations go beside it as .jsonl."})
+    presets: list[str] = field(
+        default_factory=lambda: list(SHIFTS), metadata={"help": f"Presets to measure, among {list(SHIFTS)}."}
+    )
+    n: int = field(default=128, metadata={"help": "Problems per preset."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generate call."})
+    max_new_tokens: int = field(default=160, metadata={"help": "Generation budget per answer."})
+    num_steps: int | None = field(default=None, metadata={"help": "Override num_steps in every preset."})
+    max_value: int | None = field(default=None, metadata={"help": "Override max_value in every preset."})
+    num_distractors: int | None = field(default=None, metadata={"help": "Override num_distractors in every preset."})
+    phrasing: str | None = field(default=None, metadata={"help": "Override phrasing in every preset."})
+    operations: str | None = field(default=None, metadata={"help": "Override operations in every preset."})
+    seed: int | None = field(default=None, metadata={"help": "Override seed in every preset."})
+
+    def __post_init__(self):
+        unknown = [p for p in self.presets if p not in SHIFTS]
+        if unknown:
+            raise ValueError(f"presets must be among {list(SHIFTS)}, got {unknown}.")
+        for name in ("n", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    def configs(self) -> dict[str, SyntheticConfig]:
+        """Return each requested preset with the command-line knob overrides applied."""
+        knobs = {f.name for f in dataclasses.fields(SyntheticConfig)}
+        overrides = {k: v for k, v in dataclasses.asdict(self).items() if k in knobs and v is not None}
+        return {p: dataclasses.replace(SHIFTS[p], **overrides) for p in self.presets}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+    """Answer each question greedily with the chat template and the GSM8K instruction."""
+    outputs = []
+    for i in range(0, len(questions), batch_size):
+        chats = [[{"role": "user", "content": f"{q}\n\n{DEFAULT_INSTRUCTION}"}] for q in questions[i : i + batch_size]]
+        prompts = tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=False)
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        tokens = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        outputs += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return outputs
+
+
+def write_json(record: dict, path: str) -> None:
+    """Write ``record`` as indented JSON atomically (temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as f:
+        json.dump(record, f, indent=2)
+    os.replace(f.name, path)
+
+
+class _OneLineParser(HfArgumentParser):
+    """Report a malformed command line as one line on stderr (exit code 2), without the usage block."""
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main():
+    """Measure strict and flexible accuracy per preset and write them, with the run's identity, as JSON."""
+    # ---- logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parser = _OneLineParser((CalibrateArguments, ModelArguments))
+    try:
+        args, model_args = parser.parse_args_into_dataclasses()
+        configs = args.configs()
+        resolve_model(model_args.model)
+    except ValueError as err:
+        parser.error(str(err))
+
+    # ---- model
+    device_map = 0 if torch.cuda.is_available() else None
+    model, tokenizer, model_spec = load_model_and_tokenizer(model_args, device_map=device_map)
+    model.eval()
+
+    # ---- evaluate and save (the JSON is rewritten after each preset, so an interrupted run keeps what it measured)
+    record = {
+        "args": dataclasses.asdict(args),
+        "model": {**dataclasses.asdict(model_args), **model_spec},
+        "prompt": f"{{question}}\n\n{DEFAULT_INSTRUCTION}",
+        "versions": {
+            "python": platform.python_version(),
+            **{p: importlib.metadata.version(p) for p in ("torch", "transformers")},
+            "torch_threads": torch.get_num_threads(),
+        },
+        "results": {},
+    }
+    stem = os.path.splitext(args.output)[0]
+    for preset, config in configs.items():
+        rows = generate_problems(args.n, config)
+        start = time.time()
+        outputs = generate(model, tokenizer, [r["question"] for r in rows], args.batch_size, args.max_new_tokens)
+        seconds = time.time() - start
+        records = [{**r, "output": o, **score_answer(o, parse_gold(r["answer"]))} for r, o in zip(rows, outputs)]
+        result = {"config": dataclasses.asdict(config), **accuracy(records), "seconds": round(seconds, 1)}
+        record["results"][preset] = result
+        logger.info("%s: %s", preset, result)
+        write_jsonl(records, f"{stem}.{preset}.jsonl")
+        write_json(record, args.output)
+    logger.info("Wrote %s", args.output)
+
+
+if __name__ == "__main__":
+    main()
