@@ -87,6 +87,15 @@ def problems_file(tmp_path) -> str:
     return write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors on a shared 2-core CPU: one intra-op thread, since OpenMP hand-offs would dominate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Never reach the network."""

@@ -4,15 +4,6 @@ import json
 
 import compare
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def compare_argv(model_dir, dataset, output_dir, *extra):

@@ -11,15 +11,6 @@ from zerosiam_hf.losses import METHODS, entropy_from_logits, head_loss, masked_m
 B, T, D, V = 3, 5, 16, 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread, since OpenMP hand-offs dominate (~20 ms a matmul) on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_inputs(dtype=torch.float64, seed=0, bias=False, predictor_grad=True):
     """Random hidden [B, T, D], head [V, D], mask [B, T] (10 of 15 positions) and a near-identity predictor."""
     gen = torch.Generator().manual_seed(seed)

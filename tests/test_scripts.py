@@ -14,20 +14,11 @@ from pathlib import Path
 import adapt
 import evaluate
 import pytest
-import torch
 import yaml
 from conftest import PROBLEMS, REPO, write_problems
 
 from zerosiam_hf import PREDICTOR_NAME
 from zerosiam_hf.trainer import ZeroSiamTrainer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def flags(**options) -> list[str]:

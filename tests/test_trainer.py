@@ -24,15 +24,6 @@ LOSS_KEYS = ("loss/entropy", "loss/align", "collapse/entropy", "collapse/logit_n
 STEPS = 3  # six problems, two a step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model on a shared 2-core CPU: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_tokenizer()
