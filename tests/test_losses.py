@@ -296,3 +296,14 @@ def test_bad_arguments_raise(method, changes, kwargs, match):
     }
     with pytest.raises(ValueError, match=match):
         head_loss(method, **inputs, **kwargs)
+
+
+def test_one_hot_batch_gives_zero_entropy_and_full_dominance():
+    """A collapsed batch: every position puts all its mass on token 3."""
+    from zerosiam_hf.diagnostics import top_token_dominance
+
+    logits = torch.full((6, 8), -1e4, dtype=torch.float64)
+    logits[:, 3] = 0.0
+    assert torch.allclose(entropy_from_logits(logits), torch.zeros(6, dtype=torch.float64), atol=1e-12)
+    assert top_token_dominance(logits.argmax(dim=-1)).item() == 1.0
+    assert top_token_dominance(torch.tensor([0, 1, 2, 3])).item() == 0.25

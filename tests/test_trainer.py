@@ -511,3 +511,26 @@ def test_merged_lora_after_updates_matches_and_restores_the_base(adapted):
     for layer, (pointer, weight) in zip(layers, before):
         assert layer.weight.data_ptr() == pointer and torch.equal(layer.weight, weight)
     assert_all_equal(base_before, base_weights(model))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": "tent"},
+        {"method": "come"},
+        {"method": "zerosiam", "ablation": "no_stop_gradient"},
+        {"method": "zerosiam", "ablation": "frozen_identity_predictor"},
+        {"method": "zerosiam", "ablation": "frozen_random_predictor"},
+        {"method": "zerosiam", "alpha": 0.0},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_baselines_and_ablations_differ_in_the_loss_only(tmp_path, tokenizer, prompts, gold, overrides):
+    """Same model, data order and answers before the first update; only what the update does may differ."""
+    reference = make_trainer(tmp_path / "zerosiam", tokenizer, prompts, gold, method="zerosiam", max_steps=1)
+    reference.train()
+    variant = make_trainer(tmp_path / "variant", tokenizer, prompts, gold, max_steps=1, **overrides)
+    variant.train()
+    first = {i: r["completion"] for i, r in reference.online_records.items()}
+    assert first and first == {i: r["completion"] for i, r in variant.online_records.items()}
+    assert all(r["updates_before"] == 0 for r in variant.online_records.values())
