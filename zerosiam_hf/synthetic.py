@@ -206,10 +206,10 @@ SHIFTS: dict[str, SyntheticConfig] = {
     "add_subtract": SyntheticConfig(operations="+-"),
     "multiplicative": SyntheticConfig(operations="*/"),
     "two_steps": SyntheticConfig(num_steps=2),
-    "distractors": SyntheticConfig(num_distractors=2),
+    "distractors": SyntheticConfig(num_distractors=1),
     "verbose": SyntheticConfig(phrasing="verbose"),
     "words": SyntheticConfig(phrasing="words"),
-    "large_numbers": SyntheticConfig(max_value=500),
+    "large_numbers": SyntheticConfig(max_value=100),
 }
 
 
