@@ -18,21 +18,20 @@ Usage:
 """
 
 import dataclasses
-import importlib.metadata
-import json
 import logging
 import os
-import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
+from datasets import Dataset
 from transformers import HfArgumentParser
 
-from zerosiam_hf.data import DEFAULT_INSTRUCTION
+from zerosiam_hf.data import DEFAULT_INSTRUCTION, build_prompts
+from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
+from zerosiam_hf.records import versions, write_json
 from zerosiam_hf.scoring import accuracy, parse_gold, score_answer
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, write_jsonl
 
@@ -73,30 +72,6 @@ class CalibrateArguments:
         return {p: dataclasses.replace(SHIFTS[p], **overrides) for p in self.presets}
 
 
-@torch.no_grad()
-def generate(model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-    """Answer each question greedily with the chat template and the GSM8K instruction."""
-    outputs = []
-    for i in range(0, len(questions), batch_size):
-        chats = [[{"role": "user", "content": f"{q}\n\n{DEFAULT_INSTRUCTION}"}] for q in questions[i : i + batch_size]]
-        prompts = tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=False)
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        tokens = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-        outputs += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return outputs
-
-
-def write_json(record: dict, path: str) -> None:
-    """Write ``record`` as indented JSON atomically (temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as f:
-        json.dump(record, f, indent=2)
-    os.replace(f.name, path)
-
-
 class _OneLineParser(HfArgumentParser):
     """Report a malformed command line as one line on stderr (exit code 2), without the usage block."""
 
@@ -127,25 +102,27 @@ def main():
         "args": dataclasses.asdict(args),
         "model": {**dataclasses.asdict(model_args), **model_spec},
         "prompt": f"{{question}}\n\n{DEFAULT_INSTRUCTION}",
-        "versions": {
-            "python": platform.python_version(),
-            **{p: importlib.metadata.version(p) for p in ("torch", "transformers")},
-            "torch_threads": torch.get_num_threads(),
-        },
+        "versions": {**versions(), "torch_threads": torch.get_num_threads()},
         "results": {},
     }
     stem = os.path.splitext(args.output)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     for preset, config in configs.items():
         rows = generate_problems(args.n, config)
+        problems = Dataset.from_list(rows).add_column("index", list(range(len(rows))))
+        prompts = build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
         start = time.time()
-        outputs = generate(model, tokenizer, [r["question"] for r in rows], args.batch_size, args.max_new_tokens)
+        completions = generate_completions(
+            model, tokenizer, prompts["prompt_ids"], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
         seconds = time.time() - start
+        outputs = tokenizer.batch_decode(completions, skip_special_tokens=True)
         records = [{**r, "output": o, **score_answer(o, parse_gold(r["answer"]))} for r, o in zip(rows, outputs)]
         result = {"config": dataclasses.asdict(config), **accuracy(records), "seconds": round(seconds, 1)}
         record["results"][preset] = result
         logger.info("%s: %s", preset, result)
         write_jsonl(records, f"{stem}.{preset}.jsonl")
-        write_json(record, args.output)
+        write_json(args.output, record)
     logger.info("Wrote %s", args.output)
 
 
