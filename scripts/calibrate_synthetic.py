@@ -31,9 +31,9 @@ from transformers import HfArgumentParser
 from zerosiam_hf.data import DEFAULT_INSTRUCTION, build_prompts
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
-from zerosiam_hf.records import versions, write_json
+from zerosiam_hf.records import versions, write_json, write_jsonl
 from zerosiam_hf.scoring import accuracy, parse_gold, score_answer
-from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, write_jsonl
+from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
 
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def main():
         result = {"config": dataclasses.asdict(config), **accuracy(records), "seconds": round(seconds, 1)}
         record["results"][preset] = result
         logger.info("%s: %s", preset, result)
-        write_jsonl(records, f"{stem}.{preset}.jsonl")
+        write_jsonl(f"{stem}.{preset}.jsonl", records)
         write_json(args.output, record)
     logger.info("Wrote %s", args.output)
 

@@ -31,8 +31,8 @@ from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import METHODS, ZeroSiamConfig
 from zerosiam_hf.data import DataArguments
 from zerosiam_hf.modeling import ModelArguments
-from zerosiam_hf.records import check_output_dir, config_dict, matching_record, versions, write_json
-from zerosiam_hf.synthetic import SHIFTS, generate_problems, write_jsonl
+from zerosiam_hf.records import check_output_dir, config_dict, matching_record, versions, write_json, write_jsonl
+from zerosiam_hf.synthetic import SHIFTS, generate_problems
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -171,10 +171,17 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------------ data
+    # Synthetic problems are drawn anew for each seed (shared by every method), so the spread over seeds covers
+    # the test sample as well as the adapter's initialisation; a fixed dataset varies only the latter.
+    seed_data = {seed: data_args for seed in compare_args.seeds}
     if compare_args.synthetic_preset is not None:
-        problems_file = output_dir / f"synthetic-{compare_args.synthetic_preset}.jsonl"
-        write_jsonl(generate_problems(compare_args.synthetic_n, SHIFTS[compare_args.synthetic_preset]), problems_file)
-        data_args = dataclasses.replace(data_args, dataset=str(problems_file))
+        preset = compare_args.synthetic_preset
+        for seed in compare_args.seeds:
+            shift = dataclasses.replace(SHIFTS[preset], seed=seed)
+            problems_file = write_jsonl(
+                output_dir / f"synthetic-{preset}-seed{seed}.jsonl", generate_problems(compare_args.synthetic_n, shift)
+            )
+            seed_data[seed] = dataclasses.replace(data_args, dataset=problems_file)
 
     # ------------------------------------------------------------------------------------------------ runs
     records: dict[str, list[dict]] = {}
@@ -185,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
             run_args = dataclasses.replace(args, method=method, seed=seed, output_dir=str(run_dir))
             script_args = AdaptArguments(overwrite=compare_args.overwrite)
             # A finished run with the same settings (an earlier, interrupted comparison) is read, not redone.
-            record = matching_record(str(run_dir), config_dict(model_args, data_args, script_args, run_args))
+            record = matching_record(str(run_dir), config_dict(model_args, seed_data[seed], script_args, run_args))
             if record is None or compare_args.overwrite:
-                record = run(model_args, data_args, script_args, run_args)
+                record = run(model_args, seed_data[seed], script_args, run_args)
             else:
                 logger.info("reusing the finished run in %s", run_dir)
             records.setdefault(method, []).append(record)

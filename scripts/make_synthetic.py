@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, write_jsonl
+from zerosiam_hf.records import write_jsonl
+from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
 
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None):
         parser.error(str(err))
 
     # ---- save
-    path = write_jsonl(rows, args.output)
+    path = write_jsonl(args.output, rows)
     logger.info("Wrote %d problems to %s with %s", len(rows), path, config)
 
 

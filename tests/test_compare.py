@@ -5,6 +5,8 @@ import json
 import compare
 import pytest
 
+from zerosiam_hf.synthetic import SHIFTS, generate_problems
+
 
 def compare_argv(model_dir, dataset, output_dir, *extra):
     return [
@@ -49,13 +51,18 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
     assert again["rows"] == result["rows"]
 
 
-def test_compare_synthetic_preset_generates_its_problems(tiny_model_dir, problems_file, tmp_path):
+def test_compare_synthetic_preset_draws_one_problem_set_per_seed(tiny_model_dir, problems_file, tmp_path):
     output_dir = tmp_path / "synthetic"
     argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--synthetic_preset", "base", "--synthetic_n", "4")
-    argv[argv.index("--seeds") + 1 : argv.index("--seeds") + 3] = ["0"]
     result = compare.main(argv)
     assert all(row["n"] == 4 for row in result["rows"])
-    assert len((output_dir / "synthetic-base.jsonl").read_text().splitlines()) == 4
+    problem_sets = {seed: (output_dir / f"synthetic-base-seed{seed}.jsonl").read_text() for seed in (0, 1)}
+    assert problem_sets[0] != problem_sets[1]
+    assert problem_sets[0].splitlines() == [json.dumps(row) for row in generate_problems(4, SHIFTS["base"])]
+    for method in ("none", "zerosiam"):
+        for seed in (0, 1):
+            record = json.loads((output_dir / "runs" / f"{method}-seed{seed}" / "run.json").read_text())
+            assert record["config"]["DataArguments"]["dataset"].endswith(f"synthetic-base-seed{seed}.jsonl")
 
 
 def test_compare_rejects_unknown_method(capsys, tiny_model_dir, problems_file, tmp_path):

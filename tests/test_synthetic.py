@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from zerosiam_hf.synthetic import (
-    SHIFTS,
-    SyntheticConfig,
-    generate_problems,
-    generate_records,
-    number_to_words,
-    write_jsonl,
-)
+from zerosiam_hf.records import write_jsonl
+from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, generate_records, number_to_words
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +178,7 @@ def test_write_jsonl_is_atomic_and_loadable_by_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = generate_problems(10, SyntheticConfig())
     path = tmp_path / "sub" / "problems.jsonl"
-    assert write_jsonl(rows, path) == str(path)
+    assert write_jsonl(path, rows) == str(path)
     assert [p.name for p in path.parent.iterdir()] == ["problems.jsonl"]  # no temporary file left behind
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
     loaded = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
@@ -195,7 +189,7 @@ def test_write_jsonl_is_atomic_and_loadable_by_datasets(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        write_jsonl(failing_rows(), path)
+        write_jsonl(path, failing_rows())
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows  # the old file survives
     assert [p.name for p in path.parent.iterdir()] == ["problems.jsonl"]
 

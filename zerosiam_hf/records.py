@@ -5,6 +5,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, fields, is_dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -60,14 +61,20 @@ def write_json(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write one JSON object a line, atomically."""
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
+    """Write one JSON object a line through a temporary file and a rename; an interrupted write keeps the old file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return str(path)
 
 
 def matching_record(output_dir: str, config: dict, record_file: str = RUN_FILE) -> dict | None:

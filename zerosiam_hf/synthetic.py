@@ -10,11 +10,7 @@ therefore rewrites the question around the same arithmetic and leaves the ``answ
 makes the presets in ``SHIFTS`` controlled shifts.
 """
 
-import json
-import os
 import random
-import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -343,20 +339,3 @@ def generate_records(n: int, config: SyntheticConfig) -> list[SyntheticProblem]:
 def generate_problems(n: int, config: SyntheticConfig) -> list[dict[str, str]]:
     """Generate ``n`` GSM8K-format rows ``{"question", "answer"}`` (answer ends with ``#### N``)."""
     return [problem.as_row() for problem in generate_records(n, config)]
-
-
-def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> str:
-    """Write ``rows`` as JSON lines to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
