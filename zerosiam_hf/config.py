@@ -47,8 +47,10 @@ class ZeroSiamConfig(TrainingArguments):
             "is then adapted on first and answered after its update, since answer-first would never see an update."
         },
     )
+    # 1x, not the larger scales of the authors' vision code: Adam moves every entry of the d x d predictor by about
+    # its learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart (README).
     predictor_lr_scale: float = field(
-        default=10.0, metadata={"help": "The predictor learns at learning_rate * predictor_lr_scale."}
+        default=1.0, metadata={"help": "The predictor learns at learning_rate * predictor_lr_scale."}
     )
     ablation: str = field(
         default="none",
