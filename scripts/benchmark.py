@@ -25,7 +25,6 @@ Usage (from the repository root, with the package installed, `pip install -e .`)
 import concurrent.futures
 import dataclasses
 import gc
-import json
 import logging
 import multiprocessing
 import os
@@ -36,9 +35,10 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
 
+from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.losses import METHODS, head_loss
+from zerosiam_hf.records import write_json
 
 
 logger = logging.getLogger(__name__)
@@ -388,9 +388,10 @@ def benchmark_online(args: BenchmarkArguments, device: str) -> dict:
     return {"settings": settings, "data": identity, "rows": rows, "goal": "zerosiam / evaluate <= 1.5"}
 
 
-def main() -> None:
-    """Parse the arguments and run the benchmark stages."""
-    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the arguments, run the benchmark stages and write their report."""
+    (args,) = parse_args((BenchmarkArguments,), argv)
 
     # ------------------------------------------------------------------ setup
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -411,9 +412,9 @@ def main() -> None:
 
     # ------------------------------------------------------------------ save
     os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output_json, report)
     logger.info("wrote %s", args.output_json)
+    return report
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""Tests for scripts/benchmark.py on tiny shapes and the tiny model: the report's structure, its ratios and errors."""
+
+import json
+
+import benchmark
+import pytest
+
+
+def test_loss_head_stage_reports_every_variant_and_the_goal_ratios(tmp_path):
+    output = tmp_path / "bench" / "loss_head.json"
+    argv = ["--tokens", "12", "--hidden", "8", "--vocab", "40", "--chunk_size", "5", "--methods", "tent", "zerosiam"]
+    report = benchmark.main([*argv, "--warmup", "0", "--repeats", "2", "--output_json", str(output)])
+
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    (shape,) = report["loss_head"]
+    assert (shape["tokens"], shape["hidden"], shape["vocab"]) == (12, 8, 40)
+    variants = {(r["method"], r["implementation"]): r for r in shape["results"]}
+    assert set(variants) == {(m, i) for m in ("tent", "zerosiam") for i in ("naive", "chunked")}
+    assert variants["zerosiam", "chunked"]["chunk_size"] == 5 and variants["tent", "naive"]["chunk_size"] == 0
+    for result in variants.values():
+        assert len(result["times_ms"]) == 2 and result["time_ms"] > 0 and result["cpu_ms"] >= 0
+        assert result["peak_mib"] > -1  # an RSS difference: at these sizes, within a page count's rounding of 0
+    ratios = {r["ratio"]: r for r in shape["ratios"]}
+    time_ratio = ratios["CPU time zerosiam chunked / tent chunked"]
+    expected = variants["zerosiam", "chunked"]["cpu_ms"] / variants["tent", "chunked"]["cpu_ms"]
+    assert time_ratio["value"] == pytest.approx(expected) and time_ratio["met"] == (expected <= 1.3)
+    assert ratios["peak zerosiam chunked / tent naive"]["goal"] == 0.3
+
+
+def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, problems_file, tmp_path):
+    output = tmp_path / "online.json"
+    argv = ["--stages", "online", "--online_model", tiny_model_dir, "--online_dataset", problems_file]
+    argv += ["--online_prompts", "4", "--online_batch_size", "2", "--online_max_new_tokens", "3"]
+    report = benchmark.main([*argv, "--output_json", str(output)])
+
+    assert "loss_head" not in report
+    online = report["online"]
+    rows = {row["variant"]: row for row in online["rows"]}
+    assert list(rows) == ["evaluate", "none", "tent", "zerosiam"]
+    assert rows["evaluate"]["ratio_to_evaluate"] == 1.0
+    for row in rows.values():
+        assert row["seconds"] > 0 and 1 <= row["answer_tokens"] <= 3
+        assert row["ratio_to_evaluate"] == pytest.approx(row["seconds"] / rows["evaluate"]["seconds"])
+    assert online["data"]["selected"] == 4 and online["settings"]["online_batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "magic"], "--methods takes"),
+        (["--tokens", "0"], "--tokens must be >= 1"),
+        (["--stages", "everything"], "--stages takes loss_head and online"),
+    ],
+)
+def test_bad_arguments_exit_with_one_line(capsys, tmp_path, argv, message):
+    output = tmp_path / "never.json"
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([*argv, "--output_json", str(output)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not output.exists()
