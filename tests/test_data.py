@@ -151,6 +151,13 @@ def test_file_without_rows(tmp_path, name, content):
         load(tmp_path / name)
 
 
+def test_parquet_file_without_rows(tmp_path):
+    path = tmp_path / "none.parquet"
+    pd.DataFrame({"question": pd.Series([], dtype=str), "answer": pd.Series([], dtype=str)}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"none.parquet: the file holds no rows; give a file with problems"):
+        load(path)
+
+
 @pytest.mark.parametrize("source", ["not-a-dataset", "a/b/c", "problems.txt"])
 def test_unknown_source(source):
     with pytest.raises(ValueError, match="is neither a file .* a folder, `gsm8k` nor a hub id"):

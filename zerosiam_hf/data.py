@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow
+import pyarrow.parquet
 from datasets import Dataset
 
 from .scoring import parse_gold
@@ -83,6 +85,17 @@ def _find_file(source: str, split: str) -> Path | None:
     )
 
 
+def _parquet_without_rows(file: Path) -> bool:
+    # datasets words "no rows" as "corresponds to no data" for text formats, but as an Arrow batch-size error for a
+    # parquet file with a schema and no rows: ask the file's own metadata.
+    if file.suffix != ".parquet":
+        return False
+    try:
+        return pyarrow.parquet.ParquetFile(file).metadata.num_rows == 0
+    except pyarrow.ArrowException:
+        return False
+
+
 def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity."""
     file = _find_file(args.dataset, args.split)
@@ -92,7 +105,7 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
         try:
             dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix], data_files=str(file), split="train")
         except Exception as error:  # datasets raises many types for a malformed file
-            if "corresponds to no data" in str(error):  # datasets' words for a file that holds no rows
+            if "corresponds to no data" in str(error) or _parquet_without_rows(file):
                 raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
             raise ValueError(
                 f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
