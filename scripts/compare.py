@@ -80,6 +80,11 @@ def _last(record: dict, key: str) -> float | None:
     return series[-1][1] if series else None
 
 
+def _label(method: str, runs: list[dict]) -> str:
+    ablation = runs[0]["config"]["ZeroSiamConfig"]["ablation"]
+    return method if ablation == "none" else f"{method} ({ablation})"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -90,7 +95,7 @@ def summarize(records: dict[str, list[dict]]) -> list[dict]:
     for method, runs in records.items():
         strict = _mean_std([r["results"]["online"]["accuracy_strict"] for r in runs])
         flexible = _mean_std([r["results"]["online"]["accuracy_flexible"] for r in runs])
-        row = {"method": method, "seeds": len(runs), "n": runs[0]["results"]["online"]["n"]}
+        row = {"method": _label(method, runs), "seeds": len(runs), "n": runs[0]["results"]["online"]["n"]}
         row.update({"strict_mean": strict[0], "strict_std": strict[1]})
         row.update({"flexible_mean": flexible[0], "flexible_std": flexible[1]})
         for key, name in (("collapse/entropy", "final_entropy"), ("collapse/logit_norm", "final_logit_norm")):
@@ -140,7 +145,8 @@ def plot(records: dict[str, list[dict]], output_dir: Path) -> list[str]:
                     by_step.setdefault(step, []).append(value)
             if by_step:
                 steps = sorted(by_step)
-                ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], marker="o", ms=3, label=method)
+                means = [statistics.fmean(by_step[s]) for s in steps]
+                ax.plot(steps, means, marker="o", ms=3, label=_label(method, runs))
         ax.set_xlabel("step (online batch)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -72,3 +72,24 @@ def test_compare_rejects_unknown_method(capsys, tiny_model_dir, problems_file, t
         compare.main(argv)
     assert exit_info.value.code == 2
     assert "--methods: unknown magic" in capsys.readouterr().err
+
+
+def test_summary_names_an_ablation_and_averages_over_seeds():
+    def record(ablation, flexible, entropies):
+        history = [{"step": i + 1, "collapse/entropy": e, "answers/degenerate": 0.5} for i, e in enumerate(entropies)]
+        return {
+            "config": {"ZeroSiamConfig": {"ablation": ablation}},
+            "results": {"online": {"n": 8, "accuracy_strict": 0.0, "accuracy_flexible": flexible}},
+            "log_history": history,
+            "timings": {"adapt_seconds": 10.0},
+        }
+
+    rows = compare.summarize(
+        {"zerosiam": [record("no_stop_gradient", 25.0, [1.0, 0.2]), record("no_stop_gradient", 50.0, [1.0, 0.4])]}
+    )
+    (row,) = rows
+    assert row["method"] == "zerosiam (no_stop_gradient)" and row["seeds"] == 2
+    assert row["flexible_mean"] == 37.5 and row["flexible_std"] == pytest.approx(17.6776695)
+    assert row["final_entropy"] == pytest.approx(0.3) and row["degenerate"] == 0.5
+    assert row["final_logit_norm"] is None
+    assert compare.summarize({"tent": [record("none", 10.0, [0.5])]})[0]["method"] == "tent"
