@@ -136,6 +136,8 @@ def plot(records: dict[str, list[dict]], output_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+    # One colour per method across every plot, also where a method has no series (`none` logs no entropy).
+    colours = {method: f"C{i}" for i, method in enumerate(records)}
     for key, label in PLOTTED.items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for method, runs in records.items():
@@ -146,7 +148,7 @@ def plot(records: dict[str, list[dict]], output_dir: Path) -> list[str]:
             if by_step:
                 steps = sorted(by_step)
                 means = [statistics.fmean(by_step[s]) for s in steps]
-                ax.plot(steps, means, marker="o", ms=3, label=_label(method, runs))
+                ax.plot(steps, means, marker="o", ms=3, color=colours[method], label=_label(method, runs))
         ax.set_xlabel("step (online batch)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
