@@ -20,14 +20,13 @@ Usage:
 import dataclasses
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
-from transformers import HfArgumentParser
 
+from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.data import DEFAULT_INSTRUCTION, build_prompts
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
@@ -72,25 +71,14 @@ class CalibrateArguments:
         return {p: dataclasses.replace(SHIFTS[p], **overrides) for p in self.presets}
 
 
-class _OneLineParser(HfArgumentParser):
-    """Report a malformed command line as one line on stderr (exit code 2), without the usage block."""
-
-    def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def main():
+@exits_cleanly
+def main(argv: list[str] | None = None):
     """Measure strict and flexible accuracy per preset and write them, with the run's identity, as JSON."""
     # ---- logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = _OneLineParser((CalibrateArguments, ModelArguments))
-    try:
-        args, model_args = parser.parse_args_into_dataclasses()
-        configs = args.configs()
-        resolve_model(model_args.model)
-    except ValueError as err:
-        parser.error(str(err))
+    args, model_args = parse_args((CalibrateArguments, ModelArguments), argv)
+    configs = args.configs()
+    resolve_model(model_args.model)  # an unknown model fails here, before any loading
 
     # ---- model
     device_map = 0 if torch.cuda.is_available() else None

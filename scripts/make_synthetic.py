@@ -18,11 +18,9 @@ Usage:
 
 import dataclasses
 import logging
-import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.records import write_jsonl
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
 
@@ -57,27 +55,16 @@ class MakeSyntheticArguments:
         return dataclasses.replace(SHIFTS[self.preset], **overrides)
 
 
-class _OneLineParser(HfArgumentParser):
-    """Report a malformed command line as one line on stderr (exit code 2), without the usage block."""
-
-    def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
+@exits_cleanly
 def main(argv: list[str] | None = None):
     """Parse the arguments, generate the problems and write them."""
     # ---- logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     # ---- arguments and data: a knob value that cannot work raises ValueError, reported like a malformed flag
-    parser = _OneLineParser(MakeSyntheticArguments)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-        config = args.config()
-        rows = generate_problems(args.n, config)
-    except ValueError as err:
-        parser.error(str(err))
+    (args,) = parse_args((MakeSyntheticArguments,), argv)
+    config = args.config()
+    rows = generate_problems(args.n, config)
 
     # ---- save
     path = write_jsonl(args.output, rows)

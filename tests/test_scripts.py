@@ -176,6 +176,7 @@ BAD_DATA = {
         (None, ["--signal", "logits"], "--signal must be one of response, prompt; got 'logits'"),
         (None, ["--protocol", "batch"], "--protocol must be one of online, offline; got 'batch'"),
         (None, ["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
+        (None, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
     ],
 )
 def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_file, tmp_path, data, argv, expected):

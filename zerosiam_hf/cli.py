@@ -13,9 +13,16 @@ class UsageError(ValueError):
     """A problem with what the user asked for; the scripts print it as one line and exit with status 2."""
 
 
+class _OneLineParser(HfArgumentParser):
+    # A malformed flag (`--n abc`) is reported like every other usage error: one line, status 2, no usage block.
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse dataclasses from `--config file.yaml` (flat keys) overridden by command-line flags."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = _OneLineParser(dataclass_types)
     parser.add_argument("--config", default=None, help="YAML file of defaults; command-line flags override it.")
     argv = sys.argv[1:] if argv is None else argv
     config_path = parser.parse_known_args(argv)[0].config
