@@ -411,7 +411,6 @@ def main(argv: list[str] | None = None) -> dict:
         report["online"] = benchmark_online(args, device)
 
     # ------------------------------------------------------------------ save
-    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
     write_json(args.output_json, report)
     logger.info("wrote %s", args.output_json)
     return report

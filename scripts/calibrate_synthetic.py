@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None):
         "results": {},
     }
     stem = os.path.splitext(args.output)[0]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     for preset, config in configs.items():
         rows = generate_problems(args.n, config)
         problems = Dataset.from_list(rows).add_column("index", list(range(len(rows))))

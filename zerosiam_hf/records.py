@@ -56,6 +56,7 @@ def _identity(config: dict) -> dict:
 def write_json(path: Path, payload) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
