@@ -1,9 +1,12 @@
-"""Adapt a causal LM at test time with ZeroSiam (or Tent, COME, none) on unlabeled GSM8K prompts.
+"""Adapt a causal LM at test time with ZeroSiam (or Tent, COME, none) on unlabeled test prompts (GSM8K, Math-500, ...).
 
 Usage:
 
     # the embedded default (SmolLM2-135M-Instruct), online protocol, a 64-problem subset on the CPU
     accelerate launch scripts/adapt.py --model llama --max_samples 64 --output_dir outputs/zerosiam
+
+    # the paper's benchmarks: Math-500 (also aime24, college_math, minerva_math), answers checked by math-verify
+    accelerate launch scripts/adapt.py --model llama --dataset math500 --max_samples 64 --output_dir outputs/math500
 
     # a YAML config with command-line overrides
     accelerate launch scripts/adapt.py --config configs/adapt.yaml --method tent --learning_rate 1e-4
@@ -30,7 +33,7 @@ from transformers import set_seed
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
-from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.records import (
     RUN_FILE,
@@ -78,18 +81,24 @@ def run(
     with state.main_process_first():  # the embedded model is converted once, by the first process
         model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
         prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
-    gold = gold_numbers(problems) if args.protocol == "online" else None
+    checker = data_args.make_checker()
+    gold = gold_answers(problems, checker) if args.protocol == "online" else None
 
     # ------------------------------------------------------------------------------------------------ trainer
     if state.is_main_process:
         make_staging(final_dir)
     state.wait_for_everyone()
     args.output_dir = str(staging_path(final_dir))
-    trainer = ZeroSiamTrainer(model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(
+        model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold, checker=checker
+    )
 
     # ------------------------------------------------------------------------------------------------ adapt
     start = time.perf_counter()
-    train_output = trainer.train()
+    try:
+        train_output = trainer.train()
+    finally:
+        checker.close()
     adapt_seconds = time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------------ save

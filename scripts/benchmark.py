@@ -324,14 +324,14 @@ def benchmark_online(args: BenchmarkArguments, device: str) -> dict:
     import tempfile
 
     from zerosiam_hf.config import ZeroSiamConfig
-    from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+    from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
     from zerosiam_hf.generation import generate_completions
     from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
     from zerosiam_hf.trainer import ZeroSiamTrainer
 
     data_args = DataArguments(dataset=args.online_dataset, max_samples=args.online_prompts)
     problems, identity = load_problems(data_args)
-    gold = gold_numbers(problems)
+    gold = gold_answers(problems, data_args.make_checker())
     times: dict[str, list[float]] = {}
     tokens: dict[str, list[float]] = {}
     for _ in range(args.online_rounds):

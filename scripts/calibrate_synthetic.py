@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
+from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf.checkers import NumericChecker, score_completions
 from zerosiam_hf.cli import exits_cleanly, parse_args
-from zerosiam_hf.data import DEFAULT_INSTRUCTION, build_prompts
+from zerosiam_hf.data import build_prompts, gold_answers
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
 from zerosiam_hf.records import versions, write_json, write_jsonl
-from zerosiam_hf.scoring import accuracy, parse_gold, score_answer
+from zerosiam_hf.scoring import accuracy
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
 
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None):
     record = {
         "args": dataclasses.asdict(args),
         "model": {**dataclasses.asdict(model_args), **model_spec},
-        "prompt": f"{{question}}\n\n{DEFAULT_INSTRUCTION}",
+        "prompt": f"{{question}}\n\n{NUMERIC_INSTRUCTION}",
         "versions": {**versions(), "torch_threads": torch.get_num_threads()},
         "results": {},
     }
@@ -97,14 +99,15 @@ def main(argv: list[str] | None = None):
     for preset, config in configs.items():
         rows = generate_problems(args.n, config)
         problems = Dataset.from_list(rows).add_column("index", list(range(len(rows))))
-        prompts = build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
+        prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
         start = time.time()
         completions = generate_completions(
             model, tokenizer, prompts["prompt_ids"], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
         )
         seconds = time.time() - start
-        outputs = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        records = [{**r, "output": o, **score_answer(o, parse_gold(r["answer"]))} for r, o in zip(rows, outputs)]
+        gold = gold_answers(problems, NumericChecker())
+        scored = score_completions(NumericChecker(), tokenizer, problems["index"], completions, gold)
+        records = [{**row, **record} for row, record in zip(rows, scored)]
         result = {"config": dataclasses.asdict(config), **accuracy(records), "seconds": round(seconds, 1)}
         record["results"][preset] = result
         logger.info("%s: %s", preset, result)

@@ -1,9 +1,12 @@
-"""GSM8K accuracy of a base model and, given an adapter saved by adapt.py, of the adapted model.
+"""Accuracy of a base model on a benchmark (GSM8K, Math-500, ...) and, given an adapter, of the adapted model.
 
 Usage:
 
     # base and adapted model on the same 64 problems, greedy, strict and flexible scoring
     python scripts/evaluate.py --model llama --adapter outputs/offline --max_samples 64
+
+    # Math-500, answers checked by math-verify (also aime24, college_math, minerva_math)
+    python scripts/evaluate.py --model llama --adapter outputs/offline --dataset math500 --max_samples 64
 
     # the base model alone on the full test split (GPU)
     python scripts/evaluate.py --model llama --batch_size 512 --output_dir outputs/eval-base
@@ -20,12 +23,13 @@ from pathlib import Path
 
 import torch
 
+from zerosiam_hf.checkers import score_completions
 from zerosiam_hf.cli import exits_cleanly, parse_args
-from zerosiam_hf.data import DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.records import check_output_dir, config_dict, make_staging, publish, versions, write_json, write_jsonl
-from zerosiam_hf.scoring import accuracy, score_answer
+from zerosiam_hf.scoring import accuracy
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -53,7 +57,7 @@ class EvalArguments:
             raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
 
 
-def evaluate_variant(model, tokenizer, prompts, gold: dict, args: EvalArguments) -> tuple[dict, list[dict]]:
+def evaluate_variant(model, tokenizer, prompts, gold: dict, checker, args: EvalArguments) -> tuple[dict, list[dict]]:
     """Answer every prompt greedily and score it; return the accuracy summary and the scored records."""
     start = time.perf_counter()
     completions = generate_completions(
@@ -65,10 +69,7 @@ def evaluate_variant(model, tokenizer, prompts, gold: dict, args: EvalArguments)
         show_progress=True,
     )
     seconds = time.perf_counter() - start
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    records = []
-    for index, text, ids in zip(prompts["index"], texts, completions):
-        records.append({"index": index, "completion": text, "tokens": len(ids), **score_answer(text, gold[index])})
+    records = score_completions(checker, tokenizer, prompts["index"], completions, gold)
     return {**accuracy(records), "generate_seconds": seconds}, records
 
 
@@ -94,18 +95,19 @@ def main(argv: list[str] | None = None) -> dict:
     if torch.cuda.is_available() and not model_args.load_in_4bit:
         model.to("cuda")
     prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
-    gold = gold_numbers(problems)
+    checker = data_args.make_checker()
+    gold = gold_answers(problems, checker)
 
     # ------------------------------------------------------------------------------------------------ evaluate
     staging = make_staging(output_dir)
     results = {}
     if args.adapter is None or not args.skip_base:
-        results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, args)
+        results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
         write_jsonl(staging / "predictions-base.jsonl", records)
     if args.adapter is not None:
         # The base pass is done: wrapping the same weights with the adapter costs no second load.
         model = load_adapted_model(model, args.adapter)
-        results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, args)
+        results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
         write_jsonl(staging / "predictions-adapted.jsonl", records)
 
     # ------------------------------------------------------------------------------------------------ save

@@ -11,7 +11,9 @@ import pytest
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from datasets import Dataset
 
-from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf.checkers import NumericChecker
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]
@@ -47,6 +49,8 @@ def test_load_problems_from_each_file_format(tmp_path, suffix):
         "source": "file",
         "path": str(Path(path).resolve()),
         "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "benchmark": None,
+        "checker": "numeric",
         "split": "test",
         "rows": len(PROBLEMS),
         "selected": len(PROBLEMS),
@@ -82,9 +86,9 @@ def test_folder_source_picks_the_split_file(tmp_path):
         load(tmp_path, split="validation")
 
 
-def test_gold_numbers_by_index(tmp_path):
+def test_gold_answers_by_index(tmp_path):
     dataset, _ = load(write_rows(tmp_path / "p.jsonl", ROWS))
-    gold = gold_numbers(dataset)
+    gold = gold_answers(dataset, NumericChecker())
     assert gold == {0: 7, 1: 24, 2: 4, 3: 30, 4: 300, 5: 11}
     assert all(isinstance(value, Fraction) for value in gold.values())
 
@@ -160,7 +164,7 @@ def test_parquet_file_without_rows(tmp_path):
 
 @pytest.mark.parametrize("source", ["not-a-dataset", "a/b/c", "problems.txt"])
 def test_unknown_source(source):
-    with pytest.raises(ValueError, match="is neither a file .* a folder, `gsm8k` nor a hub id"):
+    with pytest.raises(ValueError, match="is neither a file .* a folder, a benchmark .* nor a hub id"):
         load(source)
 
 
@@ -175,11 +179,11 @@ def problems_dataset() -> Dataset:
 
 
 def test_build_prompts_uses_the_chat_template_and_drops_the_gold(tokenizer):
-    prompts = build_prompts(problems_dataset(), tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
+    prompts = build_prompts(problems_dataset(), tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
     assert prompts.column_names == ["index", "prompt_ids"]
     assert prompts["index"] == list(range(len(PROBLEMS)))
     for (question, answer), ids in zip(PROBLEMS, prompts["prompt_ids"]):
-        assert tokenizer.decode(ids) == f"<|user|>{question}\n\n{DEFAULT_INSTRUCTION}<|end|><|assistant|>"
+        assert tokenizer.decode(ids) == f"<|user|>{question}\n\n{NUMERIC_INSTRUCTION}<|end|><|assistant|>"
         assert answer.split("####")[0].strip() not in tokenizer.decode(ids)
 
 
@@ -217,5 +221,5 @@ def test_official_gsm8k_test_file(monkeypatch):
     assert len(dataset) == identity["rows"] == 1319
     assert identity["path"] == str((SHARED_GSM8K / "test.jsonl").resolve())
     assert identity["sha256"] == hashlib.sha256((SHARED_GSM8K / "test.jsonl").read_bytes()).hexdigest()
-    assert len(gold_numbers(dataset)) == 1319  # every official gold answer parses
-    assert load("gsm8k")[1] == identity  # the alias resolves to the same local file
+    assert len(gold_answers(dataset, NumericChecker())) == 1319  # every official gold answer parses
+    assert load("gsm8k")[1] == {**identity, "benchmark": "gsm8k"}  # the alias resolves to the same local file

@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
 
-from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, load_problems
+from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
@@ -88,7 +89,7 @@ def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypa
     # the in-memory adapted model (loaded by adapt.py with load_model_and_tokenizer) and the prompts it answered
     model, tokenizer = trainers[0].model.eval(), trainers[0].processing_class
     problems, _ = load_problems(DataArguments(dataset=str(dataset), max_samples=NUM_PROBLEMS))
-    prompts = [list(ids) for ids in build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, 512)["prompt_ids"]]
+    prompts = [list(ids) for ids in build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, 512)["prompt_ids"]]
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     arguments = [
         record["model"]["resolved_path"],

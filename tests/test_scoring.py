@@ -112,10 +112,11 @@ def test_accuracy():
         {"correct_strict": True, "correct_flexible": True},
         {"correct_strict": False, "correct_flexible": True},
         {"correct_strict": False, "correct_flexible": False},
-        {"correct_strict": False, "correct_flexible": True},
+        {"correct_strict": False, "correct_flexible": True, "check_timed_out": False},
+        {"correct_strict": False, "correct_flexible": False, "check_timed_out": True},
     ]
-    assert accuracy(records) == {"n": 4, "accuracy_strict": 25.0, "accuracy_flexible": 75.0}
+    assert accuracy(records) == {"n": 5, "accuracy_strict": 20.0, "accuracy_flexible": 60.0, "check_timeouts": 1}
 
 
 def test_accuracy_of_no_records():
-    assert accuracy([]) == {"n": 0, "accuracy_strict": None, "accuracy_flexible": None}
+    assert accuracy([]) == {"n": 0, "accuracy_strict": None, "accuracy_flexible": None, "check_timeouts": 0}

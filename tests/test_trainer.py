@@ -14,7 +14,9 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
-from zerosiam_hf.data import DEFAULT_INSTRUCTION, DataArguments, build_prompts, gold_numbers, load_problems
+from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf.checkers import NumericChecker
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
@@ -42,7 +44,7 @@ def prompts(problems, tokenizer):
 
 @pytest.fixture(scope="module")
 def gold(problems):
-    return gold_numbers(problems)
+    return gold_answers(problems, NumericChecker())
 
 
 def make_config(tmp_path, **overrides) -> ZeroSiamConfig:
@@ -323,8 +325,8 @@ def test_gold_answers_never_reach_the_model(tmp_path, tokenizer, signal):
         for q, a in PROBLEMS
     ]
     problems, _ = load_problems(DataArguments(dataset=write_problems(tmp_path / "canary.jsonl", rows)))
-    prompts = build_prompts(problems, tokenizer, DEFAULT_INSTRUCTION, max_prompt_length=512)
-    gold = gold_numbers(problems)
+    prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
+    gold = gold_answers(problems, NumericChecker())
     assert set(gold.values()) == {int(CANARY_GOLD)}
     canaries = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (CANARY_WORD, CANARY_GOLD)]
     answer_ids = tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]

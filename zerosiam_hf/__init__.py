@@ -1,19 +1,25 @@
 """ZeroSiam test-time adaptation for Hugging Face causal LMs."""
 
-from .config import ZeroSiamConfig
-from .modeling import ModelArguments, build_adapted_model, load_adapted_model, load_model_and_tokenizer
-from .predictor import PREDICTOR_NAME, Predictor, attach_predictor
-from .trainer import ZeroSiamTrainer
+import importlib
 
 
-__all__ = [
-    "ModelArguments",
-    "PREDICTOR_NAME",
-    "Predictor",
-    "ZeroSiamConfig",
-    "ZeroSiamTrainer",
-    "attach_predictor",
-    "build_adapted_model",
-    "load_adapted_model",
-    "load_model_and_tokenizer",
-]
+# Names resolve on first use, so that light modules (the answer checker's child process, `--help`) do not pay for
+# importing torch and transformers.
+_EXPORTS = {
+    "ModelArguments": "modeling",
+    "build_adapted_model": "modeling",
+    "load_adapted_model": "modeling",
+    "load_model_and_tokenizer": "modeling",
+    "PREDICTOR_NAME": "predictor",
+    "Predictor": "predictor",
+    "attach_predictor": "predictor",
+    "ZeroSiamConfig": "config",
+    "ZeroSiamTrainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'zerosiam_hf' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,4 +1,5 @@
-"""GSM8K-style data through `datasets`: sources, validation, identity, and the prompts the model sees."""
+"""Test problems through `datasets`: named benchmarks and generic files, validation, identity, and the prompts the
+model sees."""
 
 import hashlib
 import os
@@ -10,14 +11,12 @@ import pyarrow
 import pyarrow.parquet
 from datasets import Dataset
 
-from .scoring import parse_gold
+from .benchmarks import BENCHMARKS, NUMERIC_INSTRUCTION
+from .checkers import CHECKERS, make_checker
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-# The alias `gsm8k` prefers a local copy of the official files (offline machines), then the hub.
-HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main")}
-DEFAULT_INSTRUCTION = 'Solve the problem step by step, then give the final answer on its own line as "#### <number>".'
 
 
 @dataclass
@@ -27,21 +26,49 @@ class DataArguments:
     dataset: str = field(
         default="gsm8k",
         metadata={
-            "help": "`gsm8k` (a local copy under $ZEROSIAM_DATA_DIR or ../shared/data, else openai/gsm8k on the "
-            "hub), a hub id, a folder with <split>.jsonl, or a .jsonl/.json/.parquet/.csv file with `question` "
-            "and `answer` columns."
+            "help": f"A benchmark ({', '.join(BENCHMARKS)}: a local copy under $ZEROSIAM_DATA_DIR/<name> or "
+            "../shared/data/<name>, else its hub copy), a hub id, a folder with <split>.jsonl, or a "
+            ".jsonl/.json/.parquet/.csv file with `question` and `answer` columns."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     split: str = field(default="test", metadata={"help": "Split to adapt and evaluate on."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (a fixed subset)."})
-    instruction: str = field(
-        default=DEFAULT_INSTRUCTION, metadata={"help": "Text appended to each question in the user message."}
+    instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text appended to each question in the user message; default: the benchmark's own (README), "
+            "the GSM8K one for other data."
+        },
+    )
+    checker: str = field(
+        default="auto",
+        metadata={
+            "help": f"Answer checker, one of auto, {', '.join(CHECKERS)}: numeric compares the number after '#### ' "
+            "(GSM8K), math compares LaTeX answers with math-verify; auto takes the benchmark's (numeric for files)."
+        },
+    )
+    check_timeout: float = field(
+        default=5.0, metadata={"help": "Seconds one math answer check may take; one that runs over counts as wrong."}
     )
 
     def __post_init__(self):
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"--max_samples must be a positive integer, got {self.max_samples}.")
+        if self.checker not in ("auto", *CHECKERS):
+            raise ValueError(f"--checker must be one of auto, {', '.join(CHECKERS)}; got {self.checker!r}.")
+        if not self.check_timeout > 0:
+            raise ValueError(f"--check_timeout must be a positive number of seconds, got {self.check_timeout}.")
+        # Resolved here, so that run records show the instruction and checker a run really used.
+        benchmark = BENCHMARKS.get(self.dataset)
+        if self.checker == "auto":
+            self.checker = benchmark.checker if benchmark else "numeric"
+        if self.instruction is None:
+            self.instruction = benchmark.instruction if benchmark else NUMERIC_INSTRUCTION
+
+    def make_checker(self):
+        """The answer checker this data is scored with."""
+        return make_checker(self.checker, self.check_timeout)
 
 
 def _sha256(path: Path) -> str:
@@ -52,18 +79,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _local_gsm8k_dirs() -> list[Path]:
-    candidates = [REPO_ROOT.parent / "shared" / "data" / "gsm8k"]
+def _local_dirs(name: str) -> list[Path]:
+    candidates = [REPO_ROOT.parent / "shared" / "data" / name]
     if os.environ.get("ZEROSIAM_DATA_DIR"):
-        candidates.insert(0, Path(os.environ["ZEROSIAM_DATA_DIR"]) / "gsm8k")
+        candidates.insert(0, Path(os.environ["ZEROSIAM_DATA_DIR"]) / name)
     return candidates
 
 
 def _find_file(source: str, split: str) -> Path | None:
     """The local file behind `source`, or None when `source` names a hub dataset."""
     path = Path(source)
-    if source in HUB_DATASETS:
-        for folder in _local_gsm8k_dirs():
+    if source in BENCHMARKS:
+        for folder in _local_dirs(source):
             if (folder / f"{split}.jsonl").is_file():
                 return folder / f"{split}.jsonl"
         return None
@@ -81,8 +108,23 @@ def _find_file(source: str, split: str) -> Path | None:
     if source.count("/") == 1:
         return None
     raise ValueError(
-        f"--dataset {source!r} is neither a file (.jsonl, .json, .parquet, .csv), a folder, `gsm8k` nor a hub id."
+        f"--dataset {source!r} is neither a file (.jsonl, .json, .parquet, .csv), a folder, a benchmark "
+        f"({', '.join(BENCHMARKS)}) nor a hub id."
     )
+
+
+def _hub_source(args: DataArguments) -> tuple[str, str | None, str]:
+    """(id, config, split) to load from the hub; a benchmark with no hub copy asks for its file instead."""
+    benchmark = BENCHMARKS.get(args.dataset)
+    if benchmark is None:
+        return args.dataset, args.dataset_config, args.split
+    if benchmark.hub is None:
+        raise ValueError(
+            f"--dataset {args.dataset}: no local copy and no hub copy is known; put its {args.split}.jsonl "
+            f"({benchmark.source}) in $ZEROSIAM_DATA_DIR/{args.dataset}/."
+        )
+    hub_id, config, hub_split = benchmark.hub
+    return hub_id, config, hub_split if hub_split and args.split == "test" else args.split
 
 
 def _parquet_without_rows(file: Path) -> bool:
@@ -97,7 +139,10 @@ def _parquet_without_rows(file: Path) -> bool:
 
 
 def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
-    """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity."""
+    """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity.
+
+    `answer` holds the field the gold is read from (for Minerva the solution); `gold_answers` reads it.
+    """
     file = _find_file(args.dataset, args.split)
     if file is not None:
         if file.stat().st_size == 0:
@@ -112,35 +157,40 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
             ) from error
         identity = {"source": "file", "path": str(file.resolve()), "sha256": _sha256(file)}
     else:
-        hub_id, config = HUB_DATASETS.get(args.dataset, (args.dataset, args.dataset_config))
+        hub_id, config, split = _hub_source(args)
         try:
-            dataset = datasets.load_dataset(hub_id, config, split=args.split)
+            dataset = datasets.load_dataset(hub_id, config, split=split)
         except Exception as error:
             raise ValueError(
                 f"--dataset {args.dataset}: could not load {hub_id} from the hub ({type(error).__name__}); "
-                "without hub access give a local file, e.g. --dataset ../shared/data/gsm8k/test.jsonl."
+                f"without hub access put a local copy in $ZEROSIAM_DATA_DIR/{args.dataset}/{args.split}.jsonl "
+                "or give a file with --dataset."
             ) from error
         identity = {"source": "hub", "id": hub_id, "config": config, "fingerprint": dataset._fingerprint}
         identity["revision"] = _hub_revision(hub_id)
-    identity["split"] = args.split
-    missing = {"question", "answer"} - set(dataset.column_names)
+    benchmark = BENCHMARKS.get(args.dataset)
+    identity.update(benchmark=benchmark.name if benchmark else None, checker=args.checker, split=args.split)
+    question, answer = (benchmark.question_field, benchmark.answer_field) if benchmark else ("question", "answer")
+    missing = {question, answer} - set(dataset.column_names)
     if missing:
         raise ValueError(
             f"--dataset {args.dataset}: rows lack the column(s) {', '.join(sorted(missing))}; "
-            "each row needs `question` and `answer` (gold after '#### ')."
+            f"each row needs `{question}` and `{answer}`."
         )
     identity["rows"] = len(dataset)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError(f"--dataset {args.dataset}: the {args.split} split is empty; give a file with problems.")
-    for i, answer in enumerate(dataset["answer"]):
-        try:
-            parse_gold(str(answer))
-        except ValueError as error:
-            raise ValueError(f"--dataset {args.dataset}: row {i}: {error}.") from None
+    dataset = dataset.select_columns([question, answer])
+    if (question, answer) != ("question", "answer"):
+        dataset = dataset.rename_columns({question: "question", answer: "answer"})
+    dataset = dataset.add_column("index", list(range(len(dataset))))
+    try:  # every gold must parse before the model is loaded
+        gold_answers(dataset, args.make_checker())
+    except ValueError as error:
+        raise ValueError(f"--dataset {args.dataset}: {error}.") from None
     identity["selected"] = len(dataset)
-    dataset = dataset.select_columns(["question", "answer"]).add_column("index", list(range(len(dataset))))
     return dataset, identity
 
 
@@ -175,6 +225,12 @@ def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_leng
     return dataset.map(encode, remove_columns=["question", "answer"], desc="Tokenizing prompts")
 
 
-def gold_numbers(dataset: Dataset) -> dict:
-    """Gold numbers by row index, for scoring only."""
-    return {index: parse_gold(str(answer)) for index, answer in zip(dataset["index"], dataset["answer"])}
+def gold_answers(dataset: Dataset, checker) -> dict:
+    """Gold answers by row index, as `checker` compares them; for scoring only."""
+    gold = {}
+    for index, answer in zip(dataset["index"], dataset["answer"]):
+        try:
+            gold[index] = checker.parse_gold(str(answer))
+        except ValueError as error:
+            raise ValueError(f"row {index}: {error}") from None
+    return gold

@@ -1,4 +1,5 @@
-"""GSM8K answer extraction and scoring: pure functions of strings, as lm-evaluation-harness scores them."""
+"""Answer extraction and scoring as pure functions of strings: GSM8K numbers as lm-evaluation-harness scores them,
+the last `\\boxed{}` of a math answer, and accuracy over scored records."""
 
 import re
 from fractions import Fraction
@@ -58,13 +59,34 @@ def score_answer(text: str, gold: Fraction) -> dict:
     }
 
 
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces included; None if there is none.
+
+    A last box that never closes (an answer cut off by the token limit) gives None, not the box before it.
+    """
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        return None
+    depth, start = 1, matches[-1].end()
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[start:end].strip()
+    return None
+
+
 def accuracy(records: list[dict]) -> dict:
-    """Strict and flexible accuracy (%) over scored records, with their count."""
+    """Strict and flexible accuracy (%) over scored records, their count, and how many checks timed out."""
     n = len(records)
+    timeouts = sum(bool(r.get("check_timed_out")) for r in records)
     if n == 0:
-        return {"n": 0, "accuracy_strict": None, "accuracy_flexible": None}
+        return {"n": 0, "accuracy_strict": None, "accuracy_flexible": None, "check_timeouts": 0}
     return {
         "n": n,
         "accuracy_strict": 100.0 * sum(r["correct_strict"] for r in records) / n,
         "accuracy_flexible": 100.0 * sum(r["correct_flexible"] for r in records) / n,
+        "check_timeouts": timeouts,
     }

@@ -9,13 +9,14 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batch, greedy_config, left_pad, merged_lora
 from .losses import head_loss
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
-from .scoring import accuracy, score_answer
+from .scoring import accuracy
 
 
 class PromptCollator:
@@ -52,7 +53,8 @@ class ZeroSiamTrainer(Trainer):
         args: the run's `ZeroSiamConfig`.
         train_dataset: rows with `prompt_ids` and `index`, as `data.build_prompts` makes them.
         processing_class: the tokenizer (left padding, with a pad token).
-        gold: gold numbers by row index, needed to score the online protocol.
+        gold: gold answers by row index (`data.gold_answers`), needed to score the online protocol.
+        checker: the benchmark's answer checker (`DataArguments.make_checker()`); GSM8K's numeric one by default.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ZeroSiamTrainer(Trainer):
         train_dataset: Dataset,
         processing_class: PreTrainedTokenizerBase,
         gold: dict | None = None,
+        checker=None,
         callbacks: list[TrainerCallback] | None = None,
     ):
         if not isinstance(args, ZeroSiamConfig):
@@ -74,7 +77,7 @@ class ZeroSiamTrainer(Trainer):
         if columns & {"answer", "gold"}:
             raise ValueError("train_dataset holds gold answers; drop them (data.build_prompts does) and pass `gold`.")
         if args.protocol == "online" and gold is None:
-            raise ValueError("the online protocol scores each answer: pass gold=data.gold_numbers(problems).")
+            raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
         if not isinstance(model, PeftModel):
             model = build_adapted_model(model, args)
         super().__init__(
@@ -88,6 +91,7 @@ class ZeroSiamTrainer(Trainer):
         # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self.gold = gold
+        self.checker = checker or NumericChecker()
         self.online_records: dict[int, dict] = {}
         self._metrics = defaultdict(list)
         self._lm_head = model.get_output_embeddings()
@@ -227,17 +231,14 @@ class ZeroSiamTrainer(Trainer):
 
     def _record(self, index: torch.Tensor, completions: list[list[int]]) -> None:
         """Score a batch's answers as the online predictions, gathered from every process."""
-        texts = self.processing_class.batch_decode(completions, skip_special_tokens=True)
-        local = []
-        for i, text, ids in zip(index.tolist(), texts, completions):
-            record = {"index": i, "updates_before": self.state.global_step, "completion": text, "tokens": len(ids)}
-            record.update(score_answer(text, self.gold[i]))
-            local.append((record, ids))
+        scored = score_completions(self.checker, self.processing_class, index.tolist(), completions, self.gold)
+        local = [({**r, "updates_before": self.state.global_step}, ids) for r, ids in zip(scored, completions)]
         gathered = gather_object(local)
         fresh = [(r, ids) for r, ids in gathered if r["index"] not in self.online_records]
         for record, _ in fresh:
             self.online_records[record["index"]] = record
         self._metrics_update(answer_diagnostics([r["completion"] for r, _ in fresh], [ids for _, ids in fresh]))
+        self._metrics_update({"answers/check_timeouts": sum(bool(r.get("check_timed_out")) for r, _ in fresh)})
         running = accuracy(list(self.online_records.values()))
         self._metrics_update(
             {

@@ -1,0 +1,71 @@
+"""The reasoning benchmarks known by name: where each one's files are, which fields hold question and gold, how
+its answers are checked, and the instruction its prompts carry."""
+
+from dataclasses import dataclass
+
+
+NUMERIC_INSTRUCTION = 'Solve the problem step by step, then give the final answer on its own line as "#### <number>".'
+# Qwen2.5-Math's chain-of-thought instruction, which the entropy-minimization line of work (one-shot EM, EM-FT,
+# TTRL) evaluates with.
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named test set: its local file name, its hub copy (if one is known), its fields and its checker."""
+
+    name: str
+    title: str  # as the paper's table heads its column
+    question_field: str
+    answer_field: str  # holds the gold itself, or a solution whose last \boxed{} is the gold (the checker decides)
+    checker: str
+    instruction: str
+    hub: tuple[str, str | None, str] | None = None  # (id, config, split) of a copy on the Hugging Face hub
+    source: str = ""  # where a user without hub access gets the file, for the error that asks for it
+
+
+BENCHMARKS = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "gsm8k", "GSM8K", "question", "answer", "numeric", NUMERIC_INSTRUCTION, hub=("openai/gsm8k", "main", None)
+        ),
+        Benchmark(
+            "math500",
+            "Math-500",
+            "problem",
+            "answer",
+            "math",
+            MATH_INSTRUCTION,
+            hub=("HuggingFaceH4/MATH-500", None, "test"),
+        ),
+        Benchmark(
+            "aime24",
+            "AIME24",
+            "problem",
+            "answer",
+            "math",
+            MATH_INSTRUCTION,
+            hub=("HuggingFaceH4/aime_2024", None, "train"),
+        ),
+        # Neither set has a copy on the hub from its publishers: the file comes from Qwen2.5-Math's evaluation data.
+        Benchmark(
+            "college_math",
+            "CollegeMath",
+            "question",
+            "answer",
+            "math",
+            MATH_INSTRUCTION,
+            source="github.com/QwenLM/Qwen2.5-Math, evaluation/data/college_math/test.jsonl",
+        ),
+        Benchmark(
+            "minerva_math",
+            "Minerva",
+            "problem",
+            "solution",
+            "math",
+            MATH_INSTRUCTION,
+            source="github.com/QwenLM/Qwen2.5-Math, evaluation/data/minerva_math/test.jsonl",
+        ),
+    )
+}

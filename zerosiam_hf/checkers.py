@@ -1,0 +1,129 @@
+"""Answer checkers (numeric for GSM8K, math-verify for LaTeX answers) and the one function that scores completions.
+
+Every place that scores answers (the trainer's online records, evaluate.py, the synthetic calibration) calls
+`score_completions` with the benchmark's checker, so a number means the same thing wherever it is reported.
+"""
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+
+from .scoring import last_boxed, parse_gold, score_answer
+
+
+logger = logging.getLogger(__name__)
+CHECKERS = ("numeric", "math")
+_STARTUP_SECONDS = 120
+# The scores of an answer whose check failed or ran over: wrong, with nothing extracted.
+CHECK_FAILED = {"pred_strict": None, "pred_flexible": None, "correct_strict": False, "correct_flexible": False}
+
+
+class NumericChecker:
+    """GSM8K: the gold number after `#### `; strict `#### N` / `The answer is N`, flexible the last number."""
+
+    name = "numeric"
+
+    def parse_gold(self, answer: str):
+        """The gold value of an `answer` field; raise ValueError when it has none."""
+        return parse_gold(answer)
+
+    def score(self, texts: list[str], golds: list) -> list[dict]:
+        """Score each text against its gold."""
+        return [score_answer(text, gold) for text, gold in zip(texts, golds)]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MathChecker:
+    """LaTeX answers checked by math-verify in a child process, each check bounded by `timeout` seconds.
+
+    A check that runs over (sympy can take minutes on inputs such as nested powers) kills the child, counts the
+    answer as wrong with `check_timed_out`, and the next check starts a fresh child. So no answer can hang or crash
+    a run, whatever thread the caller is on.
+    """
+
+    name = "math"
+
+    def __init__(self, timeout: float = 5.0):
+        self.timeout = timeout
+        self._worker: subprocess.Popen | None = None
+
+    def parse_gold(self, answer: str) -> str:
+        """The gold expression: the last `\\boxed{}` of the field (a solution) if any, else the field without `$`."""
+        gold = last_boxed(answer)
+        gold = (answer if gold is None else gold).strip().strip("$").strip()
+        if not gold:
+            raise ValueError("gold answer is empty")
+        return gold
+
+    def score(self, texts: list[str], golds: list[str]) -> list[dict]:
+        """Score each text against its gold; an answer whose check times out or fails counts as wrong."""
+        return [self._check(gold, text) for text, gold in zip(texts, golds)]
+
+    def _check(self, gold: str, text: str) -> dict:
+        worker = self._start()
+        worker.stdin.write(json.dumps({"gold": gold, "text": text}) + "\n")
+        worker.stdin.flush()
+        line = _read_line(worker, self.timeout)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # nothing came in time (or the child died): restart it for the next check
+            self.close()
+            logger.warning("answer check stopped after %.0f s and counted as wrong", self.timeout)
+            return {**CHECK_FAILED, "check_timed_out": True}
+
+    def _start(self) -> subprocess.Popen:
+        if self._worker is not None and self._worker.poll() is None:
+            return self._worker
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "zerosiam_hf.math_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            # One thread: the checker runs beside training, and sympy gains nothing from more.
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        # Importing sympy is not part of any one check: it gets its own, longer limit.
+        if _read_line(self._worker, _STARTUP_SECONDS) != "ready\n":
+            self.close()
+            raise RuntimeError(f"the math answer checker did not start within {_STARTUP_SECONDS} s")
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the child process, if any."""
+        if self._worker is not None:
+            self._worker.kill()
+            self._worker.wait()
+            self._worker = None
+
+    def __del__(self):
+        self.close()
+
+
+def _read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The process's next output line, or "" if none comes within `timeout` seconds (or it died)."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline() if ready else ""
+
+
+def make_checker(name: str, timeout: float = 5.0) -> NumericChecker | MathChecker:
+    """The checker called `name` (one of CHECKERS)."""
+    if name == "math":
+        return MathChecker(timeout)
+    if name == "numeric":
+        return NumericChecker()
+    raise ValueError(f"--checker must be one of {', '.join(CHECKERS)}; got {name!r}.")
+
+
+def score_completions(checker, tokenizer, index: list[int], completions: list[list[int]], gold: dict) -> list[dict]:
+    """Decode completions (token ids) and score them against `gold[index]`: one record per answer."""
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    scores = checker.score(texts, [gold[i] for i in index])
+    return [
+        {"index": i, "completion": text, "tokens": len(ids), **score}
+        for i, text, ids, score in zip(index, texts, completions, scores)
+    ]
