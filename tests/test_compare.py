@@ -1,9 +1,11 @@
 """Tests for scripts/compare.py: methods x seeds under the online protocol, the table, the plots, and resuming."""
 
 import json
+import statistics
 
 import compare
 import pytest
+from conftest import PROBLEMS, REPO, write_problems
 
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 
@@ -93,3 +95,75 @@ def test_summary_names_an_ablation_and_averages_over_seeds():
     assert row["final_entropy"] == pytest.approx(0.3) and row["degenerate"] == 0.5
     assert row["final_logit_norm"] is None
     assert compare.summarize({"tent": [record("none", 10.0, [0.5])]})[0]["method"] == "tent"
+
+
+def write_math_problems(path, n: int = 4) -> str:
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"${2 * i}$"} for i in range(1, n + 1)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_compare_over_several_datasets_writes_the_papers_layout(tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "suite"
+    second = write_problems(tmp_path / "algebra.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS[:4]])
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--datasets", problems_file, second)
+    result = compare.main(argv)
+
+    for metric in ("accuracy_flexible", "accuracy_strict"):
+        rows = {row["method"]: row for row in result[metric]}
+        assert set(rows) == {"none", "zerosiam"}
+        for row in rows.values():
+            assert row["n"] == {"problems": 6, "algebra": 4} and row["seeds"] == 2
+            per_seed = [
+                statistics.fmean(
+                    json.loads((output_dir / "runs" / key / f"{method}-seed{seed}" / "run.json").read_text())[
+                        "results"
+                    ]["online"][metric]
+                    for key in ("problems", "algebra")
+                )
+                for method in [row["method"]]
+                for seed in (0, 1)
+            ]
+            assert row["average"] == pytest.approx((statistics.fmean(per_seed), statistics.stdev(per_seed)))
+    table = (output_dir / "comparison.md").read_text()
+    assert "| method | seeds | problems | algebra | avg |" in table
+    assert "| n | | 6 | 4 | |" in table
+    assert "Reported by the paper" not in table  # none of the paper's benchmarks is in this comparison
+
+
+def test_math_checker_flag_scores_latex_answers(tiny_model_dir, tmp_path):
+    math_file = write_math_problems(tmp_path / "algebra.jsonl")
+    output_dir = tmp_path / "math"
+    argv = compare_argv(tiny_model_dir, math_file, output_dir, "--checker", "math", "--seeds", "0")
+    compare.main(argv)
+    record = json.loads((output_dir / "runs" / "zerosiam-seed0" / "run.json").read_text())
+    assert record["data"]["checker"] == "math"
+    assert record["config"]["DataArguments"]["checker"] == "math"
+
+
+def test_paper_table_is_reported_apart_and_only_for_its_benchmarks():
+    table = compare.paper_table(["math500", "aime24", "college_math", "minerva_math"])
+    assert table.splitlines()[0] == "| method | Math-500 | AIME24 | CollegeMath | Minerva | avg |"
+    assert "| ZeroSiam | 52.60 | 13.33 | 26.25 | 22.06 | 28.56 |" in table
+    assert "| no adaptation | 49.20 | 3.33 | 25.00 | 20.96 | 24.62 |" in table
+    partial = compare.paper_table(["gsm8k", "math500"])
+    assert partial.splitlines()[0] == "| method | Math-500 |" and "avg" not in partial
+    assert compare.paper_table(["gsm8k"]) == ""
+
+
+def test_paper_suite_config_dry_run_resolves_every_benchmark(capsys, monkeypatch):
+    shared = REPO.parent / "shared" / "data"
+    if not all((shared / name / "test.jsonl").is_file() for name in ("math500", "aime24", "college_math")):
+        pytest.skip(f"{shared} is absent on this machine")
+    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
+    result = compare.main(["--config", str(REPO / "configs" / "paper_suite_llama3.1_8b.yaml"), "--dry_run", "true"])
+    assert result["model"]["name_or_path"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert {key: plan["problems"] for key, plan in result["plan"].items()} == {
+        "math500": 500,
+        "college_math": 2818,
+        "aime24": 30,
+        "minerva_math": 272,
+    }
+    assert all(plan["checker"] == "math" for plan in result["plan"].values())
+    assert result["runs"] == 4 * 4 * 3
+    assert "dry run: nothing was run" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The math answer checker (math-verify in a bounded child process) on hand-made cases, and the gold audit."""
 
+import json
 import time
 
 import pytest
@@ -13,7 +14,21 @@ from zerosiam_hf.scoring import last_boxed
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 MATH_BENCHMARKS = [name for name, b in BENCHMARKS.items() if b.checker == "math"]
-KNOWN_UNVERIFIABLE: dict[str, list] = {}
+# Gold answers that math-verify cannot compare with themselves, by benchmark and row, with the reason. No checker
+# can score these rows right; they count as wrong for every method alike.
+KNOWN_UNVERIFIABLE = {
+    "college_math": {
+        1130: "a piecewise function (cases in an array)",
+        1253: "a piecewise function (cases in an array)",
+        1827: "malformed LaTeX (a stray `$` before the factorial); sympy does not finish",
+        2436: "free text with a derivation ('Yes, this is true.')",
+        2468: "free text ('Solution is:') around a list of complex numbers",
+        2480: "free text ('Solution is:') around a list of complex numbers",
+        2569: "two series solutions of an ODE split by `$`; sympy does not finish",
+        2663: "a system of two differential equations (align*)",
+        2705: "two series solutions of an ODE split by `$`; sympy does not finish",
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +135,19 @@ def test_gold_audit(checker, name, monkeypatch):
     problems, identity = load_problems(DataArguments(dataset=name))
     assert identity["benchmark"] == name and identity["checker"] == "math"
     gold = gold_answers(problems, checker)
-    failed = [
-        (i, gold[i])
-        for i, result in enumerate(checker.score([f"$\\boxed{{{g}}}$" for g in gold.values()], list(gold.values())))
-        if not result["correct_strict"]
-    ]
+    results = checker.score([f"$\\boxed{{{g}}}$" for g in gold.values()], list(gold.values()))
+    failed = [i for i, result in enumerate(results) if not result["correct_strict"]]
     print(f"{name}: {len(failed)} of {len(gold)} gold answers fail to verify against themselves: {failed}")
-    assert failed == KNOWN_UNVERIFIABLE.get(name, [])
+    assert failed == sorted(KNOWN_UNVERIFIABLE.get(name, {}))
+
+
+def test_math500_answer_is_the_last_box_of_its_solution(checker, monkeypatch):
+    path = SHARED_DATA / "math500" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent on this machine")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    solutions = [f"$\\boxed{{{last_boxed(row['solution'])}}}$" for row in rows]
+    results = checker.score(solutions, [checker.parse_gold(row["answer"]) for row in rows])
+    failed = [i for i, result in enumerate(results) if not result["correct_strict"]]
+    print(f"math500: {len(failed)} of {len(rows)} answers differ from their solution's last box: {failed}")
+    assert failed == []

@@ -18,6 +18,7 @@ import yaml
 from conftest import PROBLEMS, REPO, write_problems
 
 from zerosiam_hf import PREDICTOR_NAME
+from zerosiam_hf.checkers import MathChecker
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -119,6 +120,32 @@ def test_evaluate_reports_base_and_adapted_accuracy(adapted_run, tmp_path):
         assert [p["index"] for p in predictions] == list(range(len(PROBLEMS)))
         flexible = 100 * sum(p["correct_flexible"] for p in predictions) / len(predictions)
         assert summary["accuracy_flexible"] == pytest.approx(flexible)
+
+
+def test_evaluate_scores_a_math_benchmark_with_math_verify(tiny_model_dir, tmp_path, monkeypatch):
+    rows = [{"problem": q, "solution": "...", "answer": answer} for q, answer in zip(QUESTIONS, GOLDS)]
+    (tmp_path / "math500").mkdir()
+    write_problems(tmp_path / "math500" / "test.jsonl", rows)
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(tmp_path))
+    out = tmp_path / "eval"
+    record = evaluate.main([*flags(model=tiny_model_dir, dataset="math500", max_new_tokens=4, output_dir=out)])
+    assert record["data"]["benchmark"] == "math500" and record["data"]["checker"] == "math"
+    assert record["results"]["base"]["check_timeouts"] == 0
+    predictions = read_jsonl(out / "predictions-base.jsonl")
+    # Rescoring each completion with a fresh math checker gives the recorded scores, and a boxed gold scores right.
+    checker = MathChecker()
+    try:
+        rescored = checker.score([p["completion"] for p in predictions], GOLDS)
+        assert [(p["correct_strict"], p["correct_flexible"]) for p in predictions] == [
+            (r["correct_strict"], r["correct_flexible"]) for r in rescored
+        ]
+        assert all(r["correct_strict"] for r in checker.score([f"\\boxed{{{g}}}" for g in GOLDS], GOLDS))
+    finally:
+        checker.close()
+
+
+QUESTIONS = ["What is one half?", "Give the interval of x <= 2.", "What is 90 degrees in degrees?"]
+GOLDS = ["\\frac{1}{2}", "(-\\infty, 2]", "90^\\circ"]
 
 
 @pytest.mark.parametrize(

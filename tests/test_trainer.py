@@ -14,7 +14,6 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
@@ -318,19 +317,37 @@ def contains(sequence: list[int], pattern: list[int]) -> bool:
     return any(sequence[i : i + len(pattern)] == pattern for i in range(len(sequence) - len(pattern) + 1))
 
 
-@pytest.mark.parametrize("signal", ["response", "prompt"])
-def test_gold_answers_never_reach_the_model(tmp_path, tokenizer, signal):
-    rows = [
-        {"question": q, "answer": f"{a.split('####')[0]}{CANARY_WORD} checked it.\n#### {CANARY_GOLD}"}
-        for q, a in PROBLEMS
-    ]
-    problems, _ = load_problems(DataArguments(dataset=write_problems(tmp_path / "canary.jsonl", rows)))
-    prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
-    gold = gold_answers(problems, NumericChecker())
-    assert set(gold.values()) == {int(CANARY_GOLD)}
+def canary_rows(layout: str) -> list[dict]:
+    """The conftest problems in a benchmark's own layout, every gold and solution carrying the canaries."""
+    solution = f"{CANARY_WORD} checked it, so the answer is $\\boxed{{{CANARY_GOLD}}}$."
+    if layout == "gsm8k":
+        return [
+            {"question": q, "answer": f"{a.split('####')[0]}{CANARY_WORD} checked it.\n#### {CANARY_GOLD}"}
+            for q, a in PROBLEMS
+        ]
+    if layout == "math500":
+        return [{"problem": q, "solution": solution, "answer": CANARY_GOLD, "level": 1} for q, _ in PROBLEMS]
+    return [{"problem": q, "solution": solution, "type": "canary"} for q, _ in PROBLEMS]  # minerva_math
+
+
+@pytest.mark.parametrize(
+    "layout, signal",
+    [("gsm8k", "response"), ("gsm8k", "prompt"), ("math500", "response"), ("minerva_math", "response")],
+)
+def test_gold_answers_never_reach_the_model(tmp_path, monkeypatch, tokenizer, layout, signal):
+    rows = canary_rows(layout)
+    (tmp_path / layout).mkdir()
+    write_problems(tmp_path / layout / "test.jsonl", rows)
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(tmp_path))
+    data_args = DataArguments(dataset=layout)
+    problems, _ = load_problems(data_args)
+    prompts = build_prompts(problems, tokenizer, data_args.instruction, max_prompt_length=512)
+    checker = data_args.make_checker()
+    gold = gold_answers(problems, checker)
+    assert {str(value) for value in gold.values()} == {CANARY_GOLD}
     canaries = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (CANARY_WORD, CANARY_GOLD)]
-    answer_ids = tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]
-    assert all(contains(answer_ids, canary) for canary in canaries)  # the search would find a leak
+    row_ids = tokenizer(json.dumps(rows[0]), add_special_tokens=False)["input_ids"]
+    assert all(contains(row_ids, canary) for canary in canaries)  # the search would find a leak
 
     model = make_model(tokenizer)
     seen, generate_calls = [], []
@@ -339,7 +356,8 @@ def test_gold_answers_never_reach_the_model(tmp_path, tokenizer, signal):
         seen.extend((args[0] if args else kwargs["input"]).tolist())
 
     hook = model.get_input_embeddings().register_forward_pre_hook(record_embedding_input, with_kwargs=True)
-    trainer = ZeroSiamTrainer(model, make_config(tmp_path, signal=signal), prompts, tokenizer, gold=gold)
+    config = make_config(tmp_path, signal=signal)
+    trainer = ZeroSiamTrainer(model, config, prompts, tokenizer, gold=gold, checker=checker)
     generate = trainer.model.generate
 
     def recording_generate(*args, **kwargs):
@@ -352,6 +370,7 @@ def test_gold_answers_never_reach_the_model(tmp_path, tokenizer, signal):
         trainer.train()
     finally:
         hook.remove()
+        checker.close()
 
     assert generate_calls and seen
     for question, _ in PROBLEMS:  # the hooks saw every prompt, so they would have seen an answer too

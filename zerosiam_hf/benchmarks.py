@@ -69,3 +69,15 @@ BENCHMARKS = {
         ),
     )
 }
+
+
+# The paper's LLM table (arXiv 2509.23183): online accuracy %, reported there, never measured here.
+PAPER_RESULTS = {
+    "model": "Llama-3.1-8B-Instruct",
+    "rows": {
+        "no adaptation": {"math500": 49.20, "college_math": 25.00, "aime24": 3.33, "minerva_math": 20.96},
+        "Tent": {"math500": 50.00, "college_math": 24.17, "aime24": 6.67, "minerva_math": 20.59},
+        "COME": {"math500": 49.80, "college_math": 25.42, "aime24": 6.67, "minerva_math": 22.74},
+        "ZeroSiam": {"math500": 52.60, "college_math": 26.25, "aime24": 13.33, "minerva_math": 22.06},
+    },
+}

@@ -66,12 +66,11 @@ class MathChecker:
 
     def _check(self, gold: str, text: str) -> dict:
         worker = self._start()
-        worker.stdin.write(json.dumps({"gold": gold, "text": text}) + "\n")
-        worker.stdin.flush()
-        line = _read_line(worker, self.timeout)
         try:
-            return json.loads(line)
-        except json.JSONDecodeError:  # nothing came in time (or the child died): restart it for the next check
+            worker.stdin.write(json.dumps({"gold": gold, "text": text}) + "\n")
+            worker.stdin.flush()
+            return json.loads(_read_line(worker, self.timeout))
+        except (json.JSONDecodeError, BrokenPipeError):  # no answer in time, or the child died: start anew next time
             self.close()
             logger.warning("answer check stopped after %.0f s and counted as wrong", self.timeout)
             return {**CHECK_FAILED, "check_timed_out": True}
@@ -90,7 +89,10 @@ class MathChecker:
         # Importing sympy is not part of any one check: it gets its own, longer limit.
         if _read_line(self._worker, _STARTUP_SECONDS) != "ready\n":
             self.close()
-            raise RuntimeError(f"the math answer checker did not start within {_STARTUP_SECONDS} s")
+            raise RuntimeError(
+                f"the math answer checker did not start within {_STARTUP_SECONDS} s; check that math-verify is "
+                "installed (pip install 'math-verify[antlr4_13_2]')"
+            )
         return self._worker
 
     def close(self) -> None:

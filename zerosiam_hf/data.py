@@ -1,6 +1,7 @@
 """Test problems through `datasets`: named benchmarks and generic files, validation, identity, and the prompts the
 model sees."""
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -65,6 +66,17 @@ class DataArguments:
             self.checker = benchmark.checker if benchmark else "numeric"
         if self.instruction is None:
             self.instruction = benchmark.instruction if benchmark else NUMERIC_INSTRUCTION
+
+    def for_dataset(self, name: str) -> "DataArguments":
+        """The same settings for another dataset; an instruction or checker that was the old dataset's default
+        becomes the new one's (one given explicitly is kept)."""
+        default = DataArguments(dataset=self.dataset)
+        changes = {"dataset": name}
+        if self.instruction == default.instruction:
+            changes["instruction"] = None
+        if self.checker == default.checker:
+            changes["checker"] = "auto"
+        return dataclasses.replace(self, **changes)
 
     def make_checker(self):
         """The answer checker this data is scored with."""
