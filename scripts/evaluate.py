@@ -101,14 +101,17 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------ evaluate
     staging = make_staging(output_dir)
     results = {}
-    if args.adapter is None or not args.skip_base:
-        results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
-        write_jsonl(staging / "predictions-base.jsonl", records)
-    if args.adapter is not None:
-        # The base pass is done: wrapping the same weights with the adapter costs no second load.
-        model = load_adapted_model(model, args.adapter)
-        results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
-        write_jsonl(staging / "predictions-adapted.jsonl", records)
+    try:
+        if args.adapter is None or not args.skip_base:
+            results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
+            write_jsonl(staging / "predictions-base.jsonl", records)
+        if args.adapter is not None:
+            # The base pass is done: wrapping the same weights with the adapter costs no second load.
+            model = load_adapted_model(model, args.adapter)
+            results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
+            write_jsonl(staging / "predictions-adapted.jsonl", records)
+    finally:
+        checker.close()
 
     # ------------------------------------------------------------------------------------------------ save
     record = {

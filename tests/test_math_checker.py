@@ -96,6 +96,7 @@ def test_a_check_that_runs_over_counts_as_wrong_and_the_next_check_works():
     try:
         # A tower of powers: sympy evaluates it for minutes (math-verify issue #65) unless stopped.
         tower = "$\\boxed{2^{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}}$"
+        assert checker.score(["$\\boxed{5}$"], ["5"])[0]["correct_strict"]  # the child is up: time the check alone
         start = time.monotonic()
         [slow] = checker.score([tower], ["5"])
         assert time.monotonic() - start < 10
@@ -136,6 +137,14 @@ def test_gold_audit(checker, name, monkeypatch):
     assert identity["benchmark"] == name and identity["checker"] == "math"
     gold = gold_answers(problems, checker)
     results = checker.score([f"$\\boxed{{{g}}}$" for g in gold.values()], list(gold.values()))
+    # A check that ran over on a loaded machine gets one more, long try before it counts as failed.
+    slow = MathChecker(timeout=120.0)
+    try:
+        for i, result in enumerate(results):
+            if result.get("check_timed_out") and i not in KNOWN_UNVERIFIABLE.get(name, {}):
+                results[i] = slow.score([f"$\\boxed{{{gold[i]}}}$"], [gold[i]])[0]
+    finally:
+        slow.close()
     failed = [i for i, result in enumerate(results) if not result["correct_strict"]]
     print(f"{name}: {len(failed)} of {len(gold)} gold answers fail to verify against themselves: {failed}")
     assert failed == sorted(KNOWN_UNVERIFIABLE.get(name, {}))
