@@ -33,13 +33,14 @@ from transformers import set_seed
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
-from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.records import (
     RUN_FILE,
     check_output_dir,
+    close_staging,
     config_dict,
-    make_staging,
+    open_staging,
     publish,
     staging_path,
     versions,
@@ -72,7 +73,19 @@ def run(
     config = config_dict(model_args, data_args, script_args, args)
     final_dir = args.output_dir
     check_output_dir(final_dir, config, script_args.overwrite)
+    staging = staging_path(final_dir)
+    if state.is_main_process:
+        open_staging(final_dir, config, script_args.overwrite)
+    state.wait_for_everyone()
+    try:
+        return _run_into(staging, model_args, data_args, args, config, state, command)
+    finally:
+        if state.is_main_process:
+            close_staging(staging)
 
+
+def _run_into(staging, model_args, data_args, args, config, state, command) -> dict:
+    final_dir = args.output_dir
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
     logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
@@ -81,14 +94,12 @@ def run(
     with state.main_process_first():  # the embedded model is converted once, by the first process
         model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
         prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
     gold = gold_answers(problems, checker) if args.protocol == "online" else None
 
     # ------------------------------------------------------------------------------------------------ trainer
-    if state.is_main_process:
-        make_staging(final_dir)
-    state.wait_for_everyone()
-    args.output_dir = str(staging_path(final_dir))
+    args.output_dir = str(staging)
     trainer = ZeroSiamTrainer(
         model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold, checker=checker
     )
@@ -117,9 +128,9 @@ def run(
     }
     if state.is_main_process:
         if records:
-            write_jsonl(trainer.args.output_dir + "/predictions.jsonl", records)
-        write_json(trainer.args.output_dir + "/" + RUN_FILE, record)
-        publish(staging_path(final_dir), final_dir)
+            write_jsonl(staging / "predictions.jsonl", records)
+        write_json(staging / RUN_FILE, record)
+        publish(staging, final_dir)
         if online:
             print(
                 f"online accuracy over {online['n']} answers: strict {online['accuracy_strict']:.2f}%, "

@@ -4,6 +4,7 @@ folders that appear whole or not at all, and launches through accelerate."""
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 import adapt
 import evaluate
 import pytest
+import torch
 import yaml
 from conftest import PROBLEMS, REPO, write_problems
+from safetensors.torch import load_file, save_file
 
-from zerosiam_hf import PREDICTOR_NAME
+from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -90,6 +93,7 @@ def test_adapt_writes_adapter_run_record_and_predictions(adapted_run):
     for package in ("torch", "transformers", "peft", "accelerate", "datasets"):
         assert run["versions"][package] == version(package)
     assert run["num_processes"] == 1 and run["results"]["steps"] == 3
+    assert run["data"]["prompts_cut"] == 0
     online = run["results"]["online"]
     assert online["n"] == len(PROBLEMS)
     assert 0 <= online["accuracy_strict"] <= 100 and 0 <= online["accuracy_flexible"] <= 100
@@ -119,6 +123,13 @@ def test_evaluate_reports_base_and_adapted_accuracy(adapted_run, tmp_path):
         assert [p["index"] for p in predictions] == list(range(len(PROBLEMS)))
         flexible = 100 * sum(p["correct_flexible"] for p in predictions) / len(predictions)
         assert summary["accuracy_flexible"] == pytest.approx(flexible)
+    base_only = tmp_path / "base"
+    argv = flags(
+        model=adapted_run["model_dir"], dataset=adapted_run["dataset"], max_new_tokens=4, output_dir=base_only
+    )
+    evaluate.main(argv)
+    # checking the adapter on the model before the base pass leaves the base model as it was
+    assert (out / "predictions-base.jsonl").read_bytes() == (base_only / "predictions-base.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -177,9 +188,20 @@ BAD_DATA = {
         (None, ["--protocol", "batch"], "--protocol must be one of online, offline; got 'batch'"),
         (None, ["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
         (None, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
+        (None, ["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+        (None, ["--learning_rate", "inf"], "--learning_rate must be a finite number, got inf"),
+        (None, ["--predictor_lr_scale=-inf"], "--predictor_lr_scale must be a finite number, got -inf"),
+        (None, ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
+        (None, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer"),
     ],
 )
-def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_file, tmp_path, data, argv, expected):
+def test_adapt_bad_inputs_exit_2_with_one_line(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path, data, argv, expected
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(adapt, "load_model_and_tokenizer", no_model)
     dataset = problems_file
     if data == "missing":
         dataset = str(tmp_path / "missing.jsonl")
@@ -188,6 +210,30 @@ def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_
     output_dir = tmp_path / "run"
     assert_usage_error(capsys, partial(adapt.main, adapt_argv(tiny_model_dir, dataset, output_dir, *argv)), expected)
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, problems_file, tmp_path):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the unknown model was reported")
+
+    monkeypatch.setattr(adapt, "load_problems", no_data)
+    call = partial(adapt.main, adapt_argv("no-such-model", problems_file, tmp_path / "run"))
+    assert_usage_error(capsys, call, "unknown --model 'no-such-model': use an alias")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("lora_r: [4]\n", "lora_r takes one value, got [4]"),
+        ("lora_r: 4.5\n", "lora_r: invalid value 4.5; see --help"),
+        ("lora_target_modules: 7\n", "lora_target_modules takes a list, got 7"),
+    ],
+)
+def test_yaml_values_of_the_wrong_type(capsys, tiny_model_dir, problems_file, tmp_path, yaml_text, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, tmp_path / "run", "--config", str(config)))
+    assert_usage_error(capsys, call, f"--config {config}: {expected}")
 
 
 def test_unknown_yaml_key(capsys, tiny_model_dir, problems_file, tmp_path):
@@ -315,3 +361,94 @@ def test_accelerate_launch_two_cpu_processes_gathers_predictions(tiny_model_dir,
     predictions = read_jsonl(output_dir / "predictions.jsonl")
     assert sorted(p["index"] for p in predictions) == list(range(len(PROBLEMS)))  # each problem exactly once
     assert (output_dir / "adapter_model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- what a run may delete
+def test_partial_and_old_folders_a_user_made_are_never_deleted(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1))
+    partial_dir = tmp_path / "run.partial"
+    partial_dir.mkdir()
+    (partial_dir / "notes.txt").write_text("keep me")
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{partial_dir} was not made by zerosiam-hf")
+    assert (partial_dir / "notes.txt").read_text() == "keep me" and not output_dir.exists()
+    (partial_dir / "notes.txt").unlink()  # an empty folder holds nothing to lose: the run may use it
+
+    adapt.main(argv)
+    first = snapshot(output_dir)
+    old = tmp_path / "run.old"
+    old.mkdir()
+    (old / "notes.txt").write_text("keep me")
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{old} was not made by zerosiam-hf")
+    assert (old / "notes.txt").read_text() == "keep me" and snapshot(output_dir) == first
+
+
+def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, problems_file, tmp_path):
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    argv = adapt_argv(
+        tiny_model_dir, problems_file, stranger, *flags(overwrite="true", protocol="offline", max_steps=1)
+    )
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{stranger} was not made by zerosiam-hf")
+    assert snapshot(stranger) == {"notes.txt": b"keep me"}
+    assert not stranger.with_name("stranger.partial").exists()
+
+
+def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, "--lora_target_modules", "no_such_module")
+    assert_usage_error(capsys, partial(adapt.main, argv), "No modules were targeted for adaptation")
+    assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_prompts_cut_from_the_left_are_counted_in_the_log_and_run_record(tiny_model_dir, tmp_path, caplog):
+    rows = [{"question": q, "answer": a} for q, a in PROBLEMS]
+    rows[3]["question"] = "Read this. " * 100
+    dataset = write_problems(tmp_path / "long.jsonl", rows)
+    output_dir = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="zerosiam_hf"):
+        adapt.main(adapt_argv(tiny_model_dir, dataset, output_dir, *flags(max_prompt_length=400, max_steps=1)))
+    assert "1 of 6 prompts are longer than 400 tokens and were cut from the left" in caplog.text
+    assert json.loads((output_dir / "run.json").read_text())["data"]["prompts_cut"] == 1
+
+
+# ------------------------------------------------------------------------------------------------- bad adapter folders
+def corrupt(adapter: Path, target: Path, how: str) -> Path:
+    """A copy of a saved adapter, broken in one way."""
+    shutil.copytree(adapter, target)
+    weights, config_file = target / "adapter_model.safetensors", target / "adapter_config.json"
+    tensors = load_file(weights)
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "tent_weights":  # a zerosiam config over weights that hold no predictor
+        save_file({name: t for name, t in tensors.items() if PREDICTOR_NAME not in name}, weights)
+    elif how == "rank":
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "r": 16}))
+    elif how == "nan":
+        name = sorted(name for name in tensors if "lora_B" in name)[0]
+        save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, weights)
+    return target
+
+
+BAD_ADAPTERS = {
+    "truncated": "adapter_model.safetensors cannot be read (Error while deserializing header",
+    "tent_weights": "its weights do not fit its adapter_config.json or this model (KeyError",
+    "rank": "its weights do not fit its adapter_config.json or this model (RuntimeError: size mismatch for",
+    "nan": "1 of 17 tensors hold NaN or Inf",
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_ADAPTERS))
+def test_bad_adapter_folders_give_one_line(capsys, adapted_run, tmp_path, how):
+    adapter = corrupt(adapted_run["output_dir"], tmp_path / "adapter", how)
+    expected = f"--adapter {adapter}: {BAD_ADAPTERS[how]}"
+    base, _, _ = load_model_and_tokenizer(ModelArguments(model=adapted_run["model_dir"]))
+    with pytest.raises(ValueError) as error:
+        load_adapted_model(base, str(adapter))
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+    out = tmp_path / "eval"
+    argv = flags(model=adapted_run["model_dir"], dataset=adapted_run["dataset"], adapter=adapter, output_dir=out)
+    assert_usage_error(capsys, partial(evaluate.main, [*argv, *flags(max_new_tokens=4)]), expected)
+    assert not out.exists() and not out.with_name("eval.partial").exists()

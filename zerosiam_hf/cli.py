@@ -1,5 +1,6 @@
 """Command-line plumbing shared by the scripts: YAML configs with flag overrides, and one-line errors."""
 
+import argparse
 import functools
 import os
 import sys
@@ -40,9 +41,24 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"--config {config_path}: unknown option(s) {', '.join(unknown)}; see --help.")
-        parser.set_defaults(**values)
+        actions = {action.dest: action for action in parser._actions}
+        parser.set_defaults(**{name: _typed(actions[name], value, config_path) for name, value in values.items()})
     # The trailing namespace holds `--config` itself.
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+def _typed(action, value, config_path: str):
+    """A YAML value checked against its flag's type: argparse converts string defaults only, so `lora_r: [4]` or
+    `lora_r: 4.5` would otherwise reach the config as a list or a float."""
+    if value is None or isinstance(value, str) or action.type is None:
+        return value
+    if isinstance(value, list) != (action.nargs in ("+", "*")):
+        expected = "a list" if action.nargs in ("+", "*") else "one value"
+        raise UsageError(f"--config {config_path}: {action.dest} takes {expected}, got {value!r}.")
+    try:
+        return [action.type(str(v)) for v in value] if isinstance(value, list) else action.type(str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise UsageError(f"--config {config_path}: {action.dest}: invalid value {value!r}; see --help.") from None
 
 
 def exits_cleanly(main):

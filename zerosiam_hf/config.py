@@ -1,5 +1,6 @@
 """Configuration of a test-time adaptation run: the method, its signal, its protocol and the LoRA adapters."""
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -112,9 +113,14 @@ class ZeroSiamConfig(TrainingArguments):
                 f"--ablation {self.ablation} applies to --method zerosiam only, got --method {self.method}."
             )
         for name in ("alpha", "learning_rate", "predictor_lr_scale", "lora_dropout"):
+            # `nan < 0` is False: a NaN weight or rate would pass a sign check and poison every update.
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name} must be a finite number, got {getattr(self, name)}.")
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length"):
+        if self.lora_dropout >= 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        for name in ("lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length", "per_device_train_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         if self.loss_chunk_size < 0:
