@@ -34,7 +34,8 @@ from transformers import set_seed
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
-from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+from zerosiam_hf.guards import RunStopped
+from zerosiam_hf.modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, nonfinite_tensors
 from zerosiam_hf.records import (
     RUN_FILE,
     check_output_dir,
@@ -130,6 +131,14 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
         if records:
             write_jsonl(staging / "predictions.jsonl", records)
         write_json(staging / RUN_FILE, record)
+    state.wait_for_everyone()
+    bad, total = nonfinite_tensors(staging / ADAPTER_WEIGHTS)
+    if bad:  # every process reads the same file, so all of them stop here
+        raise RunStopped(
+            f"the adapter holds NaN or Inf in {len(bad)} of {total} tensors (first: {bad[0]}); it was not published, "
+            f"and the run's records stay in {staging}."
+        )
+    if state.is_main_process:
         publish(staging, final_dir)
         if online:
             print(

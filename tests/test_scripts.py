@@ -21,6 +21,7 @@ from conftest import PROBLEMS, REPO, write_problems
 from safetensors.torch import load_file, save_file
 
 from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer
+from zerosiam_hf.guards import NonFiniteGuard
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -452,3 +453,39 @@ def test_bad_adapter_folders_give_one_line(capsys, adapted_run, tmp_path, how):
     argv = flags(model=adapted_run["model_dir"], dataset=adapted_run["dataset"], adapter=adapter, output_dir=out)
     assert_usage_error(capsys, partial(evaluate.main, [*argv, *flags(max_new_tokens=4)]), expected)
     assert not out.exists() and not out.with_name("eval.partial").exists()
+
+
+# -------------------------------------------------------------------------------------------------------- divergence
+DIVERGING = flags(learning_rate=10, protocol="offline", signal="prompt", max_steps=12)
+
+
+def assert_stopped(capsys, call, expected: str) -> str:
+    """`call()` exits with status 1 and one line, `error: ...`, that contains `expected`."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 1 and len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *DIVERGING))
+    assert_stopped(capsys, call, "the last 5 updates had a NaN or Inf loss or gradient and were skipped")
+    assert not output_dir.exists()
+
+
+def test_an_adapter_with_nonfinite_weights_is_never_published(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path
+):
+    monkeypatch.setattr(NonFiniteGuard, "on_pre_optimizer_step", lambda *args, **kwargs: None)  # no guard
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *DIVERGING))
+    assert_stopped(capsys, call, "the adapter holds NaN or Inf in ")
+    assert not output_dir.exists()
+    staging = tmp_path / "run.partial"
+    assert (staging / "run.json").is_file()  # the records of the run are kept
+    assert not (staging / ".lock").exists()

@@ -2,6 +2,7 @@
 that gold answers never reach the model, and that a saved adapter reloads to the same model."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,13 +12,14 @@ import pytest
 import torch
 from conftest import PROBLEMS, REPO, make_model, make_tokenizer, write_problems
 from datasets import Dataset
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
+from zerosiam_hf.guards import RunStopped
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
 
@@ -536,3 +538,34 @@ def test_baselines_and_ablations_differ_in_the_loss_only(tmp_path, tokenizer, pr
     first = {i: r["completion"] for i, r in reference.online_records.items()}
     assert first and first == {i: r["completion"] for i, r in variant.online_records.items()}
     assert all(r["updates_before"] == 0 for r in variant.online_records.values())
+
+
+# -------------------------------------------------------------------------------------------------------------- guards
+def optimizer_state(trainer) -> dict:
+    state = getattr(trainer.optimizer, "optimizer", trainer.optimizer).state
+    return {f"{id(p)}.{key}": value.clone() for p, values in state.items() for key, value in values.items()}
+
+
+def test_nonfinite_updates_are_skipped_and_the_run_stops(tmp_path, tokenizer, prompts):
+    # At learning rate 10 the tiny model's gradients turn NaN from step 4 on, while its weights are still finite.
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts, None, learning_rate=10.0, protocol="offline", signal="prompt", max_steps=12
+    )
+    after_step = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            after_step.append((trainable(trainer.model), optimizer_state(trainer)))
+
+    trainer.add_callback(Snapshot())
+    with pytest.raises(RunStopped, match=r"stopped at step 8: the last 5 updates had a NaN or Inf loss or gradient"):
+        trainer.train()
+
+    logs = step_logs(trainer)
+    skipped = [entry["guard/skipped_updates"] for entry in logs]
+    assert skipped == [0, 0, 0, 1, 2, 3, 4]
+    assert all(math.isnan(entry["grad_norm"]) == (entry["guard/skipped_updates"] > 0) for entry in logs)
+    for (weights, moments), (weights_before, moments_before) in zip(after_step[3:], after_step[2:]):
+        assert_all_equal(weights_before, weights)  # a skipped update moves no weight
+        assert_all_equal(moments_before, moments)  # nor any optimizer state
+    assert all(torch.isfinite(p).all() for p in trainable(trainer.model).values())

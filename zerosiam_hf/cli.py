@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .guards import RunStopped
+
 
 class UsageError(ValueError):
     """A problem with what the user asked for; the scripts print it as one line and exit with status 2."""
@@ -62,7 +64,8 @@ def _typed(action, value, config_path: str):
 
 
 def exits_cleanly(main):
-    """Turn the errors a user can fix into one line on stderr and exit status 2, instead of a traceback.
+    """Turn the errors a user can fix into one line on stderr and exit status 2, instead of a traceback; a run that
+    stopped early (`RunStopped`) prints its one line and exits with its own status.
 
     Set ZEROSIAM_DEBUG=1 to get the traceback back.
     """
@@ -76,5 +79,8 @@ def exits_cleanly(main):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except RunStopped as stop:
+            print(f"error: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_code)
 
     return wrapper

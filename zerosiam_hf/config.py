@@ -83,6 +83,13 @@ class ZeroSiamConfig(TrainingArguments):
         default=True,
         metadata={"help": "Merge LoRA into the base weights while generating (faster), unmerging before the update."},
     )
+    max_skipped_updates: int = field(
+        default=5,
+        metadata={
+            "help": "An update whose loss or gradient holds NaN or Inf is skipped (weights and optimizer state "
+            "unchanged) and counted as guard/skipped_updates; after this many in a row the run stops."
+        },
+    )
 
     # Test-time adaptation defaults that differ from TrainingArguments.
     output_dir: str | None = field(default="outputs/zerosiam", metadata={"help": "Where the run is written."})
@@ -120,7 +127,14 @@ class ZeroSiamConfig(TrainingArguments):
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if self.lora_dropout >= 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        for name in ("lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length", "per_device_train_batch_size"):
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "max_new_tokens",
+            "max_prompt_length",
+            "per_device_train_batch_size",
+            "max_skipped_updates",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         if self.loss_chunk_size < 0:

@@ -13,6 +13,7 @@ from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batch, greedy_config, left_pad, merged_lora
+from .guards import NonFiniteGuard
 from .losses import head_loss
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
@@ -99,6 +100,8 @@ class ZeroSiamTrainer(Trainer):
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         self._head_checked = False
         self._pending_episode = None
+        self._guard = NonFiniteGuard(self)
+        self.add_callback(self._guard)
         if args.episodic:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             self.add_callback(_EpisodeEnd(self))
@@ -127,7 +130,9 @@ class ZeroSiamTrainer(Trainer):
         if not self.args.trains:
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._guard.check_loss(loss)
+        return loss
 
     def _prepare_inputs(self, inputs: dict) -> dict:
         """Answer the prompts (when the signal or the protocol needs it) and build the loss inputs."""
@@ -267,6 +272,8 @@ class ZeroSiamTrainer(Trainer):
         """Add the step's averaged diagnostics to the Trainer's logs (so `report_to` sees them)."""
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
+        if self.args.trains:
+            logs["guard/skipped_updates"] = self._guard.skipped
         super().log(logs, start_time)
 
     def online_results(self) -> tuple[dict, list[dict]]:

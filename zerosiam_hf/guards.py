@@ -1,0 +1,51 @@
+"""Guards that keep a long test-time adaptation run sound: non-finite updates are skipped, and a run that cannot go
+on stops with one line."""
+
+import torch
+from transformers import TrainerCallback
+
+
+class RunStopped(RuntimeError):
+    """A run that stopped before its end; the scripts print the message as one line and exit with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Skips an update whose loss or gradient holds NaN or Inf, and stops the run after too many in a row.
+
+    Dropping every gradient (set to None) before the optimizer step makes the step a no-op: torch's optimizers
+    leave a parameter without a gradient, and its state, untouched. The decision is reduced over processes, so
+    that every process skips the same updates and the replicas stay equal.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.nonfinite_loss = False
+        self.skipped = 0
+        self.in_a_row = 0
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        """Note a micro-batch whose loss is not finite (its gradient may still be)."""
+        self.nonfinite_loss |= not bool(torch.isfinite(loss).all())
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        bad = self.nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
+        self.nonfinite_loss = False
+        flag = trainer.accelerator.reduce(torch.tensor(float(bad), device=args.device), reduction="sum")
+        if flag.item() == 0:
+            self.in_a_row = 0
+            return
+        model.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= args.max_skipped_updates:
+            raise RunStopped(
+                f"stopped at step {state.global_step + 1}: the last {self.in_a_row} updates had a NaN or Inf loss or "
+                "gradient and were skipped (--max_skipped_updates); the run diverged, try a lower --learning_rate."
+            )
