@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -489,3 +490,34 @@ def test_an_adapter_with_nonfinite_weights_is_never_published(
     staging = tmp_path / "run.partial"
     assert (staging / "run.json").is_file()  # the records of the run are kept
     assert not (staging / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------------------------- one writer per folder
+def start_adapt(argv: list[str]) -> subprocess.Popen:
+    """scripts/adapt.py in its own process."""
+    command = [sys.executable, str(REPO / "scripts" / "adapt.py"), *argv]
+    return subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_second_run_into_a_folder_being_written_refuses(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(max_new_tokens=48))
+    first = start_adapt(argv)
+    try:
+        wait_for(tmp_path / "run.partial" / ".lock", first)
+        line = assert_usage_error(capsys, partial(adapt.main, argv), f"--output_dir {output_dir}: another run (pid ")
+        assert f"(pid {first.pid} on {socket.gethostname()}) is writing it" in line
+        assert first.poll() is None  # the refusal came while the first run was still writing
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()[-3000:]
+    assert len(read_jsonl(output_dir / "predictions.jsonl")) == len(PROBLEMS)  # the first run, whole
+    assert not (output_dir / ".lock").exists()
