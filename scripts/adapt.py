@@ -15,6 +15,10 @@ Usage:
     accelerate launch scripts/adapt.py --model llama --protocol offline --max_steps 20 --output_dir outputs/offline
     python scripts/evaluate.py --model llama --adapter outputs/offline
 
+    # go on with a run that was stopped (Ctrl-C, SIGTERM) or killed: the same flags, plus
+    accelerate launch scripts/adapt.py --model llama --max_samples 64 --output_dir outputs/zerosiam \
+        --resume_from_checkpoint true
+
     # two CPU processes (`--cpu --num_processes 2` would start one: accelerate runs several CPU processes only
     # through mpirun; the torchrun-style launcher with --use_cpu starts two that talk over gloo)
     accelerate launch --multi_gpu --num_processes 2 scripts/adapt.py --use_cpu true --model llama --max_samples 64
@@ -24,12 +28,16 @@ timings, online accuracy and the logged diagnostics) and `predictions.jsonl` (ea
 """
 
 import logging
+import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from accelerate import PartialState
 from transformers import set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
@@ -48,7 +56,7 @@ from zerosiam_hf.records import (
     write_json,
     write_jsonl,
 )
-from zerosiam_hf.trainer import ZeroSiamTrainer
+from zerosiam_hf.trainer import PREDICTIONS_FILE, ZeroSiamTrainer, latest_checkpoint
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -76,7 +84,7 @@ def run(
     check_output_dir(final_dir, config, script_args.overwrite)
     staging = staging_path(final_dir)
     if state.is_main_process:
-        open_staging(final_dir, config, script_args.overwrite)
+        open_staging(final_dir, config, script_args.overwrite, resume=bool(args.resume_from_checkpoint))
     state.wait_for_everyone()
     try:
         return _run_into(staging, model_args, data_args, args, config, state, command)
@@ -87,6 +95,7 @@ def run(
 
 def _run_into(staging, model_args, data_args, args, config, state, command) -> dict:
     final_dir = args.output_dir
+    checkpoint = _checkpoint_to_resume(args.resume_from_checkpoint, staging)
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
     logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
@@ -108,7 +117,11 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
     # ------------------------------------------------------------------------------------------------ adapt
     start = time.perf_counter()
     try:
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except RunStopped as stop:
+        if not stop.resumable:
+            raise
+        raise RunStopped(f"{stop}; resume with: {_resume_command(command or sys.argv)}", stop.exit_code) from None
     finally:
         checker.close()
     adapt_seconds = time.perf_counter() - start
@@ -129,8 +142,10 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
     }
     if state.is_main_process:
         if records:
-            write_jsonl(staging / "predictions.jsonl", records)
+            write_jsonl(staging / PREDICTIONS_FILE, records)  # the streamed answers, now in dataset order
         write_json(staging / RUN_FILE, record)
+        for finished in staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the run is whole: nothing left to resume
+            shutil.rmtree(finished)
     state.wait_for_everyone()
     bad, total = nonfinite_tensors(staging / ADAPTER_WEIGHTS)
     if bad:  # every process reads the same file, so all of them stop here
@@ -151,6 +166,34 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
         )
     state.wait_for_everyone()
     return record
+
+
+def _checkpoint_to_resume(value: str | None, staging: Path) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names: `true` for the newest complete one in the staging folder."""
+    if not value:
+        return None
+    if value.lower() == "true":
+        checkpoint = latest_checkpoint(staging)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint true: {staging} holds no complete checkpoint to resume from.")
+        return checkpoint
+    if not Path(value).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such folder; give a checkpoint-<step> folder or true.")
+    return value
+
+
+def _resume_command(command: list[str]) -> str:
+    """The command line that was run, with `--resume_from_checkpoint true` in place of any such flag it had."""
+    argv, skip = [], False
+    for item in command[1:]:
+        if skip or item.startswith("--resume_from_checkpoint="):
+            skip = False
+            continue
+        if item == "--resume_from_checkpoint":
+            skip = True
+            continue
+        argv.append(item)
+    return shlex.join(["python", command[0], *argv, "--resume_from_checkpoint", "true"])
 
 
 @exits_cleanly

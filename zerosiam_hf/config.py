@@ -17,7 +17,8 @@ class ZeroSiamConfig(TrainingArguments):
     """`TrainingArguments` plus the settings of ZeroSiam test-time adaptation.
 
     The defaults differ from `TrainingArguments` where test-time adaptation needs it: a constant learning rate,
-    one pass over the test stream, logging every step, no checkpoints, and the dataset's extra columns kept.
+    one pass over the test stream, logging every step, a checkpoint every 50 steps, and the dataset's extra columns
+    kept.
     """
 
     method: str = field(
@@ -98,7 +99,16 @@ class ZeroSiamConfig(TrainingArguments):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the unlabeled test prompts."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Prompts per step and process."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpoints during adaptation (none by default)."})
+    save_strategy: str = field(
+        default="steps",
+        metadata={
+            "help": "Checkpoints during adaptation, to resume from (--resume_from_checkpoint): every save_steps."
+        },
+    )
+    save_steps: float = field(default=50, metadata={"help": "Steps between checkpoints."})
+    save_total_limit: int | None = field(
+        default=1, metadata={"help": "Checkpoints kept in the staging folder (the newest); they go when the run ends."}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns for the loop."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer."})
     ddp_find_unused_parameters: bool | None = field(

@@ -1,16 +1,25 @@
 """Guards that keep a long test-time adaptation run sound: non-finite updates are skipped, and a run that cannot go
 on stops with one line."""
 
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+
 import torch
 from transformers import TrainerCallback
+
+
+logger = logging.getLogger(__name__)
 
 
 class RunStopped(RuntimeError):
     """A run that stopped before its end; the scripts print the message as one line and exit with `exit_code`."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, resumable: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.resumable = resumable
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -49,3 +58,51 @@ class NonFiniteGuard(TrainerCallback):
                 f"stopped at step {state.global_step + 1}: the last {self.in_a_row} updates had a NaN or Inf loss or "
                 "gradient and were skipped (--max_skipped_updates); the run diverged, try a lower --learning_rate."
             )
+
+
+class SignalStop(TrainerCallback):
+    """SIGINT or SIGTERM ends the run at the end of the current step, with a checkpoint to resume from.
+
+    A second signal acts as it would without this callback (KeyboardInterrupt, or termination), for a user who will
+    not wait for the step to end. Processes stop together: the request is reduced over processes every step.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.signum = None
+        self.stopped_at = None
+        self._previous = {}
+
+    @contextmanager
+    def installed(self):
+        """Catch the signals for the duration of the block (only the main thread may install handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.signum, self.stopped_at = None, None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+        logger.warning("%s: finishing this step, then writing a checkpoint.", signal.Signals(signum).name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        requested = torch.tensor(float(self.signum is not None), device=args.device)
+        if self.trainer.accelerator.num_processes > 1:
+            requested = self.trainer.accelerator.reduce(requested, reduction="sum")
+        if requested.item() > 0 and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step

@@ -77,6 +77,10 @@ def write_json(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
+def _jsonl_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, default=str) + "\n"
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
     """Write one JSON object a line through a temporary file and a rename; an interrupted write keeps the old file."""
     path = Path(path)
@@ -85,12 +89,20 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                handle.write(_jsonl_line(row))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return str(path)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows to a JSON-lines file and flush them, so that a killed process leaves every row written so far."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(_jsonl_line(row) for row in rows))
 
 
 def matching_record(output_dir: str, config: dict, record_file: str = RUN_FILE) -> dict | None:
@@ -236,6 +248,7 @@ def open_staging(
             )
     leftovers = set(os.listdir(staging)) - {MARKER_FILE, LOCK_FILE}
     if resume:
+        _check_same_settings(staging, config, output_dir)
         _take_lock(staging, output_dir)
         return staging
     if overwrite or not leftovers:
@@ -250,6 +263,25 @@ def open_staging(
         else "it has no checkpoint to resume from: start over with --overwrite true, or move it away"
     )
     raise ValueError(f"--output_dir {output_dir}: {staging} holds an interrupted run{gone}; {how}.")
+
+
+def _check_same_settings(staging: Path, config: dict | None, output_dir: str) -> None:
+    """A run resumes only with the settings it was started with: anything else would mix two runs in one record."""
+    started = json.loads((staging / MARKER_FILE).read_text()).get("config")
+    if config is None or started is None:
+        return
+    started, now = _identity(started), _identity(config)
+    changed = sorted(
+        name
+        for section in started.keys() | now.keys()
+        for name in started.get(section, {}).keys() | now.get(section, {}).keys()
+        if started.get(section, {}).get(name) != now.get(section, {}).get(name)
+    )
+    if changed:
+        raise ValueError(
+            f"--output_dir {output_dir}: the interrupted run in {staging} was started with other settings "
+            f"({', '.join('--' + name for name in changed)}); resume it with the flags it was started with."
+        )
 
 
 def _take_lock(staging: Path, output_dir: str) -> None:
