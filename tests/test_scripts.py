@@ -590,6 +590,8 @@ def test_a_killed_run_resumes_to_the_same_end(
 
     line = assert_usage_error(capsys, partial(adapt.main, argv), f"{staging} holds an interrupted run (its process")
     assert "resume it with --resume_from_checkpoint true or start over with --overwrite true" in line
+    other = [*argv, "--learning_rate", "1e-3", "--resume_from_checkpoint", "true"]
+    assert_usage_error(capsys, partial(adapt.main, other), "was started with other settings (--learning_rate)")
 
     checkpoint = Path(latest_checkpoint(staging))
     resume_and_count_steps(monkeypatch, [*argv, "--resume_from_checkpoint", "true"], 12 - int(checkpoint.name[11:]))
