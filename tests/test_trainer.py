@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
+from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
@@ -569,3 +570,43 @@ def test_nonfinite_updates_are_skipped_and_the_run_stops(tmp_path, tokenizer, pr
         assert_all_equal(weights_before, weights)  # a skipped update moves no weight
         assert_all_equal(moments_before, moments)  # nor any optimizer state
     assert all(torch.isfinite(p).all() for p in trainable(trainer.model).values())
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "resets"),
+    [
+        ({"collapse_min_entropy": 100.0}, STEPS),  # every batch is "collapsed": reset after each update
+        ({"collapse_min_entropy": 0.0, "collapse_max_degenerate": 1.0}, 0),  # no batch can pass these
+    ],
+)
+def test_collapse_guard_resets_lora_predictor_and_optimizer(tmp_path, tokenizer, prompts, gold, thresholds, resets):
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, method="zerosiam", collapse_guard=True, **thresholds)
+    initial = trainable(trainer.model)
+
+    trainer.train()
+
+    expected = list(range(1, STEPS + 1)) if resets else [0] * STEPS
+    assert [entry["guard/resets"] for entry in step_logs(trainer)] == expected
+    if resets:
+        assert_all_equal(initial, trainable(trainer.model))
+        assert len(trainer.optimizer.state) == 0
+    else:
+        assert_all_moved(initial, trainable(trainer.model))
+    assert trainer.online_results()[0]["n"] == len(PROBLEMS)
+
+
+def test_collapse_guard_resets_on_degenerate_answers(tmp_path, tokenizer, prompts, gold, monkeypatch):
+    shares = iter([0.0, 1.0, 0.5])  # the second batch's answers are all degenerate
+    monkeypatch.setattr(trainer_module, "answer_diagnostics", lambda texts, ids: {"answers/degenerate": next(shares)})
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts, gold, collapse_guard=True, collapse_min_entropy=0.0, collapse_max_degenerate=0.5
+    )
+    trainer.train()
+    assert [entry["guard/resets"] for entry in step_logs(trainer)] == [0, 1, 1]
+
+
+def test_collapse_guard_thresholds_are_checked():
+    with pytest.raises(ValueError, match=r"--collapse_max_degenerate must be in \[0, 1\], got 1.5"):
+        ZeroSiamConfig(output_dir="x", collapse_max_degenerate=1.5, report_to="none")
+    with pytest.raises(ValueError, match="--collapse_min_entropy must be a finite number >= 0, got nan"):
+        ZeroSiamConfig(output_dir="x", collapse_min_entropy=float("nan"), report_to="none")

@@ -106,3 +106,37 @@ class SignalStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+
+
+class CollapseGuard(TrainerCallback):
+    """Model recovery (SAR's, for LLMs): after a step whose batch shows collapse, reset LoRA, predictor and optimizer.
+
+    A batch shows collapse when the clean branch's mean entropy on it falls below `collapse_min_entropy`, or when the
+    share of its answers that are degenerate (no number, or a token loop) passes `collapse_max_degenerate`.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.resets = 0
+        self._seen = {}
+
+    def _batch_mean(self, key: str) -> float | None:
+        values = self.trainer._metrics[key][self._seen.get(key, 0) :]
+        return sum(values) / len(values) if values else None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._seen = {key: len(values) for key, values in self.trainer._metrics.items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        entropy, degenerate = self._batch_mean("collapse/entropy"), self._batch_mean("answers/degenerate")
+        low_entropy = entropy is not None and entropy < args.collapse_min_entropy
+        degenerate_answers = degenerate is not None and degenerate > args.collapse_max_degenerate
+        if low_entropy or degenerate_answers:
+            self.trainer._reset_to_initial()
+            self.resets += 1
+            logger.warning(
+                "step %d: collapse guard reset LoRA, predictor and optimizer (clean entropy %s, degenerate share %s).",
+                state.global_step,
+                "n/a" if entropy is None else f"{entropy:.3f}",
+                "n/a" if degenerate is None else f"{degenerate:.2f}",
+            )

@@ -18,7 +18,7 @@ from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batch, greedy_config, left_pad, merged_lora
-from .guards import NonFiniteGuard, RunStopped, SignalStop
+from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
 from .losses import head_loss
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
@@ -115,9 +115,13 @@ class ZeroSiamTrainer(Trainer):
         self._signal_stop = SignalStop(self)
         self.add_callback(self._guard)
         self.add_callback(self._signal_stop)
-        if args.episodic:
+        self._collapse_guard = CollapseGuard(self) if args.collapse_guard else None
+        if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if args.episodic:
             self.add_callback(_EpisodeEnd(self))
+        if self._collapse_guard is not None:
+            self.add_callback(self._collapse_guard)
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -162,6 +166,7 @@ class ZeroSiamTrainer(Trainer):
                 "online_records": list(self.online_records.values()),
                 "skipped_updates": self._guard.skipped,
                 "skipped_in_a_row": self._guard.in_a_row,
+                "resets": None if self._collapse_guard is None else self._collapse_guard.resets,
             }
             write_json(folder / RUN_STATE_FILE, run_state)
         super()._save_checkpoint(model, trial)
@@ -176,6 +181,8 @@ class ZeroSiamTrainer(Trainer):
         run_state = json.loads(file.read_text())
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
         self._guard.skipped, self._guard.in_a_row = run_state["skipped_updates"], run_state["skipped_in_a_row"]
+        if self._collapse_guard is not None:
+            self._collapse_guard.resets = run_state["resets"] or 0
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # peft reloads the adapter as trainable, which would unfreeze a frozen-predictor ablation.
@@ -344,6 +351,10 @@ class ZeroSiamTrainer(Trainer):
             prompt_ids, prompt_mask, index = self._pending_episode
             self._record(index, self._generate(prompt_ids, prompt_mask))
             self._pending_episode = None
+        self._reset_to_initial()
+
+    def _reset_to_initial(self) -> None:
+        """Put LoRA and the predictor back to their initial values and forget the optimizer's state."""
         with torch.no_grad():
             for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
                 if name in self._initial_state:
@@ -356,6 +367,8 @@ class ZeroSiamTrainer(Trainer):
         self._metrics.clear()
         if self.args.trains:
             logs["guard/skipped_updates"] = self._guard.skipped
+        if self._collapse_guard is not None:
+            logs["guard/resets"] = self._collapse_guard.resets
         super().log(logs, start_time)
 
     def online_results(self) -> tuple[dict, list[dict]]:
