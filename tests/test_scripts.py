@@ -231,7 +231,8 @@ def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, pr
     [
         ("lora_r: [4]\n", "lora_r takes one value, got [4]"),
         ("lora_r: 4.5\n", "lora_r: invalid value 4.5; see --help"),
-        ("lora_target_modules: 7\n", "lora_target_modules takes a list, got 7"),
+        ("learning_rate: [0.1]\n", "learning_rate takes one value, got [0.1]"),
+        ("max_new_tokens: many\n", "max_new_tokens: invalid value 'many'; see --help"),
     ],
 )
 def test_yaml_values_of_the_wrong_type(capsys, tiny_model_dir, problems_file, tmp_path, yaml_text, expected):

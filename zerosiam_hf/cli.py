@@ -1,6 +1,5 @@
 """Command-line plumbing shared by the scripts: YAML configs with flag overrides, and one-line errors."""
 
-import argparse
 import functools
 import os
 import sys
@@ -50,16 +49,17 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
 
 
 def _typed(action, value, config_path: str):
-    """A YAML value checked against its flag's type: argparse converts string defaults only, so `lora_r: [4]` or
-    `lora_r: 4.5` would otherwise reach the config as a list or a float."""
-    if value is None or isinstance(value, str) or action.type is None:
+    """A YAML value for a numeric flag, checked against its type: argparse converts string defaults only, so
+    `lora_r: [4]` or `lora_r: 4.5` would otherwise reach the config as a list or a float. Other flags (some take a
+    string or a list, such as report_to) keep their YAML value."""
+    if action.type not in (int, float) or value is None:
         return value
     if isinstance(value, list) != (action.nargs in ("+", "*")):
         expected = "a list" if action.nargs in ("+", "*") else "one value"
         raise UsageError(f"--config {config_path}: {action.dest} takes {expected}, got {value!r}.")
     try:
         return [action.type(str(v)) for v in value] if isinstance(value, list) else action.type(str(value))
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
+    except ValueError:
         raise UsageError(f"--config {config_path}: {action.dest}: invalid value {value!r}; see --help.") from None
 
 
