@@ -111,9 +111,9 @@ class ZeroSiamTrainer(Trainer):
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         self._head_checked = False
         self._pending_episode = None
-        self._guard = NonFiniteGuard(self)
+        self._nonfinite_guard = NonFiniteGuard(self)
         self._signal_stop = SignalStop(self)
-        self.add_callback(self._guard)
+        self.add_callback(self._nonfinite_guard)
         self.add_callback(self._signal_stop)
         self._collapse_guard = CollapseGuard(self) if args.collapse_guard else None
         if args.episodic or args.collapse_guard:
@@ -164,8 +164,8 @@ class ZeroSiamTrainer(Trainer):
             # Written before the Trainer's files: a checkpoint with its trainer_state.json is then complete.
             run_state = {
                 "online_records": list(self.online_records.values()),
-                "skipped_updates": self._guard.skipped,
-                "skipped_in_a_row": self._guard.in_a_row,
+                "skipped_updates": self._nonfinite_guard.skipped,
+                "skipped_in_a_row": self._nonfinite_guard.in_a_row,
                 "resets": None if self._collapse_guard is None else self._collapse_guard.resets,
             }
             write_json(folder / RUN_STATE_FILE, run_state)
@@ -180,18 +180,10 @@ class ZeroSiamTrainer(Trainer):
             )
         run_state = json.loads(file.read_text())
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
-        self._guard.skipped, self._guard.in_a_row = run_state["skipped_updates"], run_state["skipped_in_a_row"]
+        self._nonfinite_guard.skipped = run_state["skipped_updates"]
+        self._nonfinite_guard.in_a_row = run_state["skipped_in_a_row"]
         if self._collapse_guard is not None:
             self._collapse_guard.resets = run_state["resets"] or 0
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # peft reloads the adapter as trainable, which would unfreeze a frozen-predictor ablation.
-        model = self.model if model is None else model
-        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        for name, p in model.named_parameters():
-            if name in frozen:
-                p.requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -218,7 +210,7 @@ class ZeroSiamTrainer(Trainer):
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._guard.check_loss(loss)
+        self._nonfinite_guard.check_loss(loss)
         return loss
 
     def _prepare_inputs(self, inputs: dict) -> dict:
@@ -366,7 +358,7 @@ class ZeroSiamTrainer(Trainer):
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
         if self.args.trains:
-            logs["guard/skipped_updates"] = self._guard.skipped
+            logs["guard/skipped_updates"] = self._nonfinite_guard.skipped
         if self._collapse_guard is not None:
             logs["guard/resets"] = self._collapse_guard.resets
         super().log(logs, start_time)
