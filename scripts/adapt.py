@@ -66,7 +66,13 @@ logger = logging.getLogger("zerosiam_hf")
 class AdaptArguments:
     """Options of this script beyond the model, the data and the adaptation config."""
 
-    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
+            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
+        },
+    )
 
 
 def run(

@@ -53,7 +53,13 @@ class EvalArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
+            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
     max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
     max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to this many tokens (left)."})
