@@ -610,3 +610,32 @@ def test_collapse_guard_thresholds_are_checked():
         ZeroSiamConfig(output_dir="x", collapse_max_degenerate=1.5, report_to="none")
     with pytest.raises(ValueError, match="--collapse_min_entropy must be a finite number >= 0, got nan"):
         ZeroSiamConfig(output_dir="x", collapse_min_entropy=float("nan"), report_to="none")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"episodic": True}, {"collapse_guard": True, "collapse_min_entropy": 100.0}],
+    ids=["online", "episodic", "collapse_guard"],
+)
+def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold, overrides):
+    settings = {"save_steps": 1, "save_total_limit": None, **overrides}
+    whole = make_trainer(tmp_path, tokenizer, prompts, gold, **settings)
+    whole.train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert json.loads((checkpoint / "zerosiam_state.json").read_text())["online_records"]
+
+    resumed = make_trainer(tmp_path, tokenizer, prompts, gold, **settings)
+    generated = []
+    generate = resumed._generate
+    resumed._generate = lambda *args: generated.append(1) or generate(*args)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert len(generated) == (STEPS - 1) * (2 if overrides.get("episodic") else 1)  # only the batches after step 1
+    assert_all_equal(trainable(whole.model), trainable(resumed.model))
+    assert resumed.online_results() == whole.online_results()
+    last = step_logs(resumed)[-1]
+    assert {k: v for k, v in last.items() if k.startswith("guard/")} == {
+        k: v for k, v in step_logs(whole)[-1].items() if k.startswith("guard/")
+    }
+    streamed = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(streamed, key=lambda r: r["index"]) == whole.online_results()[1]  # each answer streamed once
