@@ -32,22 +32,27 @@ class NonFiniteGuard(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.nonfinite_loss = False
+        self.nonfinite_loss = None
         self.skipped = 0
         self.in_a_row = 0
 
     def check_loss(self, loss: torch.Tensor) -> None:
-        """Note a micro-batch whose loss is not finite (its gradient may still be)."""
-        self.nonfinite_loss |= not bool(torch.isfinite(loss).all())
+        """Note a micro-batch whose loss is not finite (its gradient may still be); no host sync here."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.nonfinite_loss = bad if self.nonfinite_loss is None else self.nonfinite_loss | bad
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         trainer = self.trainer
         model = trainer.accelerator.unwrap_model(trainer.model)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        bad = self.nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
-        self.nonfinite_loss = False
-        flag = trainer.accelerator.reduce(torch.tensor(float(bad), device=args.device), reduction="sum")
-        if flag.item() == 0:
+        bad = torch.zeros((), device=args.device)
+        checks = [torch.isfinite(p.grad).all().to(bad.device) for p in model.parameters() if p.grad is not None]
+        if checks:
+            bad = bad + (~torch.stack(checks).all()).float()
+        if self.nonfinite_loss is not None:
+            bad = bad + self.nonfinite_loss.float().to(bad.device)
+        self.nonfinite_loss = None
+        # One reduction and one host sync per step, however many tensors there are.
+        if trainer.accelerator.reduce(bad, reduction="sum").item() == 0:
             self.in_a_row = 0
             return
         model.zero_grad(set_to_none=True)
