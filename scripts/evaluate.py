@@ -25,10 +25,19 @@ import torch
 
 from zerosiam_hf.checkers import score_completions
 from zerosiam_hf.cli import exits_cleanly, parse_args
-from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from zerosiam_hf.generation import generate_completions
-from zerosiam_hf.modeling import ModelArguments, load_adapted_model, load_model_and_tokenizer
-from zerosiam_hf.records import check_output_dir, config_dict, make_staging, publish, versions, write_json, write_jsonl
+from zerosiam_hf.modeling import ModelArguments, check_adapter, load_adapted_model, load_model_and_tokenizer
+from zerosiam_hf.records import (
+    check_output_dir,
+    close_staging,
+    config_dict,
+    open_staging,
+    publish,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from zerosiam_hf.scoring import accuracy
 
 
@@ -44,7 +53,13 @@ class EvalArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
+            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
     max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
     max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to this many tokens (left)."})
@@ -79,14 +94,21 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------ arguments
     model_args, data_args, args = parse_args((ModelArguments, DataArguments, EvalArguments), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
-        raise ValueError(f"--adapter {args.adapter}: no adapter_config.json there; give the output_dir of adapt.py.")
+    if args.adapter is not None:
+        check_adapter(args.adapter)
     output_dir = args.output_dir or (
         f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
     )
     config = config_dict(model_args, data_args, args)
     check_output_dir(output_dir, config, args.overwrite, record_file="eval.json")
+    staging = open_staging(output_dir, config, args.overwrite, record_file="eval.json")
+    try:
+        return _evaluate_into(staging, output_dir, model_args, data_args, args, config)
+    finally:
+        close_staging(staging)
 
+
+def _evaluate_into(staging, output_dir, model_args, data_args, args, config) -> dict:
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
 
@@ -94,12 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
     if torch.cuda.is_available() and not model_args.load_in_4bit:
         model.to("cuda")
+    if args.adapter is not None:  # an adapter that does not fit the model is reported now, not after the base pass
+        load_adapted_model(model, args.adapter).unload()
     prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
     gold = gold_answers(problems, checker)
 
     # ------------------------------------------------------------------------------------------------ evaluate
-    staging = make_staging(output_dir)
     results = {}
     try:
         if args.adapter is None or not args.skip_base:

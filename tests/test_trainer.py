@@ -2,6 +2,7 @@
 that gold answers never reach the model, and that a saved adapter reloads to the same model."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,12 +12,14 @@ import pytest
 import torch
 from conftest import PROBLEMS, REPO, make_model, make_tokenizer, write_problems
 from datasets import Dataset
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
+from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
+from zerosiam_hf.guards import RunStopped
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
 
@@ -555,3 +558,103 @@ def test_baselines_and_ablations_differ_in_the_loss_only(tmp_path, tokenizer, pr
     first = {i: r["completion"] for i, r in reference.online_records.items()}
     assert first and first == {i: r["completion"] for i, r in variant.online_records.items()}
     assert all(r["updates_before"] == 0 for r in variant.online_records.values())
+
+
+# -------------------------------------------------------------------------------------------------------------- guards
+def optimizer_state(trainer) -> dict:
+    state = getattr(trainer.optimizer, "optimizer", trainer.optimizer).state
+    return {f"{id(p)}.{key}": value.clone() for p, values in state.items() for key, value in values.items()}
+
+
+def test_nonfinite_updates_are_skipped_and_the_run_stops(tmp_path, tokenizer, prompts):
+    # At learning rate 10 the tiny model's gradients turn NaN from step 4 on, while its weights are still finite.
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts, None, learning_rate=10.0, protocol="offline", signal="prompt", max_steps=12
+    )
+    after_step = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            after_step.append((trainable(trainer.model), optimizer_state(trainer)))
+
+    trainer.add_callback(Snapshot())
+    with pytest.raises(RunStopped, match=r"stopped at step 8: the last 5 updates had a NaN or Inf loss or gradient"):
+        trainer.train()
+
+    logs = step_logs(trainer)
+    skipped = [entry["guard/skipped_updates"] for entry in logs]
+    assert skipped == [0, 0, 0, 1, 2, 3, 4]
+    assert all(math.isnan(entry["grad_norm"]) == (entry["guard/skipped_updates"] > 0) for entry in logs)
+    for (weights, moments), (weights_before, moments_before) in zip(after_step[3:], after_step[2:]):
+        assert_all_equal(weights_before, weights)  # a skipped update moves no weight
+        assert_all_equal(moments_before, moments)  # nor any optimizer state
+    assert all(torch.isfinite(p).all() for p in trainable(trainer.model).values())
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "resets"),
+    [
+        ({"collapse_min_entropy": 100.0}, STEPS),  # every batch is "collapsed": reset after each update
+        ({"collapse_min_entropy": 0.0, "collapse_max_degenerate": 1.0}, 0),  # no batch can pass these
+    ],
+)
+def test_collapse_guard_resets_lora_predictor_and_optimizer(tmp_path, tokenizer, prompts, gold, thresholds, resets):
+    trainer = make_trainer(tmp_path, tokenizer, prompts, gold, method="zerosiam", collapse_guard=True, **thresholds)
+    initial = trainable(trainer.model)
+
+    trainer.train()
+
+    expected = list(range(1, STEPS + 1)) if resets else [0] * STEPS
+    assert [entry["guard/resets"] for entry in step_logs(trainer)] == expected
+    if resets:
+        assert_all_equal(initial, trainable(trainer.model))
+        assert len(trainer.optimizer.state) == 0
+    else:
+        assert_all_moved(initial, trainable(trainer.model))
+    assert trainer.online_results()[0]["n"] == len(PROBLEMS)
+
+
+def test_collapse_guard_resets_on_degenerate_answers(tmp_path, tokenizer, prompts, gold, monkeypatch):
+    shares = iter([0.0, 1.0, 0.5])  # the second batch's answers are all degenerate
+    monkeypatch.setattr(trainer_module, "answer_diagnostics", lambda texts, ids: {"answers/degenerate": next(shares)})
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts, gold, collapse_guard=True, collapse_min_entropy=0.0, collapse_max_degenerate=0.5
+    )
+    trainer.train()
+    assert [entry["guard/resets"] for entry in step_logs(trainer)] == [0, 1, 1]
+
+
+def test_collapse_guard_thresholds_are_checked():
+    with pytest.raises(ValueError, match=r"--collapse_max_degenerate must be in \[0, 1\], got 1.5"):
+        ZeroSiamConfig(output_dir="x", collapse_max_degenerate=1.5, report_to="none")
+    with pytest.raises(ValueError, match="--collapse_min_entropy must be a finite number >= 0, got nan"):
+        ZeroSiamConfig(output_dir="x", collapse_min_entropy=float("nan"), report_to="none")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"episodic": True}, {"collapse_guard": True, "collapse_min_entropy": 100.0}],
+    ids=["online", "episodic", "collapse_guard"],
+)
+def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold, overrides):
+    settings = {"save_steps": 1, "save_total_limit": None, **overrides}
+    whole = make_trainer(tmp_path, tokenizer, prompts, gold, **settings)
+    whole.train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert json.loads((checkpoint / "zerosiam_state.json").read_text())["online_records"]
+
+    resumed = make_trainer(tmp_path, tokenizer, prompts, gold, **settings)
+    generated = []
+    generate = resumed._generate
+    resumed._generate = lambda *args: generated.append(1) or generate(*args)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert len(generated) == (STEPS - 1) * (2 if overrides.get("episodic") else 1)  # only the batches after step 1
+    assert_all_equal(trainable(whole.model), trainable(resumed.model))
+    assert resumed.online_results() == whole.online_results()
+    last = step_logs(resumed)[-1]
+    assert {k: v for k, v in last.items() if k.startswith("guard/")} == {
+        k: v for k, v in step_logs(whole)[-1].items() if k.startswith("guard/")
+    }
+    streamed = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(streamed, key=lambda r: r["index"]) == whole.online_results()[1]  # each answer streamed once

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .guards import RunStopped
+
 
 class UsageError(ValueError):
     """A problem with what the user asked for; the scripts print it as one line and exit with status 2."""
@@ -40,13 +42,30 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"--config {config_path}: unknown option(s) {', '.join(unknown)}; see --help.")
-        parser.set_defaults(**values)
+        actions = {action.dest: action for action in parser._actions}
+        parser.set_defaults(**{name: _typed(actions[name], value, config_path) for name, value in values.items()})
     # The trailing namespace holds `--config` itself.
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 
 
+def _typed(action, value, config_path: str):
+    """A YAML value for a numeric flag, checked against its type: argparse converts string defaults only, so
+    `lora_r: [4]` or `lora_r: 4.5` would otherwise reach the config as a list or a float. Other flags (some take a
+    string or a list, such as report_to) keep their YAML value."""
+    if action.type not in (int, float) or value is None:
+        return value
+    if isinstance(value, list) != (action.nargs in ("+", "*")):
+        expected = "a list" if action.nargs in ("+", "*") else "one value"
+        raise UsageError(f"--config {config_path}: {action.dest} takes {expected}, got {value!r}.")
+    try:
+        return [action.type(str(v)) for v in value] if isinstance(value, list) else action.type(str(value))
+    except ValueError:
+        raise UsageError(f"--config {config_path}: {action.dest}: invalid value {value!r}; see --help.") from None
+
+
 def exits_cleanly(main):
-    """Turn the errors a user can fix into one line on stderr and exit status 2, instead of a traceback.
+    """Turn the errors a user can fix into one line on stderr and exit status 2, instead of a traceback; a run that
+    stopped early (`RunStopped`) prints its one line and exits with its own status.
 
     Set ZEROSIAM_DEBUG=1 to get the traceback back.
     """
@@ -60,5 +79,8 @@ def exits_cleanly(main):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except RunStopped as stop:
+            print(f"error: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_code)
 
     return wrapper

@@ -1,8 +1,11 @@
 """Test problems through `datasets`: named benchmarks and generic files, validation, identity, and the prompts the
 model sees."""
 
+import codecs
 import dataclasses
+import errno
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,8 @@ from datasets import Dataset
 from .benchmarks import BENCHMARKS, NUMERIC_INSTRUCTION
 from .checkers import CHECKERS, make_checker
 
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -101,6 +106,8 @@ def _local_dirs(name: str) -> list[Path]:
 def _find_file(source: str, split: str) -> Path | None:
     """The local file behind `source`, or None when `source` names a hub dataset."""
     path = Path(source)
+    if path.is_symlink() and _is_link_loop(path):
+        raise ValueError(f"--dataset {source}: a symbolic link loop; point the link at a file.")
     if source in BENCHMARKS:
         for folder in _local_dirs(source):
             if (folder / f"{split}.jsonl").is_file():
@@ -111,7 +118,7 @@ def _find_file(source: str, split: str) -> Path | None:
         if not matches:
             raise ValueError(f"--dataset {source}: no {split}.jsonl/.json/.parquet/.csv in that folder.")
         return matches[0]
-    if path.suffix in FILE_BUILDERS:
+    if path.suffix.lower() in FILE_BUILDERS:
         if not path.is_file():
             raise ValueError(f"--dataset {source}: no such file; check the path.")
         if not os.access(path, os.R_OK):
@@ -139,10 +146,45 @@ def _hub_source(args: DataArguments) -> tuple[str, str | None, str]:
     return hub_id, config, hub_split if hub_split and args.split == "test" else args.split
 
 
+def _is_link_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
+
+
+def _check_utf8(file: Path) -> None:
+    """Text formats must be UTF-8: datasets reads other bytes without complaint and fails later, nameless."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"--dataset {file}: not UTF-8 text (byte {block[error.start]:#04x} at offset "
+                    f"{offset + error.start}); save the file as UTF-8."
+                ) from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"--dataset {file}: not UTF-8 text (it ends inside a character); save it as UTF-8.") from None
+
+
+def _check_questions(dataset: Dataset, source: str) -> None:
+    for i, question in enumerate(dataset["question"]):
+        if not isinstance(question, str) or not question.strip():
+            what = "empty" if isinstance(question, str) else f"{question!r}, not text"
+            raise ValueError(f"--dataset {source}: row {i}: the question is {what}; every row needs a question.")
+
+
 def _parquet_without_rows(file: Path) -> bool:
     # datasets words "no rows" as "corresponds to no data" for text formats, but as an Arrow batch-size error for a
     # parquet file with a schema and no rows: ask the file's own metadata.
-    if file.suffix != ".parquet":
+    if file.suffix.lower() != ".parquet":
         return False
     try:
         return pyarrow.parquet.ParquetFile(file).metadata.num_rows == 0
@@ -159,8 +201,10 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     if file is not None:
         if file.stat().st_size == 0:
             raise ValueError(f"--dataset {file}: the file is empty; give a file with problems.")
+        if file.suffix.lower() != ".parquet":
+            _check_utf8(file)
         try:
-            dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix], data_files=str(file), split="train")
+            dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix.lower()], data_files=str(file), split="train")
         except Exception as error:  # datasets raises many types for a malformed file
             if "corresponds to no data" in str(error) or _parquet_without_rows(file):
                 raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
@@ -202,6 +246,7 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
         gold_answers(dataset, args.make_checker())
     except ValueError as error:
         raise ValueError(f"--dataset {args.dataset}: {error}.") from None
+    _check_questions(dataset, args.dataset)
     identity["selected"] = len(dataset)
     return dataset, identity
 
@@ -219,8 +264,8 @@ def _hub_revision(hub_id: str) -> str | None:
 def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_length: int) -> Dataset:
     """Tokenize each question once into `prompt_ids` (chat template where the tokenizer has one).
 
-    The result holds `index` and `prompt_ids` only: the gold answers are dropped here, so that nothing
-    downstream of this function (adaptation included) can feed them to the model.
+    The result holds `index`, `prompt_ids` and the uncut `prompt_length` only: the gold answers are dropped here, so
+    that nothing downstream of this function (adaptation included) can feed them to the model.
     """
     has_template = tokenizer.chat_template is not None
 
@@ -232,9 +277,23 @@ def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_leng
         else:
             ids = tokenizer(text + "\n")["input_ids"]
         # Cutting from the left keeps the end of the question and the generation prompt.
-        return {"prompt_ids": list(ids)[-max_prompt_length:]}
+        return {"prompt_ids": list(ids)[-max_prompt_length:], "prompt_length": len(ids)}
 
-    return dataset.map(encode, remove_columns=["question", "answer"], desc="Tokenizing prompts")
+    prompts = dataset.map(encode, remove_columns=["question", "answer"], desc="Tokenizing prompts")
+    cut = prompts_cut(prompts)
+    if cut:
+        logger.warning(
+            "%d of %d prompts are longer than %d tokens and were cut from the left.",
+            cut,
+            len(prompts),
+            max_prompt_length,
+        )
+    return prompts
+
+
+def prompts_cut(prompts: Dataset) -> int:
+    """How many prompts `build_prompts` cut from the left to fit `max_prompt_length`."""
+    return sum(length > len(ids) for length, ids in zip(prompts["prompt_length"], prompts["prompt_ids"]))
 
 
 def gold_answers(dataset: Dataset, checker) -> dict:

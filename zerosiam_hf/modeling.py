@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ZeroSiamConfig
@@ -20,6 +22,7 @@ from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -44,6 +47,7 @@ class ModelArguments:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}.")
+        resolve_model(self.model)  # an unknown alias is reported now, before any data or weights load
 
 
 def available_aliases() -> list[str]:
@@ -169,15 +173,54 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
     return peft_model
 
 
+def nonfinite_tensors(weights_file: str | os.PathLike) -> tuple[list[str], int]:
+    """Names of the tensors in a safetensors file that hold NaN or Inf, and the number of tensors in it."""
+    tensors = load_file(weights_file)
+    return [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()], len(tensors)
+
+
+def check_adapter(adapter_dir: str) -> None:
+    """Refuse an adapter folder that cannot be used: no config, unreadable weights, or weights with NaN or Inf."""
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise ValueError(f"--adapter {adapter_dir}: no adapter_config.json there; give the output_dir of adapt.py.")
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"--adapter {adapter_dir}: no {ADAPTER_WEIGHTS} there; give the output_dir of adapt.py.")
+    try:
+        bad, total = nonfinite_tensors(weights)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"--adapter {adapter_dir}: {ADAPTER_WEIGHTS} cannot be read ({_first_line(error)})."
+        ) from None
+    if bad:
+        raise ValueError(
+            f"--adapter {adapter_dir}: {len(bad)} of {total} tensors hold NaN or Inf (first: {bad[0]}); the run that "
+            "wrote it diverged, so it cannot be used."
+        )
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # torch words a shape clash as a header line and then one "size mismatch for <name>: ..." line per tensor.
+    line = next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else "")
+    return line.rstrip(".")
+
+
 def load_adapted_model(base: PreTrainedModel, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
     """Reload a saved run: attach an identity predictor, then `PeftModel.from_pretrained` restores LoRA and predictor.
 
     A plain `PeftModel.from_pretrained(base, adapter_dir)` works as well and generates the same text, since the
     predictor never takes part in generation; attaching it first also restores its weights (to go on adapting).
     """
+    check_adapter(adapter_dir)
     config_file = Path(adapter_dir) / "adapter_config.json"
-    if not config_file.is_file():
-        raise ValueError(f"--adapter {adapter_dir}: no adapter_config.json there; give the output_dir of adapt.py.")
     if PREDICTOR_NAME in (json.loads(config_file.read_text()).get("modules_to_save") or []):
         attach_predictor(base)
-    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)
+    try:
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)
+    except (KeyError, RuntimeError) as error:  # a config that does not match its weights, or another base model
+        raise ValueError(
+            f"--adapter {adapter_dir}: its weights do not fit its adapter_config.json or this model "
+            f"({type(error).__name__}: {_first_line(error)})."
+        ) from None

@@ -1,22 +1,34 @@
 """`ZeroSiamTrainer`: test-time adaptation of a causal LM's next-token distributions with a `transformers.Trainer`."""
 
+import json
+import signal
 from collections import defaultdict
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batch, greedy_config, left_pad, merged_lora
+from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
 from .losses import head_loss
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
+from .records import append_jsonl, write_json, write_jsonl
 from .scoring import accuracy
+
+
+PREDICTIONS_FILE = "predictions.jsonl"
+# What a checkpoint needs beyond the Trainer's own files to resume a run exactly.
+RUN_STATE_FILE = "zerosiam_state.json"
 
 
 class PromptCollator:
@@ -99,9 +111,79 @@ class ZeroSiamTrainer(Trainer):
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         self._head_checked = False
         self._pending_episode = None
-        if args.episodic:
+        self._nonfinite_guard = NonFiniteGuard(self)
+        self._signal_stop = SignalStop(self)
+        self.add_callback(self._nonfinite_guard)
+        self.add_callback(self._signal_stop)
+        self._collapse_guard = CollapseGuard(self) if args.collapse_guard else None
+        if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if args.episodic:
             self.add_callback(_EpisodeEnd(self))
+        if self._collapse_guard is not None:
+            self.add_callback(self._collapse_guard)
+
+    # ----------------------------------------------------------------------------------------------- run
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, resumable with the online records, stopping at a step's end on SIGINT or SIGTERM.
+
+        `resume_from_checkpoint=True` takes the newest complete checkpoint in `output_dir`. A stop by signal writes
+        a checkpoint and raises `RunStopped`; the answers scored so far are in `output_dir/predictions.jsonl`, one
+        line each as they come.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint in {self.args.output_dir}.")
+        stream = Path(self.args.output_dir) / PREDICTIONS_FILE
+        if resume_from_checkpoint:
+            self._load_run_state(resume_from_checkpoint)
+        if self.args.should_save:  # the stream restarts where the checkpoint left it
+            if self.online_records:
+                write_jsonl(stream, self.online_records.values())
+            else:
+                stream.unlink(missing_ok=True)
+        with self._signal_stop.installed():
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        step = self._signal_stop.stopped_at
+        if step is not None:
+            signum = self._signal_stop.signum
+            name = signal.Signals(signum).name if signum else "a signal to another process"
+            raise RunStopped(
+                f"stopped by {name} at step {step} of {self.state.max_steps}; checkpoint in "
+                f"{Path(self.args.output_dir) / f'{PREFIX_CHECKPOINT_DIR}-{step}'}",
+                exit_code=128 + signum if signum else 1,
+                resumable=True,
+            )
+        return output
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, plus the online records so far and the guard's counters."""
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            # Written before the Trainer's files: a checkpoint with its trainer_state.json is then complete.
+            run_state = {
+                "online_records": list(self.online_records.values()),
+                "skipped_updates": self._nonfinite_guard.skipped,
+                "skipped_in_a_row": self._nonfinite_guard.in_a_row,
+                "resets": None if self._collapse_guard is None else self._collapse_guard.resets,
+            }
+            write_json(folder / RUN_STATE_FILE, run_state)
+        super()._save_checkpoint(model, trial)
+
+    def _load_run_state(self, checkpoint: str) -> None:
+        file = Path(checkpoint) / RUN_STATE_FILE
+        if not (file.is_file() and (Path(checkpoint) / TRAINER_STATE_NAME).is_file()):
+            raise ValueError(
+                f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint of this trainer (no "
+                f"{RUN_STATE_FILE} or {TRAINER_STATE_NAME} there)."
+            )
+        run_state = json.loads(file.read_text())
+        self.online_records = {record["index"]: record for record in run_state["online_records"]}
+        self._nonfinite_guard.skipped = run_state["skipped_updates"]
+        self._nonfinite_guard.in_a_row = run_state["skipped_in_a_row"]
+        if self._collapse_guard is not None:
+            self._collapse_guard.resets = run_state["resets"] or 0
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -127,7 +209,9 @@ class ZeroSiamTrainer(Trainer):
         if not self.args.trains:
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite_guard.check_loss(loss)
+        return loss
 
     def _prepare_inputs(self, inputs: dict) -> dict:
         """Answer the prompts (when the signal or the protocol needs it) and build the loss inputs."""
@@ -237,6 +321,8 @@ class ZeroSiamTrainer(Trainer):
         fresh = [(r, ids) for r, ids in gathered if r["index"] not in self.online_records]
         for record, _ in fresh:
             self.online_records[record["index"]] = record
+        if self.args.should_save and fresh:
+            append_jsonl(Path(self.args.output_dir) / PREDICTIONS_FILE, [record for record, _ in fresh])
         self._metrics_update(answer_diagnostics([r["completion"] for r, _ in fresh], [ids for _, ids in fresh]))
         self._metrics_update({"answers/check_timeouts": sum(bool(r.get("check_timed_out")) for r, _ in fresh)})
         running = accuracy(list(self.online_records.values()))
@@ -257,6 +343,10 @@ class ZeroSiamTrainer(Trainer):
             prompt_ids, prompt_mask, index = self._pending_episode
             self._record(index, self._generate(prompt_ids, prompt_mask))
             self._pending_episode = None
+        self._reset_to_initial()
+
+    def _reset_to_initial(self) -> None:
+        """Put LoRA and the predictor back to their initial values and forget the optimizer's state."""
         with torch.no_grad():
             for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
                 if name in self._initial_state:
@@ -267,12 +357,28 @@ class ZeroSiamTrainer(Trainer):
         """Add the step's averaged diagnostics to the Trainer's logs (so `report_to` sees them)."""
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
+        if self.args.trains:
+            logs["guard/skipped_updates"] = self._nonfinite_guard.skipped
+        if self._collapse_guard is not None:
+            logs["guard/resets"] = self._collapse_guard.resets
         super().log(logs, start_time)
 
     def online_results(self) -> tuple[dict, list[dict]]:
         """Accuracy of the answers given along the way, and the scored records in dataset order."""
         records = [self.online_records[i] for i in sorted(self.online_records)]
         return accuracy(records), records
+
+
+def latest_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint in `folder` that was written to its end (a kill can cut the last one short)."""
+    complete = [
+        path
+        for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.name.rsplit("-", 1)[1].isdigit()
+        and (path / TRAINER_STATE_NAME).is_file()
+        and (path / RUN_STATE_FILE).is_file()
+    ]
+    return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))) if complete else None
 
 
 def _right_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
