@@ -35,9 +35,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Nothing from transformers before zerosiam_hf (set_seed from accelerate, the checkpoint prefix through
+# zerosiam_hf.trainer): transformers' trainer utilities import peft and bitsandbytes, and bitsandbytes' import-time
+# notice must meet the filter that importing zerosiam_hf installs (zerosiam_hf/quantization.py).
 from accelerate import PartialState
-from transformers import set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from accelerate.utils import set_seed
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
@@ -56,7 +58,7 @@ from zerosiam_hf.records import (
     write_json,
     write_jsonl,
 )
-from zerosiam_hf.trainer import PREDICTIONS_FILE, ZeroSiamTrainer, latest_checkpoint
+from zerosiam_hf.trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, latest_checkpoint
 
 
 logger = logging.getLogger("zerosiam_hf")

@@ -296,6 +296,16 @@ def test_adapt_command_line_prints_one_line_and_exits_2(tiny_model_dir, problems
     assert result.stderr.rstrip().endswith(errors[0])  # the last thing the user sees
 
 
+@pytest.mark.parametrize("script", ["adapt.py", "evaluate.py"])
+def test_unknown_model_is_the_only_line_on_stderr(script, tmp_path):
+    """Nothing comes before the error: no data log, no progress bar, no bitsandbytes notice when it is installed."""
+    argv = [sys.executable, str(REPO / "scripts" / script), "--model", "no-such-model", "--output_dir", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: unknown --model 'no-such-model': use an alias")
+
+
 # ------------------------------------------------------------------------------------------------------ output folders
 def test_output_dir_guard(capsys, tiny_model_dir, problems_file, tmp_path):
     output_dir = tmp_path / "run"

@@ -17,6 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import ZeroSiamConfig
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
+from .quantization import (
+    bitsandbytes_available,
+    is_4bit,
+    keep_4bit_layers_unpacked,
+    prepare_4bit_for_training,
+    quantization_config,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -41,12 +48,19 @@ class ModelArguments:
         default="auto",
         metadata={"help": f"Weights dtype, one of {tuple(DTYPES)}; auto is bfloat16 on a GPU, float32 on the CPU."},
     )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit with bitsandbytes (QLoRA)."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the base in 4-bit NF4 with bitsandbytes (QLoRA); needs the `quant` extra."},
+    )
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}.")
+        if self.load_in_4bit and not bitsandbytes_available():
+            raise ValueError(
+                "--load_in_4bit needs bitsandbytes, which is not installed: pip install 'zerosiam-hf[quant]'."
+            )
         resolve_model(self.model)  # an unknown alias is reported now, before any data or weights load
 
 
@@ -126,14 +140,12 @@ def load_model_and_tokenizer(
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
+        kwargs["quantization_config"] = quantization_config(dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if is_4bit(model):
+        keep_4bit_layers_unpacked(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # Batched generation of a decoder needs the prompts flush right.
     tokenizer.padding_side = "left"
@@ -157,7 +169,13 @@ def lora_config(args: ZeroSiamConfig) -> LoraConfig:
 
 
 def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftModel:
-    """Attach the predictor (ZeroSiam only), then wrap with LoRA; the same order as `load_adapted_model`."""
+    """Prepare a 4-bit base for training, attach the predictor (ZeroSiam only), then wrap with LoRA.
+
+    The same order as `load_adapted_model`. On a 4-bit base the preparation casts the LM head to fp32 first, so the
+    predictor, which takes the head's precision (fp32 at least), and the loss head both run in fp32.
+    """
+    if is_4bit(model):
+        model = prepare_4bit_for_training(model, args.gradient_checkpointing)
     if args.method == "zerosiam":
         attach_predictor(model)
     peft_model = get_peft_model(model, lora_config(args))
@@ -215,6 +233,8 @@ def load_adapted_model(base: PreTrainedModel, adapter_dir: str, is_trainable: bo
     """
     check_adapter(adapter_dir)
     config_file = Path(adapter_dir) / "adapter_config.json"
+    if is_trainable and is_4bit(base):
+        base = prepare_4bit_for_training(base, gradient_checkpointing=False)
     if PREDICTOR_NAME in (json.loads(config_file.read_text()).get("modules_to_save") or []):
         attach_predictor(base)
     try:
