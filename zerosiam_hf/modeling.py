@@ -129,6 +129,18 @@ def materialize_gguf(spec: dict) -> str:
     return str(target)
 
 
+def local_model_folder(name: str) -> str:
+    """The local transformers folder behind `--model` (the embedded GGUF converted once); a hub id has none."""
+    spec = resolve_model(name)
+    if spec.get("gguf_file"):
+        return materialize_gguf(spec)
+    if not Path(spec["name_or_path"]).is_dir():
+        raise ValueError(
+            f"--model {name} is a hub id ({spec['name_or_path']}): tools name it directly, no folder to export."
+        )
+    return spec["name_or_path"]
+
+
 def load_model_and_tokenizer(
     model_args: ModelArguments, device_map: str | dict | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
