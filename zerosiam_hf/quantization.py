@@ -51,7 +51,7 @@ def keep_4bit_layers_unpacked(model: "nn.Module") -> None:
 
     On AVX512-BF16 CPUs a 4-bit layer called in eval mode without gradients repacks its weight, in place, into a
     format whose matmul has no autograd kernel: a training step after a generation would then silently drop the
-    gradient through the base layers. That format also rounds differently (other greedy answers than the plain one on
+    gradient through the base layers. That format also computes in bf16 (other greedy answers than the plain one on
     the embedded model) and needs out_features divisible by 32. One format for generation and training keeps the
     online answers, the gradients and a reloaded adapter's answers consistent, at about 1.5x the generation time of
     the packed kernel.
