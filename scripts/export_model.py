@@ -20,7 +20,15 @@ from pathlib import Path
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.modeling import local_model_folder, resolve_model
-from zerosiam_hf.records import check_output_dir, config_dict, make_staging, publish, versions, write_json
+from zerosiam_hf.records import (
+    check_output_dir,
+    close_staging,
+    config_dict,
+    open_staging,
+    publish,
+    versions,
+    write_json,
+)
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -53,11 +61,14 @@ def main(argv: list[str] | None = None) -> str:
     source = local_model_folder(args.model)
 
     # ------------------------------------------------------------------------------------------------ save
-    staging = make_staging(args.output_dir)
-    shutil.copytree(source, staging, dirs_exist_ok=True)
-    record = {"config": config, "command": sys.argv, "model": resolve_model(args.model), "source": source}
-    write_json(staging / "export.json", {**record, "versions": versions()})
-    publish(staging, args.output_dir)
+    staging = open_staging(args.output_dir, config, args.overwrite, record_file="export.json")
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        record = {"config": config, "command": sys.argv, "model": resolve_model(args.model), "source": source}
+        write_json(staging / "export.json", {**record, "versions": versions()})
+        publish(staging, args.output_dir)
+    finally:
+        close_staging(staging)
     print(f"model written to {args.output_dir}; any tool that takes a transformers folder can name it")
     return str(Path(args.output_dir).resolve())
 
