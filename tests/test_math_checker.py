@@ -20,13 +20,10 @@ KNOWN_UNVERIFIABLE = {
     "college_math": {
         1130: "a piecewise function (cases in an array)",
         1253: "a piecewise function (cases in an array)",
-        1827: "malformed LaTeX (a stray `$` before the factorial); sympy does not finish",
         2436: "free text with a derivation ('Yes, this is true.')",
         2468: "free text ('Solution is:') around a list of complex numbers",
         2480: "free text ('Solution is:') around a list of complex numbers",
-        2569: "two series solutions of an ODE split by `$`; sympy does not finish",
         2663: "a system of two differential equations (align*)",
-        2705: "two series solutions of an ODE split by `$`; sympy does not finish",
     }
 }
 
