@@ -20,7 +20,8 @@ Usage:
 
 Each run is a full adapt.py run in <output_dir>/runs/<method>-seed<k>/ (with --datasets, in
 <output_dir>/runs/<dataset>/<method>-seed<k>/): adapter, run.json, predictions.jsonl. A run already finished there
-with the same settings is reused, so an interrupted comparison resumes. The comparison is written to
+with the same settings is reused, and one stopped after a checkpoint resumes from it, so an interrupted
+comparison resumes. The comparison is written to
 <output_dir>/comparison.md, comparison.json and one PNG per diagnostic (one panel per benchmark).
 """
 
@@ -38,8 +39,17 @@ from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.config import METHODS, ZeroSiamConfig
 from zerosiam_hf.data import DataArguments, load_problems
 from zerosiam_hf.modeling import ModelArguments, resolve_model
-from zerosiam_hf.records import check_output_dir, config_dict, matching_record, versions, write_json, write_jsonl
+from zerosiam_hf.records import (
+    check_output_dir,
+    config_dict,
+    matching_record,
+    staging_path,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
+from zerosiam_hf.trainer import latest_checkpoint
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -302,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
                 run_dir = _run_dir(output_dir, key if suite else None, method, seed)
                 logger.info("run %s", run_dir)
                 run_args = dataclasses.replace(args, method=method, seed=seed, output_dir=str(run_dir))
+                if latest_checkpoint(staging_path(str(run_dir))):  # a run this comparison started and was stopped in
+                    run_args.resume_from_checkpoint = "true"
                 script_args = AdaptArguments(overwrite=compare_args.overwrite)
                 # A finished run with the same settings (an earlier, interrupted comparison) is read, not redone.
                 record = matching_record(str(run_dir), config_dict(model_args, seed_data[seed], script_args, run_args))

@@ -8,6 +8,7 @@ import pytest
 from conftest import PROBLEMS, REPO, write_problems
 
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
+from zerosiam_hf.trainer import RUN_STATE_FILE
 
 
 def compare_argv(model_dir, dataset, output_dir, *extra):
@@ -167,3 +168,26 @@ def test_paper_suite_config_dry_run_resolves_every_benchmark(capsys, monkeypatch
     assert all(plan["checker"] == "math" for plan in result["plan"].values())
     assert result["runs"] == 4 * 4 * 3
     assert "dry run: nothing was run" in capsys.readouterr().out
+
+
+def test_compare_resumes_a_run_stopped_after_a_checkpoint(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    output_dir = tmp_path / "cmp"
+    checkpoint = output_dir / "runs" / "zerosiam-seed1.partial" / "checkpoint-1"  # as a stopped run leaves it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / RUN_STATE_FILE).write_text("{}")
+    resumed, real_run = {}, compare.run
+
+    class Stop(Exception):
+        pass
+
+    def recording_run(model_args, data_args, script_args, args):
+        resumed[args.seed] = args.resume_from_checkpoint
+        if args.seed == 1:
+            raise Stop
+        return real_run(model_args, data_args, script_args, args)
+
+    monkeypatch.setattr(compare, "run", recording_run)
+    with pytest.raises(Stop):
+        compare.main(compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "zerosiam"))
+    assert resumed == {0: None, 1: "true"}
