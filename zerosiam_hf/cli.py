@@ -1,5 +1,6 @@
 """Command-line plumbing shared by the scripts: YAML configs with flag overrides, and one-line errors."""
 
+import argparse
 import functools
 import os
 import sys
@@ -27,23 +28,33 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     parser = _OneLineParser(dataclass_types)
     parser.add_argument("--config", default=None, help="YAML file of defaults; command-line flags override it.")
     argv = sys.argv[1:] if argv is None else argv
-    config_path = parser.parse_known_args(argv)[0].config
+    # `--config` is read on its own first: the full parser would stop at a required flag the file may provide.
+    config_finder = argparse.ArgumentParser(add_help=False)
+    config_finder.add_argument("--config", default=None)
+    config_path = config_finder.parse_known_args(argv)[0].config
     if config_path:
         path = Path(config_path)
         if not path.is_file():
             raise UsageError(f"--config {config_path}: no such file.")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise UsageError(f"--config {config_path}: not valid YAML ({error.__class__.__name__}).") from None
+        if values is None:
+            raise UsageError(f"--config {config_path}: the file is empty; give option names and values (name: value).")
         if not isinstance(values, dict):
-            raise UsageError(f"--config {config_path}: expected a mapping of option names to values.")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
+            raise UsageError(
+                f"--config {config_path}: expected a mapping of option names to values (name: value), "
+                f"got a {type(values).__name__}."
+            )
+        actions = {action.dest: action for action in parser._actions}
+        unknown = sorted(str(name) for name in values if name not in actions)
         if unknown:
             raise UsageError(f"--config {config_path}: unknown option(s) {', '.join(unknown)}; see --help.")
-        actions = {action.dest: action for action in parser._actions}
         parser.set_defaults(**{name: _typed(actions[name], value, config_path) for name, value in values.items()})
+        # A value from the file satisfies a required flag; argparse checks required flags against argv only.
+        for name in values:
+            actions[name].required = False
     # The trailing namespace holds `--config` itself.
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 
