@@ -20,20 +20,17 @@ Usage:
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
-from zerosiam_hf.checkers import NumericChecker, score_completions
+from zerosiam_hf.checkers import NumericChecker, answer_and_score
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.data import build_prompts, gold_answers
-from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
 from zerosiam_hf.records import versions, write_json, write_jsonl
-from zerosiam_hf.scoring import accuracy
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
 
 
@@ -100,15 +97,19 @@ def main(argv: list[str] | None = None):
         rows = generate_problems(args.n, config)
         problems = Dataset.from_list(rows).add_column("index", list(range(len(rows))))
         prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
-        start = time.time()
-        completions = generate_completions(
-            model, tokenizer, prompts["prompt_ids"], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
-        )
-        seconds = time.time() - start
         gold = gold_answers(problems, NumericChecker())
-        scored = score_completions(NumericChecker(), tokenizer, problems["index"], completions, gold)
+        summary, scored = answer_and_score(
+            model,
+            tokenizer,
+            prompts,
+            gold,
+            NumericChecker(),
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
         records = [{**row, **record} for row, record in zip(rows, scored)]
-        result = {"config": dataclasses.asdict(config), **accuracy(records), "seconds": round(seconds, 1)}
+        seconds = round(summary.pop("generate_seconds"), 1)
+        result = {"config": dataclasses.asdict(config), **summary, "seconds": seconds}
         record["results"][preset] = result
         logger.info("%s: %s", preset, result)
         write_jsonl(f"{stem}.{preset}.jsonl", records)

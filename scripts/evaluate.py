@@ -17,16 +17,14 @@ The output folder holds `eval.json` (accuracies, n, timings, config, data identi
 
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from zerosiam_hf.checkers import score_completions
+from zerosiam_hf.checkers import answer_and_score
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
-from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, check_adapter, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.records import (
     check_output_dir,
@@ -38,7 +36,6 @@ from zerosiam_hf.records import (
     write_json,
     write_jsonl,
 )
-from zerosiam_hf.scoring import accuracy
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -70,22 +67,6 @@ class EvalArguments:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         if self.adapter is None and self.skip_base:
             raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
-
-
-def evaluate_variant(model, tokenizer, prompts, gold: dict, checker, args: EvalArguments) -> tuple[dict, list[dict]]:
-    """Answer every prompt greedily and score it; return the accuracy summary and the scored records."""
-    start = time.perf_counter()
-    completions = generate_completions(
-        model,
-        tokenizer,
-        prompts["prompt_ids"],
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        show_progress=True,
-    )
-    seconds = time.perf_counter() - start
-    records = score_completions(checker, tokenizer, prompts["index"], completions, gold)
-    return {**accuracy(records), "generate_seconds": seconds}, records
 
 
 @exits_cleanly
@@ -122,17 +103,18 @@ def _evaluate_into(staging, output_dir, model_args, data_args, args, config) -> 
     data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
     gold = gold_answers(problems, checker)
+    answering = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "show_progress": True}
 
     # ------------------------------------------------------------------------------------------------ evaluate
     results = {}
     try:
         if args.adapter is None or not args.skip_base:
-            results["base"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
+            results["base"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
             write_jsonl(staging / "predictions-base.jsonl", records)
         if args.adapter is not None:
             # The base pass is done: wrapping the same weights with the adapter costs no second load.
             model = load_adapted_model(model, args.adapter)
-            results["adapted"], records = evaluate_variant(model, tokenizer, prompts, gold, checker, args)
+            results["adapted"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
             write_jsonl(staging / "predictions-adapted.jsonl", records)
     finally:
         checker.close()

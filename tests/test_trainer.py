@@ -18,7 +18,7 @@ from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_a
 from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
-from zerosiam_hf.generation import generate_completions, left_pad, merged_lora
+from zerosiam_hf.generation import generate_completions, merged_lora, pad
 from zerosiam_hf.guards import RunStopped
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
@@ -409,7 +409,7 @@ def adapted(tmp_path_factory, tiny_model_dir, one_thread):
     trainer.train()
     trainer.save_model(str(out / "adapter"))
     prompt_ids = [list(ids) for ids in prompts["prompt_ids"]]
-    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    input_ids, attention_mask = pad(prompt_ids, tokenizer.pad_token_id, side="left")
     return SimpleNamespace(
         dir=out / "adapter",
         model=trainer.model.eval(),

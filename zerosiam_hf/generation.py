@@ -9,15 +9,17 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into `input_ids` and `attention_mask`, both [B, T]."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+def pad(sequences: list[list[int]], pad_id: int, *, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists on the `side` ("left" for prompts, "right" for answers) into `input_ids` and
+    `attention_mask`, both [B, T] with T at least 1, so that a batch of empty answers still has a column."""
+    width = max(1, max(len(s) for s in sequences))
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
     for row, seq in enumerate(sequences):
         if seq:
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq) :] = 1
+            cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            input_ids[row, cols] = torch.tensor(seq, dtype=torch.long, device=device)
+            attention_mask[row, cols] = 1
     return input_ids, attention_mask
 
 
@@ -89,6 +91,24 @@ def generate_batch(
     return [row[:length].tolist() for row, length in zip(generated, lengths)]
 
 
+def generate_batches(model, batches, config: GenerationConfig, *, merge_lora: bool = True) -> list[list[int]]:
+    """Greedy completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order.
+
+    The model answers in eval mode (with LoRA merged when `merge_lora`) and gets its train/eval mode back after.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    completions = []
+    try:
+        with merged_lora(model) if merge_lora else nullcontext():
+            for input_ids, attention_mask in batches:
+                completions += generate_batch(model, input_ids.to(device), attention_mask.to(device), config)
+    finally:
+        model.train(was_training)
+    return completions
+
+
 def generate_completions(
     model,
     tokenizer,
@@ -100,17 +120,6 @@ def generate_completions(
     show_progress: bool = False,
 ) -> list[list[int]]:
     """Greedy completions (token ids, cut after the first end token) for pre-tokenized prompts, in input order."""
-    config = greedy_config(model, tokenizer, max_new_tokens)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    completions = []
-    try:
-        with merged_lora(model) if merge_lora else nullcontext():
-            starts = range(0, len(prompt_ids), batch_size)
-            for start in tqdm(starts, desc="Generating", disable=not show_progress):
-                input_ids, attention_mask = left_pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id)
-                completions += generate_batch(model, input_ids.to(device), attention_mask.to(device), config)
-    finally:
-        model.train(was_training)
-    return completions
+    starts = tqdm(range(0, len(prompt_ids), batch_size), desc="Generating", disable=not show_progress)
+    batches = (pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id, side="left") for start in starts)
+    return generate_batches(model, batches, greedy_config(model, tokenizer, max_new_tokens), merge_lora=merge_lora)

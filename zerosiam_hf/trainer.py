@@ -3,7 +3,6 @@
 import json
 import signal
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
-from .generation import generate_batch, greedy_config, left_pad, merged_lora
+from .generation import generate_batches, greedy_config, pad
 from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
 from .losses import head_loss
 from .modeling import build_adapted_model
@@ -38,7 +37,7 @@ class PromptCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        input_ids, attention_mask = left_pad([row["prompt_ids"] for row in rows], self.pad_token_id)
+        input_ids, attention_mask = pad([row["prompt_ids"] for row in rows], self.pad_token_id, side="left")
         index = torch.tensor([row["index"] for row in rows], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "index": index}
 
@@ -227,8 +226,8 @@ class ZeroSiamTrainer(Trainer):
             self._pending_episode = (prompt_ids, prompt_mask, index)
         if self.args.signal == "prompt":
             return {"input_ids": prompt_ids, "attention_mask": prompt_mask, "loss_mask": prompt_mask.bool()}
-        completion_ids, completion_mask = _right_pad(
-            completions, self.processing_class.pad_token_id, prompt_ids.device
+        completion_ids, completion_mask = pad(
+            completions, self.processing_class.pad_token_id, side="right", device=prompt_ids.device
         )
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
@@ -271,19 +270,17 @@ class ZeroSiamTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------- helpers
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
         """Greedy answers from the clean branch, in chunks of `generation_batch_size` prompts."""
-        model = self.accelerator.unwrap_model(self.model)
         size = self.args.generation_batch_size or len(prompt_ids)
-        completions = []
-        was_training = model.training
-        model.eval()
-        try:
-            with merged_lora(model) if self.args.merge_adapter_for_generation else nullcontext():
-                for start in range(0, len(prompt_ids), size):
-                    rows = slice(start, start + size)
-                    completions += generate_batch(model, prompt_ids[rows], prompt_mask[rows], self._generation_config)
-        finally:
-            model.train(was_training)
-        return completions
+        batches = (
+            (prompt_ids[start : start + size], prompt_mask[start : start + size])
+            for start in range(0, len(prompt_ids), size)
+        )
+        return generate_batches(
+            self.accelerator.unwrap_model(self.model),
+            batches,
+            self._generation_config,
+            merge_lora=self.args.merge_adapter_for_generation,
+        )
 
     def _check_hidden_is_head_input(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
         """The loss needs the LM head's input; fail loudly for an architecture whose last hidden state is not it."""
@@ -379,13 +376,3 @@ def latest_checkpoint(folder: str) -> str | None:
         and (path / RUN_STATE_FILE).is_file()
     ]
     return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))) if complete else None
-
-
-def _right_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
-        mask[row, : len(seq)] = 1
-    return ids, mask
