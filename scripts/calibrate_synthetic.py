@@ -1,6 +1,6 @@
 """Measure a causal LM's zero-shot accuracy on synthetic word-problem presets, to calibrate their difficulty.
 
-The model is resolved by `zerosiam_hf.modeling` (an alias from configs/models, a hub id or a local folder), the
+The model is resolved by `zerosiam_hf.modeling` (a model alias, a hub id or a local folder), the
 prompt is the project's GSM8K prompt (chat template, question, blank line, `#### <number>` instruction), decoding is
 greedy, and answers are scored by `zerosiam_hf.scoring` (strict `#### N` and flexible last-number match). On a
 shared CPU, `OMP_NUM_THREADS=1` is several times faster than oversubscribed threads.

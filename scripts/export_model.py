@@ -39,9 +39,7 @@ class ExportArguments:
     """Which model to export and where."""
 
     output_dir: str = field(metadata={"help": "Folder to write the model into."})
-    model: str = field(
-        default="llama", metadata={"help": "An alias from configs/models whose weights are local, or a local folder."}
-    )
+    model: str = field(default="llama", metadata={"help": "A model alias whose weights are local, or a local folder."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds something else."})
 
     def __post_init__(self):

@@ -8,7 +8,7 @@ import yaml
 from zerosiam_hf.cli import parse_args
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments
-from zerosiam_hf.modeling import MODEL_CONFIG_DIR, ModelArguments, available_aliases, resolve_model
+from zerosiam_hf.modeling import SHIPPED_MODELS, ModelArguments, available_aliases, resolve_model
 
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -36,4 +36,36 @@ def test_every_alias_names_a_source():
     for alias in available_aliases():
         spec = resolve_model(alias)
         assert spec["alias"] == alias
-        assert spec["name_or_path"].count("/") == 1, f"{MODEL_CONFIG_DIR / alias}.yaml: name_or_path is no hub id"
+        assert spec["name_or_path"].count("/") == 1, f"{SHIPPED_MODELS / alias}.yaml: name_or_path is no hub id"
+
+
+def test_a_user_folder_adds_and_replaces_aliases(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("name_or_path: org/mine\n")
+    (tmp_path / "qwen2.5-1.5b.yaml").write_text("name_or_path: org/other-qwen\n")
+    monkeypatch.setenv("ZEROSIAM_MODELS_DIR", str(tmp_path))
+    assert resolve_model("mine") == {"alias": "mine", "name_or_path": "org/mine"}
+    assert resolve_model("qwen2.5-1.5b")["name_or_path"] == "org/other-qwen"  # the user's file wins
+    assert {"mine", "llama"} <= set(available_aliases())
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (None, "$ZEROSIAM_MODELS_DIR={folder}/absent: no such folder; point it at a folder of <alias>.yaml files."),
+        ({"mine.yaml": "- org/mine\n"}, "model alias file {folder}/mine.yaml: give at least `name_or_path: "),
+        ({"mine.yaml": ""}, "model alias file {folder}/mine.yaml: give at least `name_or_path: "),
+    ],
+)
+def test_a_bad_user_alias_is_one_line(tmp_path, monkeypatch, files, expected):
+    folder = tmp_path if files else tmp_path / "absent"
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setenv("ZEROSIAM_MODELS_DIR", str(folder))
+    with pytest.raises(ValueError) as error:
+        ModelArguments(model="mine")
+    assert str(error.value).startswith(expected.format(folder=tmp_path)) and "\n" not in str(error.value)
+
+
+def test_alias_files_ship_inside_the_package():
+    assert (SHIPPED_MODELS / "llama.yaml").is_file()
+    assert not (Path(__file__).resolve().parent.parent / "configs" / "models").exists()

@@ -11,6 +11,7 @@ import pytest
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from datasets import Dataset
 
+from zerosiam_hf import data
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
@@ -261,6 +262,20 @@ def test_gsm8k_alias_prefers_zerosiam_data_dir(tmp_path, monkeypatch):
     dataset, identity = load("gsm8k")
     assert len(dataset) == 6
     assert identity["path"] == str(Path(path).resolve())
+
+
+def test_shared_data_is_read_only_from_a_source_checkout(tmp_path, monkeypatch):
+    """An installed package (no setup.cfg beside it) never looks in ../shared/data from where it is installed."""
+    workspace = tmp_path / "workspace"
+    (workspace / "shared" / "data" / "gsm8k").mkdir(parents=True)
+    path = write_rows(workspace / "shared" / "data" / "gsm8k" / "test.jsonl", ROWS)
+    (workspace / "site-packages").mkdir()
+    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "CHECKOUT", workspace / "site-packages")
+    with pytest.raises(ValueError, match="without hub access put a local copy in"):
+        load("gsm8k")
+    (workspace / "site-packages" / "setup.cfg").write_text("")
+    assert load("gsm8k")[1]["path"] == str(Path(path).resolve())
 
 
 def test_official_gsm8k_test_file(monkeypatch):

@@ -21,7 +21,9 @@ from .checkers import CHECKERS, make_checker
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# A source checkout (the package's parent folder holds setup.cfg) finds data in its workspace's shared/data; an
+# installed package does not look beside itself.
+CHECKOUT = Path(__file__).resolve().parent.parent
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -32,9 +34,9 @@ class DataArguments:
     dataset: str = field(
         default="gsm8k",
         metadata={
-            "help": f"A benchmark ({', '.join(BENCHMARKS)}: a local copy under $ZEROSIAM_DATA_DIR/<name> or "
-            "../shared/data/<name>, else its hub copy), a hub id, a folder with <split>.jsonl, or a "
-            ".jsonl/.json/.parquet/.csv file with `question` and `answer` columns."
+            "help": f"A benchmark ({', '.join(BENCHMARKS)}: a local copy under $ZEROSIAM_DATA_DIR/<name> or, "
+            "from a source checkout, ../shared/data/<name>; else its hub copy), a hub id, a folder with "
+            "<split>.jsonl, or a .jsonl/.json/.parquet/.csv file with `question` and `answer` columns."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
@@ -97,9 +99,11 @@ def _sha256(path: Path) -> str:
 
 
 def _local_dirs(name: str) -> list[Path]:
-    candidates = [REPO_ROOT.parent / "shared" / "data" / name]
+    candidates = []
     if os.environ.get("ZEROSIAM_DATA_DIR"):
-        candidates.insert(0, Path(os.environ["ZEROSIAM_DATA_DIR"]) / name)
+        candidates.append(Path(os.environ["ZEROSIAM_DATA_DIR"]) / name)
+    if (CHECKOUT / "setup.cfg").is_file():
+        candidates.append(CHECKOUT.parent / "shared" / "data" / name)
     return candidates
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -28,7 +29,10 @@ from .quantization import (
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# The aliases that ship with the package; a user adds or replaces aliases with <alias>.yaml files in the folder
+# named by $ZEROSIAM_MODELS_DIR.
+SHIPPED_MODELS = resources.files("zerosiam_hf") / "models"
+USER_MODELS_ENV = "ZEROSIAM_MODELS_DIR"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,8 +44,8 @@ class ModelArguments:
     model: str = field(
         default="llama",
         metadata={
-            "help": "An alias from configs/models (e.g. `llama`, the embedded SmolLM2-135M-Instruct), a hub id "
-            "or a local folder."
+            "help": "A model alias (e.g. `llama`, the embedded SmolLM2-135M-Instruct; add your own as <alias>.yaml in "
+            "$ZEROSIAM_MODELS_DIR), a hub id or a local folder."
         },
     )
     dtype: str = field(
@@ -64,16 +68,31 @@ class ModelArguments:
         resolve_model(self.model)  # an unknown alias is reported now, before any data or weights load
 
 
+def _alias_files() -> dict:
+    """Each alias's YAML file: the package's own, then the user's in $ZEROSIAM_MODELS_DIR, which win."""
+    files = {Path(entry.name).stem: entry for entry in SHIPPED_MODELS.iterdir() if entry.name.endswith(".yaml")}
+    user_dir = os.environ.get(USER_MODELS_ENV)
+    if user_dir:
+        if not Path(user_dir).is_dir():
+            raise ValueError(
+                f"${USER_MODELS_ENV}={user_dir}: no such folder; point it at a folder of <alias>.yaml files."
+            )
+        files.update({path.stem: path for path in Path(user_dir).glob("*.yaml")})
+    return files
+
+
 def available_aliases() -> list[str]:
-    """Model aliases defined in configs/models."""
-    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+    """Model aliases: the package's own and the user's."""
+    return sorted(_alias_files())
 
 
 def resolve_model(name: str) -> dict:
     """Resolve `--model` to a spec: {'alias', 'name_or_path', and for GGUF models 'gguf_package', 'gguf_file'}."""
-    alias_file = MODEL_CONFIG_DIR / f"{name}.yaml"
-    if alias_file.is_file():
+    alias_file = _alias_files().get(name)
+    if alias_file is not None:
         spec = yaml.safe_load(alias_file.read_text())
+        if not isinstance(spec, dict) or "name_or_path" not in spec:
+            raise ValueError(f"model alias file {alias_file}: give at least `name_or_path: <hub id or folder>`.")
         return {"alias": name, **spec}
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
