@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+# test_benchmark imports scripts/benchmark.py as a module; the commands are imported from zerosiam_hf.commands.
 sys.path.insert(0, str(REPO / "scripts"))
 
 CHAT_TEMPLATE = (

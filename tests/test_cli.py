@@ -3,10 +3,10 @@ that cannot be used is reported in one line naming the file and what is wrong wi
 
 from dataclasses import dataclass, field
 
-import make_synthetic
 import pytest
 
 from zerosiam_hf.cli import UsageError, parse_args
+from zerosiam_hf.commands import make_synthetic
 
 
 @dataclass

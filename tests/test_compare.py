@@ -3,10 +3,10 @@
 import json
 import statistics
 
-import compare
 import pytest
 from conftest import PROBLEMS, REPO, write_problems
 
+from zerosiam_hf.commands import compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
 

@@ -6,6 +6,8 @@ import pytest
 import yaml
 
 from zerosiam_hf.cli import parse_args
+from zerosiam_hf.commands.adapt import AdaptArguments
+from zerosiam_hf.commands.compare import CompareArguments
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments
 from zerosiam_hf.modeling import SHIPPED_MODELS, ModelArguments, available_aliases, resolve_model
@@ -16,9 +18,6 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_run_config_parses_and_flags_override(path, tmp_path):
-    from adapt import AdaptArguments
-    from compare import CompareArguments
-
     values = yaml.safe_load(path.read_text())
     # A config that lists methods is compare.py's; the others are adapt.py's.
     script_args = CompareArguments if "methods" in values else AdaptArguments

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
-import adapt
 import pytest
 import torch
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
 from safetensors.torch import load_file
 
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.trainer import ZeroSiamTrainer

@@ -5,12 +5,12 @@ import json
 from functools import partial
 from pathlib import Path
 
-import export_model
 import pytest
 import torch
 from test_scripts import assert_usage_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zerosiam_hf.commands import export_model
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 
 

@@ -3,13 +3,12 @@ with and without an adapter saved by adapt.py, offline, four problems."""
 
 import importlib.util
 
-import adapt
-import export_model
 import pytest
 import torch
 from conftest import REPO, SHARED_GSM8K
 
 from zerosiam_hf.benchmarks import BENCHMARKS
+from zerosiam_hf.commands import adapt, export_model
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 
 

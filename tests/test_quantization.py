@@ -4,7 +4,6 @@ and the loss head, generation through the unmerged LoRA path, and a saved adapte
 import importlib.util
 from functools import partial
 
-import adapt
 import pytest
 import torch
 from conftest import PROBLEMS, SHARED_GSM8K, write_problems
@@ -14,6 +13,7 @@ from test_trainer import assert_all_equal, assert_all_moved, make_config, step_l
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamTrainer, build_adapted_model, load_adapted_model
 from zerosiam_hf.checkers import NumericChecker
+from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.generation import generate_completions, merged_lora
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer

@@ -16,8 +16,6 @@ from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
-import adapt
-import evaluate
 import pytest
 import torch
 import yaml
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.checkers import MathChecker
+from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.guards import NonFiniteGuard
 from zerosiam_hf.trainer import ZeroSiamTrainer, latest_checkpoint
 

@@ -1,19 +1,17 @@
 """Tests of the synthetic word-problem generator: determinism, exact answers, GSM8K format, knobs, validation, CLI."""
 
 import dataclasses
-import importlib.util
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
+from zerosiam_hf.commands import make_synthetic
 from zerosiam_hf.records import write_jsonl
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, generate_records, number_to_words
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_OPS = SyntheticConfig(num_steps=4, operations="+-*/", num_distractors=2, max_value=50)
 
 
@@ -194,16 +192,7 @@ def test_write_jsonl_is_atomic_and_loadable_by_datasets(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["problems.jsonl"]
 
 
-@pytest.fixture(scope="module")
-def make_synthetic():
-    """The CLI module, imported from scripts/ so that it runs in-process (a subprocess would re-import torch)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO_ROOT / "scripts" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_writes_the_preset_with_overrides(tmp_path, make_synthetic):
+def test_cli_writes_the_preset_with_overrides(tmp_path):
     out = tmp_path / "verbose.jsonl"
     make_synthetic.main(["--output", str(out), "--n", "5", "--preset", "verbose", "--seed", "3"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -219,7 +208,7 @@ def test_cli_writes_the_preset_with_overrides(tmp_path, make_synthetic):
         (["--operations", "/", "--num_steps", "8", "--max_value", "256"], "could not draw a 8-step chain"),
     ],
 )
-def test_cli_bad_argument_gives_one_line_and_exit_code_2(tmp_path, capsys, make_synthetic, args, message):
+def test_cli_bad_argument_gives_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         make_synthetic.main(["--output", str(tmp_path / "x.jsonl"), *args])
     assert exit_info.value.code == 2

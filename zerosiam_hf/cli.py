@@ -95,3 +95,14 @@ def exits_cleanly(main):
             sys.exit(stop.exit_code)
 
     return wrapper
+
+
+def console_entry(main):
+    """A console-script entry point for a command's `main`: the process exits with status 0 when `main` returns,
+    whatever it returns (the run's record is for callers in Python)."""
+
+    @functools.wraps(main)
+    def entry() -> None:
+        main()
+
+    return entry

@@ -1,0 +1,375 @@
+"""Compare adaptation methods over seeds (and benchmarks) under the online protocol: markdown tables and PNG plots.
+
+Usage:
+
+    # none / tent / come / zerosiam x 3 seeds on 64 synthetic problems (the `base` preset), embedded model, CPU
+    python scripts/compare.py --model llama --synthetic_preset base --max_samples 64 --max_new_tokens 96 \\
+        --per_device_train_batch_size 8 --output_dir outputs/compare
+
+    # the same on GSM8K test (first 200 problems)
+    python scripts/compare.py --model llama --dataset gsm8k --max_samples 200 --output_dir outputs/compare-gsm8k
+
+    # the paper's table: four benchmarks, one column each plus their average (configs/paper_suite_llama3.1_8b.yaml
+    # holds the paper's model and settings for a GPU; --dry_run true resolves everything and runs nothing)
+    python scripts/compare.py --model llama --datasets math500 college_math aime24 minerva_math --max_samples 64 \\
+        --max_new_tokens 128 --per_device_train_batch_size 8 --seeds 0 --output_dir outputs/paper-suite
+
+    # a collapse stress test: a learning rate where Tent collapses
+    python scripts/compare.py --model llama --synthetic_preset base --methods tent zerosiam --learning_rate 5e-3 \\
+        --output_dir outputs/stress
+
+Each run is a full adapt.py run in <output_dir>/runs/<method>-seed<k>/ (with --datasets, in
+<output_dir>/runs/<dataset>/<method>-seed<k>/): adapter, run.json, predictions.jsonl. A run already finished there
+with the same settings is reused, and one stopped after a checkpoint resumes from it, so an interrupted
+comparison resumes. The comparison is written to
+<output_dir>/comparison.md, comparison.json and one PNG per diagnostic (one panel per benchmark).
+"""
+
+import dataclasses
+import logging
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zerosiam_hf.benchmarks import BENCHMARKS, PAPER_RESULTS
+from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
+from zerosiam_hf.commands.adapt import AdaptArguments, run
+from zerosiam_hf.config import METHODS, ZeroSiamConfig
+from zerosiam_hf.data import DataArguments, load_problems
+from zerosiam_hf.modeling import ModelArguments, resolve_model
+from zerosiam_hf.records import (
+    check_output_dir,
+    config_dict,
+    matching_record,
+    staging_path,
+    versions,
+    write_json,
+    write_jsonl,
+)
+from zerosiam_hf.synthetic import SHIFTS, generate_problems
+from zerosiam_hf.trainer import latest_checkpoint
+
+
+logger = logging.getLogger("zerosiam_hf")
+PLOTTED = {
+    "collapse/entropy": "mean entropy of the clean branch (nats)",
+    "collapse/logit_norm": "mean logit L2 norm",
+    "online/accuracy_flexible": "running accuracy, flexible (%)",
+    "answers/degenerate": "degenerate answers (share)",
+}
+
+
+@dataclass
+class CompareArguments:
+    """Which methods and seeds to compare, and on what."""
+
+    methods: list[str] = field(
+        default_factory=lambda: ["none", "tent", "come", "zerosiam"], metadata={"help": f"Methods, from {METHODS}."}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds, one run each per method."})
+    datasets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Several benchmarks (or data files) in one comparison, one table column each plus their "
+            f"average, e.g. math500 college_math aime24 minerva_math ({', '.join(BENCHMARKS)}); default --dataset."
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Resolve the model and load every benchmark, print the runs to do, and run nothing."},
+    )
+    synthetic_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Generate the problems from a synthetic preset ({', '.join(SHIFTS)}) instead of --dataset."
+        },
+    )
+    synthetic_n: int = field(default=128, metadata={"help": "Number of synthetic problems to generate."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
+        if len(self.seeds) < 1:
+            raise ValueError("--seeds needs at least one seed.")
+        if self.synthetic_preset is not None and self.synthetic_preset not in SHIFTS:
+            raise ValueError(f"--synthetic_preset must be one of {', '.join(SHIFTS)}; got {self.synthetic_preset!r}.")
+        if self.datasets is not None and self.synthetic_preset is not None:
+            raise ValueError("--datasets and --synthetic_preset exclude each other; give one of them.")
+        if self.datasets is not None and len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"--datasets names a benchmark twice: {' '.join(self.datasets)}.")
+
+
+def _series(record: dict, key: str) -> list[tuple[int, float]]:
+    return [(entry["step"], entry[key]) for entry in record["log_history"] if key in entry]
+
+
+def _last(record: dict, key: str) -> float | None:
+    series = _series(record, key)
+    return series[-1][1] if series else None
+
+
+def _label(method: str, runs: list[dict]) -> str:
+    ablation = runs[0]["config"]["ZeroSiamConfig"]["ablation"]
+    return method if ablation == "none" else f"{method} ({ablation})"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(records: dict[str, list[dict]]) -> list[dict]:
+    """One row per method: accuracy mean and std over seeds, final collapse diagnostics, mean degenerate share."""
+    rows = []
+    for method, runs in records.items():
+        strict = _mean_std([r["results"]["online"]["accuracy_strict"] for r in runs])
+        flexible = _mean_std([r["results"]["online"]["accuracy_flexible"] for r in runs])
+        row = {"method": _label(method, runs), "seeds": len(runs), "n": runs[0]["results"]["online"]["n"]}
+        row.update({"strict_mean": strict[0], "strict_std": strict[1]})
+        row.update({"flexible_mean": flexible[0], "flexible_std": flexible[1]})
+        for key, name in (("collapse/entropy", "final_entropy"), ("collapse/logit_norm", "final_logit_norm")):
+            finals = [_last(r, key) for r in runs]
+            row[name] = statistics.fmean(finals) if None not in finals else None
+        degenerate = [v for r in runs for _, v in _series(r, "answers/degenerate")]
+        row["degenerate"] = statistics.fmean(degenerate) if degenerate else None
+        row["seconds"] = statistics.fmean(r["timings"]["adapt_seconds"] for r in runs)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Render the summary rows as a markdown table."""
+
+    def fmt(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| method | seeds | n | strict acc. % | flexible acc. % | final entropy | final logit norm | degenerate "
+        "| s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['n']} | {fmt(r['strict_mean'])} ± {fmt(r['strict_std'])} "
+            f"| {fmt(r['flexible_mean'])} ± {fmt(r['flexible_std'])} | {fmt(r['final_entropy'], 3)} "
+            f"| {fmt(r['final_logit_norm'], 1)} | {fmt(r['degenerate'], 3)} | {fmt(r['seconds'], 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_key(name: str) -> str:
+    """A benchmark's name, or a data file's stem: the folder and column of its runs."""
+    return name if name in BENCHMARKS else Path(name).stem
+
+
+def _title(key: str) -> str:
+    return BENCHMARKS[key].title if key in BENCHMARKS else key
+
+
+def suite_rows(records: dict[str, dict[str, list[dict]]], metric: str) -> list[dict]:
+    """The paper's layout for one accuracy metric: per method, mean ± std over seeds for each benchmark and for
+    their average (the average is taken within each seed, then over seeds)."""
+    rows = []
+    for method in next(iter(records.values())):
+        runs = {key: by_method[method] for key, by_method in records.items()}
+        per_seed = {key: [r["results"]["online"][metric] for r in rs] for key, rs in runs.items()}
+        averages = [statistics.fmean(values) for values in zip(*per_seed.values())]
+        row = {"method": _label(method, next(iter(runs.values()))), "seeds": len(averages)}
+        row.update({key: _mean_std(values) for key, values in per_seed.items()})
+        row["average"] = _mean_std(averages)
+        row["n"] = {key: rs[0]["results"]["online"]["n"] for key, rs in runs.items()}
+        rows.append(row)
+    return rows
+
+
+def suite_table(rows: list[dict], keys: list[str]) -> str:
+    """Markdown for `suite_rows`: one column per benchmark plus the average, n under each column."""
+    lines = [
+        "| method | seeds | " + " | ".join(_title(k) for k in keys) + " | avg |",
+        "|---|---|" + "---|" * (len(keys) + 1),
+    ]
+    for r in rows:
+        cells = [f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in [*keys, "average"]]
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    lines.append("| n | | " + " | ".join(str(rows[0]["n"][k]) for k in keys) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def diagnostics_table(records: dict[str, dict[str, list[dict]]]) -> str:
+    """Per method and benchmark: final clean-branch entropy / share of degenerate answers, averaged over seeds."""
+    keys = list(records)
+    lines = ["| method | " + " | ".join(_title(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for method in records[keys[0]]:
+        cells = []
+        for key in keys:
+            (row,) = summarize({method: records[key][method]})
+            entropy = "n/a" if row["final_entropy"] is None else f"{row['final_entropy']:.3f}"
+            cells.append(f"{entropy} / {row['degenerate']:.3f}")
+        lines.append(f"| {_label(method, records[keys[0]][method])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_table(keys: list[str]) -> str:
+    """The paper's own figures for the benchmarks it reports, in the columns of the measured table."""
+    reported = [k for k in keys if k in next(iter(PAPER_RESULTS["rows"].values()))]
+    if not reported:
+        return ""
+    show_average = sorted(reported) == sorted(next(iter(PAPER_RESULTS["rows"].values())))
+    lines = [
+        "| method | " + " | ".join(_title(k) for k in reported) + (" | avg |" if show_average else " |"),
+        "|---|" + "---|" * (len(reported) + show_average),
+    ]
+    for method, values in PAPER_RESULTS["rows"].items():
+        cells = [f"{values[k]:.2f}" for k in reported]
+        if show_average:
+            cells.append(f"{statistics.fmean(values.values()):.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: dict[str, dict[str, list[dict]]], output_dir: Path) -> list[str]:
+    """One PNG per diagnostic, one panel per benchmark: the per-step value averaged over seeds, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    keys = list(records)
+    # One colour per method across every plot, also where a method has no series (`none` logs no entropy).
+    colours = {method: f"C{i}" for i, method in enumerate(records[keys[0]])}
+    for key, label in PLOTTED.items():
+        fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 3.5), squeeze=False)
+        for ax, dataset in zip(axes[0], keys):
+            for method, runs in records[dataset].items():
+                by_step: dict[int, list[float]] = {}
+                for r in runs:
+                    for step, value in _series(r, key):
+                        by_step.setdefault(step, []).append(value)
+                if by_step:
+                    steps = sorted(by_step)
+                    means = [statistics.fmean(by_step[s]) for s in steps]
+                    ax.plot(steps, means, marker="o", ms=3, color=colours[method], label=_label(method, runs))
+            if len(keys) > 1:
+                ax.set_title(_title(dataset))
+            ax.set_xlabel("step (online batch)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        name = key.replace("/", "_") + ".png"
+        fig.savefig(output_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    """Run every method x seed (x benchmark) and write the comparison."""
+    # ------------------------------------------------------------------------------------------------ arguments
+    model_args, data_args, compare_args, args = parse_args(
+        (ModelArguments, DataArguments, CompareArguments, ZeroSiamConfig), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.protocol != "online":
+        raise ValueError("compare.py compares online accuracy; use --protocol online.")
+    output_dir = Path(args.output_dir)
+    config = config_dict(model_args, data_args, compare_args, args)
+
+    # ------------------------------------------------------------------------------------------------ data
+    # One entry per table column. Synthetic problems are drawn anew for each seed (shared by every method), so the
+    # spread over seeds covers the test sample as well as the adapter's initialisation; a fixed dataset varies only
+    # the latter.
+    suite = compare_args.datasets is not None
+    columns = {
+        _dataset_key(name): {seed: data_args.for_dataset(name) for seed in compare_args.seeds}
+        for name in (compare_args.datasets or [data_args.dataset])
+    }
+    if compare_args.dry_run:
+        return dry_run(model_args, columns, compare_args, output_dir)
+    # A folder without comparison.json is an interrupted comparison: its finished runs are reused below.
+    if (output_dir / "comparison.json").is_file():
+        check_output_dir(str(output_dir), config, compare_args.overwrite, record_file="comparison.json")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if compare_args.synthetic_preset is not None:
+        preset = compare_args.synthetic_preset
+        for seed, seed_data in next(iter(columns.values())).items():
+            shift = dataclasses.replace(SHIFTS[preset], seed=seed)
+            problems_file = write_jsonl(
+                output_dir / f"synthetic-{preset}-seed{seed}.jsonl", generate_problems(compare_args.synthetic_n, shift)
+            )
+            next(iter(columns.values()))[seed] = dataclasses.replace(seed_data, dataset=problems_file)
+
+    # ------------------------------------------------------------------------------------------------ runs
+    records: dict[str, dict[str, list[dict]]] = {}
+    for key, seed_data in columns.items():
+        for method in compare_args.methods:
+            for seed in compare_args.seeds:
+                run_dir = _run_dir(output_dir, key if suite else None, method, seed)
+                logger.info("run %s", run_dir)
+                run_args = dataclasses.replace(args, method=method, seed=seed, output_dir=str(run_dir))
+                if latest_checkpoint(staging_path(str(run_dir))):  # a run this comparison started and was stopped in
+                    run_args.resume_from_checkpoint = "true"
+                script_args = AdaptArguments(overwrite=compare_args.overwrite)
+                # A finished run with the same settings (an earlier, interrupted comparison) is read, not redone.
+                record = matching_record(str(run_dir), config_dict(model_args, seed_data[seed], script_args, run_args))
+                if record is None or compare_args.overwrite:
+                    record = run(model_args, seed_data[seed], script_args, run_args)
+                else:
+                    logger.info("reusing the finished run in %s", run_dir)
+                records.setdefault(key, {}).setdefault(method, []).append(record)
+
+    # ------------------------------------------------------------------------------------------------ report
+    plots = plot(records, output_dir)
+    if suite:
+        keys = list(records)
+        result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
+        paper = paper_table(keys)
+        table = (
+            "Online accuracy %, flexible (math-verify's own extraction; numeric: last number):\n\n"
+            + suite_table(result["accuracy_flexible"], keys)
+            + "\nOnline accuracy %, strict (last \\boxed{}; numeric: `#### N`):\n\n"
+            + suite_table(result["accuracy_strict"], keys)
+            + "\nFinal clean-branch entropy (nats) / share of degenerate answers:\n\n"
+            + diagnostics_table(records)
+            + (f"\nReported by the paper ({PAPER_RESULTS['model']}; not measured here):\n\n{paper}" if paper else "")
+        )
+    else:
+        result = {"rows": summarize(next(iter(records.values())))}
+        table = markdown_table(result["rows"])
+    (output_dir / "comparison.md").write_text(table)
+    write_json(
+        output_dir / "comparison.json",
+        {"config": config, "command": sys.argv, "versions": versions(), **result, "plots": plots},
+    )
+    print(table)
+    print(f"comparison and plots in {output_dir}")
+    return result
+
+
+def _run_dir(output_dir: Path, dataset: str | None, method: str, seed: int) -> Path:
+    return output_dir / "runs" / (dataset or "") / f"{method}-seed{seed}"
+
+
+def dry_run(model_args: ModelArguments, columns: dict, compare_args: CompareArguments, output_dir: Path) -> dict:
+    """Resolve the model and every benchmark (loading and validating its problems) and list the runs; run nothing."""
+    spec = resolve_model(model_args.model)
+    plan = {}
+    for key, seed_data in columns.items():
+        problems, identity = load_problems(next(iter(seed_data.values())))
+        plan[key] = {"problems": len(problems), "checker": identity["checker"], "source": identity.get("path")}
+        plan[key]["source"] = plan[key]["source"] or identity.get("id")
+        print(f"{key}: {len(problems)} problems from {plan[key]['source']}, checker {identity['checker']}")
+    runs = len(columns) * len(compare_args.methods) * len(compare_args.seeds)
+    print(f"model {spec['name_or_path']}; {runs} runs into {output_dir}/runs (dry run: nothing was run)")
+    return {"model": spec, "plan": plan, "runs": runs}
+
+
+console = console_entry(main)  # the `zerosiam-<name>` entry point
+
+
+if __name__ == "__main__":
+    main()
