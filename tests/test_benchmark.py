@@ -4,9 +4,12 @@ import json
 
 import benchmark
 import pytest
+from conftest import REPO
+
+from zerosiam_hf.benchmarking import RATIOS
 
 
-def test_loss_head_stage_reports_every_variant_and_the_goal_ratios(tmp_path):
+def test_loss_head_stage_reports_every_variant_and_the_ratios(tmp_path):
     output = tmp_path / "bench" / "loss_head.json"
     argv = ["--tokens", "12", "--hidden", "8", "--vocab", "40", "--chunk_size", "5", "--methods", "tent", "zerosiam"]
     report = benchmark.main([*argv, "--warmup", "0", "--repeats", "2", "--output_json", str(output)])
@@ -23,8 +26,16 @@ def test_loss_head_stage_reports_every_variant_and_the_goal_ratios(tmp_path):
     ratios = {r["ratio"]: r for r in shape["ratios"]}
     time_ratio = ratios["CPU time zerosiam chunked / tent chunked"]
     expected = variants["zerosiam", "chunked"]["cpu_ms"] / variants["tent", "chunked"]["cpu_ms"]
-    assert time_ratio["value"] == pytest.approx(expected) and time_ratio["met"] == (expected <= 1.3)
-    assert ratios["peak zerosiam chunked / tent naive"]["goal"] == 0.3
+    assert time_ratio == {"ratio": "CPU time zerosiam chunked / tent chunked", "value": pytest.approx(expected)}
+
+
+def test_the_loss_head_goals_in_benchmarks_md_name_ratios_the_report_gives():
+    """The goals live in BENCHMARKS.md, not in code; each loss-head goal names a ratio the report computes."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    goals = text[text.index("## Goals") : text.index("## Loss head")]
+    names = [line.split("|")[1].split(" (")[0].strip() for line in goals.splitlines() if "<=" in line]
+    loss_head = [name for name in names if not name.startswith("online")]
+    assert len(loss_head) == 2 and set(loss_head) <= {name for name, _, _ in RATIOS}
 
 
 def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, problems_file, tmp_path):
