@@ -1,6 +1,8 @@
 """The math answer checker (math-verify in a bounded child process) on hand-made cases, and the gold audit."""
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -102,6 +104,13 @@ def test_a_check_that_runs_over_counts_as_wrong_and_the_next_check_works():
         assert fine["correct_strict"] and not fine.get("check_timed_out")
     finally:
         checker.close()
+
+
+def test_the_checkers_child_process_imports_no_torch():
+    # Each check that runs over restarts the child: it must start in a moment, without torch or transformers.
+    code = "import sys, zerosiam_hf.math_worker; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
 
 
 def test_checker_works_off_the_main_thread(checker):

@@ -10,10 +10,8 @@ import os
 import select
 import subprocess
 import sys
-import time
 
-from .generation import generate_completions
-from .scoring import accuracy, last_boxed, parse_gold, score_answer
+from .scoring import last_boxed, parse_gold, score_answer
 
 
 logger = logging.getLogger(__name__)
@@ -131,30 +129,3 @@ def score_completions(checker, tokenizer, index: list[int], completions: list[li
         {"index": i, "completion": text, "tokens": len(ids), **score}
         for i, text, ids, score in zip(index, texts, completions, scores)
     ]
-
-
-def answer_and_score(
-    model,
-    tokenizer,
-    prompts,
-    gold: dict,
-    checker,
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    show_progress: bool = False,
-) -> tuple[dict, list[dict]]:
-    """Answer every prompt (`index`, `prompt_ids`) greedily and score it: the accuracy summary with the seconds spent
-    generating, and the scored records in prompt order."""
-    start = time.perf_counter()
-    completions = generate_completions(
-        model,
-        tokenizer,
-        prompts["prompt_ids"],
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    seconds = time.perf_counter() - start
-    records = score_completions(checker, tokenizer, prompts["index"], completions, gold)
-    return {**accuracy(records), "generate_seconds": seconds}, records

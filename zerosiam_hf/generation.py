@@ -1,5 +1,6 @@
-"""Batched greedy generation from pre-tokenized prompts, with LoRA merged for speed."""
+"""Batched greedy generation from pre-tokenized prompts, with LoRA merged for speed, and answering a test set."""
 
+import time
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -7,6 +8,9 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
+
+from .checkers import score_completions
+from .scoring import accuracy
 
 
 def pad(sequences: list[list[int]], pad_id: int, *, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,3 +127,30 @@ def generate_completions(
     starts = tqdm(range(0, len(prompt_ids), batch_size), desc="Generating", disable=not show_progress)
     batches = (pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id, side="left") for start in starts)
     return generate_batches(model, batches, greedy_config(model, tokenizer, max_new_tokens), merge_lora=merge_lora)
+
+
+def answer_and_score(
+    model,
+    tokenizer,
+    prompts,
+    gold: dict,
+    checker,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    show_progress: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Answer every prompt (`index`, `prompt_ids`) greedily and score it: the accuracy summary with the seconds spent
+    generating, and the scored records in prompt order."""
+    start = time.perf_counter()
+    completions = generate_completions(
+        model,
+        tokenizer,
+        prompts["prompt_ids"],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    seconds = time.perf_counter() - start
+    records = score_completions(checker, tokenizer, prompts["index"], completions, gold)
+    return {**accuracy(records), "generate_seconds": seconds}, records

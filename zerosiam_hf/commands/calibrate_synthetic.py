@@ -26,9 +26,10 @@ import torch
 from datasets import Dataset
 
 from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
-from zerosiam_hf.checkers import NumericChecker, answer_and_score
+from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.data import build_prompts, gold_answers
+from zerosiam_hf.generation import answer_and_score
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
 from zerosiam_hf.records import versions, write_json, write_jsonl
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems

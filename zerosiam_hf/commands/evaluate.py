@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from zerosiam_hf.checkers import answer_and_score
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
+from zerosiam_hf.generation import answer_and_score
 from zerosiam_hf.modeling import ModelArguments, check_adapter, load_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.records import (
     check_output_dir,
