@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny random Llama with a byte-level tokenizer, and GSM8K-format files, all made in code."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
-# test_benchmark imports scripts/benchmark.py as a module; the commands are imported from zerosiam_hf.commands.
-sys.path.insert(0, str(REPO / "scripts"))
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"

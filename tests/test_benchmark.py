@@ -1,12 +1,18 @@
 """Tests for scripts/benchmark.py on tiny shapes and the tiny model: the report's structure, its ratios and errors."""
 
+import importlib.util
 import json
 
-import benchmark
 import pytest
 from conftest import REPO
 
 from zerosiam_hf.benchmarking import RATIOS
+
+
+# Loaded from its file: putting scripts/ on sys.path would let scripts/evaluate.py shadow the `evaluate` package.
+_spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
 
 
 def test_loss_head_stage_reports_every_variant_and_the_ratios(tmp_path):
