@@ -321,7 +321,7 @@ class ZeroSiamTrainer(Trainer):
         if self.args.should_save and fresh:
             append_jsonl(Path(self.args.output_dir) / PREDICTIONS_FILE, [record for record, _ in fresh])
         self._metrics_update(answer_diagnostics([r["completion"] for r, _ in fresh], [ids for _, ids in fresh]))
-        self._metrics_update({"answers/check_timeouts": sum(bool(r.get("check_timed_out")) for r, _ in fresh)})
+        self._metrics_update({"answers/check_timeouts": accuracy([r for r, _ in fresh])["check_timeouts"]})
         running = accuracy(list(self.online_records.values()))
         self._metrics_update(
             {
