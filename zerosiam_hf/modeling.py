@@ -194,7 +194,7 @@ def lora_config(args: ZeroSiamConfig) -> LoraConfig:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=list(args.lora_target_modules),
-        modules_to_save=[PREDICTOR_NAME] if args.method == "zerosiam" else None,
+        modules_to_save=[PREDICTOR_NAME] if args.method_spec.trains == "lora+predictor" else None,
         task_type="CAUSAL_LM",
     )
 
@@ -207,7 +207,7 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
     """
     if is_4bit(model):
         model = prepare_4bit_for_training(model, args.gradient_checkpointing)
-    if args.method == "zerosiam":
+    if args.method_spec.trains == "lora+predictor":
         attach_predictor(model)
     peft_model = get_peft_model(model, lora_config(args))
     if args.ablation in ("frozen_identity_predictor", "frozen_random_predictor"):

@@ -144,7 +144,12 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
         "data": data_identity,
         "versions": versions(),
         "num_processes": state.num_processes,
-        "results": {"online": online, "steps": train_output.global_step, "train_metrics": train_output.metrics},
+        "results": {
+            "online": online,
+            "steps": train_output.global_step,
+            "train_metrics": train_output.metrics,
+            "cost": {**trainer.total_cost(), "problems": len(problems)},
+        },
         "timings": {"adapt_seconds": adapt_seconds},
         "log_history": trainer.state.log_history,
     }

@@ -35,8 +35,9 @@ from pathlib import Path
 from zerosiam_hf.benchmarks import BENCHMARKS, PAPER_RESULTS
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.commands.adapt import AdaptArguments, run
-from zerosiam_hf.config import METHODS, ZeroSiamConfig
+from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
+from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
 from zerosiam_hf.records import (
     check_output_dir,
@@ -65,7 +66,8 @@ class CompareArguments:
     """Which methods and seeds to compare, and on what."""
 
     methods: list[str] = field(
-        default_factory=lambda: ["none", "tent", "come", "zerosiam"], metadata={"help": f"Methods, from {METHODS}."}
+        default_factory=lambda: ["none", "tent", "come", "zerosiam"],
+        metadata={"help": f"Methods, from {tuple(METHODS)}."},
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds, one run each per method."})
     datasets: list[str] | None = field(
@@ -113,7 +115,7 @@ def _last(record: dict, key: str) -> float | None:
 
 def _label(method: str, runs: list[dict]) -> str:
     ablation = runs[0]["config"]["ZeroSiamConfig"]["ablation"]
-    return method if ablation == "none" else f"{method} ({ablation})"
+    return method if ablation in (None, "none") else f"{method} ({ablation})"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -271,8 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Run every method x seed (x benchmark) and write the comparison."""
     # ------------------------------------------------------------------------------------------------ arguments
     model_args, data_args, compare_args, args = parse_args(
-        (ModelArguments, DataArguments, CompareArguments, ZeroSiamConfig), argv
+        (ModelArguments, DataArguments, CompareArguments, SharedRunConfig), argv
     )
+    args.check_methods(compare_args.methods)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in compare_args.seeds:
                 run_dir = _run_dir(output_dir, key if suite else None, method, seed)
                 logger.info("run %s", run_dir)
-                run_args = dataclasses.replace(args, method=method, seed=seed, output_dir=str(run_dir))
+                run_args = args.for_method(method, seed=seed, output_dir=str(run_dir))
                 if latest_checkpoint(staging_path(str(run_dir))):  # a run this comparison started and was stopped in
                     run_args.resume_from_checkpoint = "true"
                 script_args = AdaptArguments(overwrite=compare_args.overwrite)

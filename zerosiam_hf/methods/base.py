@@ -1,0 +1,52 @@
+"""What every test-time method declares, and the hooks the trainer calls."""
+
+from contextlib import nullcontext
+from typing import Any, ClassVar
+
+import torch
+
+
+class Method:
+    """One test-time method. A subclass declares what the method trains, which tokens carry its signal, how many
+    answers it samples per prompt, when it resets and which options it takes; it implements its loss (or its
+    decoding hook). Instances hold no state: the trainer passes itself to every hook.
+
+    Class attributes:
+        name: the `--method` value.
+        help: one line for `--help` and the docs.
+        trains: "lora", "lora+predictor", "delta" (a per-prompt vector, never saved) or "nothing".
+        signals: the `--signal` values it takes, its default first; empty when no loss reads the model's tokens.
+        resets: "never", or "prompt" when its trained state starts afresh for every prompt (the protocol's
+            `--episodic` reset comes on top, for the methods that train weights).
+        samples: True when it answers each prompt `--num_generations` times, sampled.
+        online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
+        options: its own options (fields of `ZeroSiamConfig`) and their defaults; any other method-specific option
+            given with it is an error.
+    """
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    trains: ClassVar[str] = "lora"
+    signals: ClassVar[tuple[str, ...]] = ("response", "prompt")
+    resets: ClassVar[str] = "never"
+    samples: ClassVar[bool] = False
+    online_only: ClassVar[bool] = False
+    options: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def updates_weights(self) -> bool:
+        """Whether the trainer takes optimizer steps for it."""
+        return self.trains in ("lora", "lora+predictor")
+
+    def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
+        """The loss of one batch built by the trainer's `_prepare_inputs`; methods that train nothing have none."""
+        raise NotImplementedError(f"--method {self.name} has no training loss.")
+
+    def decoding(self, trainer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """A context for the generation of these prompts' answers and logits processors to apply while decoding:
+        `(context manager, list of LogitsProcessor)`. Plain decoding by default."""
+        return nullcontext(), []
+
+    def rewards(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
+        """Sampling methods: rewards known from the answers alone ([N]), or None when the loss computes them."""
+        return None
