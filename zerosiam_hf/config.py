@@ -249,6 +249,8 @@ class ZeroSiamConfig(TrainingArguments):
         elif self.signal not in method.signals:
             takes = ", ".join(method.signals) or "none (it trains nothing)"
             raise ValueError(f"--method {self.method} takes --signal {takes}; got --signal {self.signal}.")
+        if method.samples and self.num_generations < 2:
+            raise ValueError(f"--method {self.method} compares k answers per prompt: --num_generations must be >= 2.")
         if method.online_only and self.protocol != "online":
             raise ValueError(f"--method {self.method} runs under --protocol online only; got {self.protocol}.")
 

@@ -6,7 +6,10 @@ loss or decoding hook), one line below, and its test.
 
 from .base import Method
 from .head import EMFT, Come, Tent, ZeroSiam
+from .intuitor import Intuitor
 from .none import NoAdaptation
+from .rent import Rent
+from .ttrl import TTRL
 
 
 METHODS: dict[str, Method] = {
@@ -17,6 +20,9 @@ METHODS: dict[str, Method] = {
         Come(),
         ZeroSiam(),
         EMFT(),
+        TTRL(),
+        Rent(),
+        Intuitor(),
     )
 }
 # Every method-specific option of ZeroSiamConfig: a method given one that it does not take refuses it.

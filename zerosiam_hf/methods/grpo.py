@@ -7,6 +7,7 @@ the token mean over the batch (verl's `token-mean`, which TTRL and RENT run; TRL
 the KL to the base model (LoRA off) is TRL's and verl's k3 estimator exp(r - l) - (r - l) - 1.
 """
 
+import math
 from typing import ClassVar
 
 import torch
@@ -71,11 +72,12 @@ def token_statistics(
 
     def chunk(rows: torch.Tensor, chunk_targets: torch.Tensor):
         logits = F.linear(rows, weight.detach().to(rows.dtype), None if bias is None else bias.detach().to(rows.dtype))
-        log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+        # at least fp32, as the loss head computes softmax (fp64 stays fp64 for exact checks)
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1)
         logp = log_probs.gather(1, chunk_targets[:, None]).squeeze(1)
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1)
-            certainty = -log_probs.mean(-1) - torch.log(torch.tensor(float(log_probs.shape[-1])))
+            certainty = -log_probs.mean(-1) - math.log(log_probs.shape[-1])
         return logp, entropy, certainty
 
     outputs = []
@@ -105,7 +107,6 @@ class SamplingMethod(Method):
 
     signals = ("response",)
     samples = True
-    online_only = True
     options: ClassVar[dict] = {"num_generations": 4, "sampling_temperature": 1.0, "beta": 0.0}
 
     def reward(self, stats: dict, precomputed: torch.Tensor | None) -> torch.Tensor:
