@@ -161,6 +161,88 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COSTS = (
+    ("generated_tokens", "generated tokens"),
+    ("trained_tokens", "forward-backward tokens"),
+    ("forward_tokens", "extra forward tokens"),
+    ("seconds", "seconds"),
+)
+
+
+def cost_rows(records: dict[str, list[dict]]) -> list[dict]:
+    """Per method, what it spent per problem (mean over its runs), and the same relative to `none`'s spend.
+
+    Tokens come from each run's `results.cost`; seconds are the run's adaptation wall time (answering included).
+    A run recorded before the cost was counted has none: its row reads n/a.
+    """
+
+    def per_problem(run: dict) -> dict | None:
+        cost = run["results"].get("cost")
+        if cost is None:
+            return None
+        spent = {key: cost[key] for key, _ in COSTS if key != "seconds"}
+        spent["seconds"] = run["timings"]["adapt_seconds"]
+        return {key: value / cost["problems"] for key, value in spent.items()}
+
+    rows = {}
+    for method, runs in records.items():
+        spent = [per_problem(run) for run in runs]
+        means = None if None in spent else {key: statistics.fmean(s[key] for s in spent) for key, _ in COSTS}
+        rows[method] = {"method": _label(method, runs), "per_problem": means}
+    baseline = rows.get("none", {}).get("per_problem")
+    for row in rows.values():
+        mine = row["per_problem"]
+        row["relative"] = (
+            None
+            if mine is None or baseline is None
+            else {key: mine[key] / baseline[key] if baseline[key] else None for key, _ in COSTS}
+        )
+    return list(rows.values())
+
+
+def cost_table(rows: list[dict]) -> str:
+    """Markdown for `cost_rows`: each cost per problem, with its ratio to `none` in brackets."""
+    lines = [
+        "| method | " + " | ".join(f"{name} / problem" for _, name in COSTS) + " |",
+        "|---|" + "---|" * len(COSTS),
+    ]
+    for r in rows:
+        cells = []
+        for key, _ in COSTS:
+            if r["per_problem"] is None:
+                cells.append("n/a")
+                continue
+            ratio = (r["relative"] or {}).get(key)
+            digits = 2 if key == "seconds" else 0
+            cells.append(f"{r['per_problem'][key]:.{digits}f}" + ("" if ratio is None else f" ({ratio:.2f}x)"))
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sample_rows(records: dict[str, list[dict]]) -> list[dict]:
+    """Sampling methods: first-sample, avg@k and maj@k accuracy (flexible), mean over runs."""
+    rows = []
+    for method, runs in records.items():
+        online = [r["results"]["online"] for r in runs]
+        if all("avg_at_k" in o for o in online):
+            k = runs[0]["config"]["ZeroSiamConfig"]["num_generations"]
+            row = {"method": _label(method, runs), "k": k}
+            for key in ("accuracy_flexible", "avg_at_k", "maj_at_k"):
+                row[key] = statistics.fmean(o[key] for o in online)
+            rows.append(row)
+    return rows
+
+
+def sample_table(rows: list[dict]) -> str:
+    """Markdown for `sample_rows`."""
+    lines = ["| method | k | first sample % | avg@k % | maj@k % |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['k']} | {r['accuracy_flexible']:.2f} | {r['avg_at_k']:.2f} | {r['maj_at_k']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _dataset_key(name: str) -> str:
     """A benchmark's name, or a data file's stem: the folder and column of its runs."""
     return name if name in BENCHMARKS else Path(name).stem
@@ -330,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict:
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
+        by_method = {m: [run for runs in records.values() for run in runs[m]] for m in compare_args.methods}
+        result["cost"], result["samples"] = cost_rows(by_method), sample_rows(by_method)
         paper = paper_table(keys)
         table = (
             "Online accuracy %, flexible (math-verify's own extraction; numeric: last number):\n\n"
@@ -338,11 +422,16 @@ def main(argv: list[str] | None = None) -> dict:
             + suite_table(result["accuracy_strict"], keys)
             + "\nFinal clean-branch entropy (nats) / share of degenerate answers:\n\n"
             + diagnostics_table(records)
+            + "\nCost per problem (ratio to none), over every benchmark and seed:\n\n"
+            + cost_table(result["cost"])
             + (f"\nReported by the paper ({PAPER_RESULTS['model']}; not measured here):\n\n{paper}" if paper else "")
         )
     else:
-        result = {"rows": summarize(next(iter(records.values())))}
-        table = markdown_table(result["rows"])
+        by_method = next(iter(records.values()))
+        result = {"rows": summarize(by_method), "cost": cost_rows(by_method), "samples": sample_rows(by_method)}
+        table = markdown_table(result["rows"]) + "\nCost per problem (ratio to none):\n\n" + cost_table(result["cost"])
+    if result["samples"]:
+        table += "\nSampling methods, online accuracy % (flexible):\n\n" + sample_table(result["samples"])
     (output_dir / "comparison.md").write_text(table)
     write_json(
         output_dir / "comparison.json",
