@@ -178,6 +178,12 @@ class ZeroSiamConfig(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns for the loop."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer."})
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={
+            "help": "A resumed run restores the callbacks' state: the guards' counters travel with a checkpoint."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={

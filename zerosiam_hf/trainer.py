@@ -41,14 +41,17 @@ class PromptCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "index": index}
 
 
-class _EpisodeEnd(TrainerCallback):
-    """After each optimizer step of an episodic run: answer the batch with the adapted weights, then reset."""
+class _StepHooks(TrainerCallback):
+    """The trainer's own step events: marks where a step's statistics start, and ends each step (`_end_step`)."""
 
     def __init__(self, trainer: "ZeroSiamTrainer"):
         self.trainer = trainer
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._step_start = {key: len(values) for key, values in self.trainer._metrics.items()}
+
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._end_episode()
+        self.trainer._end_step()
 
 
 class ZeroSiamTrainer(Trainer):
@@ -115,17 +118,17 @@ class ZeroSiamTrainer(Trainer):
         self.cost = {"generated_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
         self._head_checked = False
         self._pending_episode = None
-        self._nonfinite_guard = NonFiniteGuard(self)
-        self._signal_stop = SignalStop(self)
-        self.add_callback(self._nonfinite_guard)
+        self._step_start = {}
+        self._signal_stop = SignalStop()
+        # The guards keep their counters as callback state, which a resumed Trainer restores into new instances:
+        # they are looked up where used (`_guard`), never held.
+        self.add_callback(NonFiniteGuard(args.max_skipped_updates))
         self.add_callback(self._signal_stop)
-        self._collapse_guard = CollapseGuard(self) if args.collapse_guard else None
+        self.add_callback(_StepHooks(self))
+        if args.collapse_guard:
+            self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        if args.episodic:
-            self.add_callback(_EpisodeEnd(self))
-        if self._collapse_guard is not None:
-            self.add_callback(self._collapse_guard)
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -166,13 +169,7 @@ class ZeroSiamTrainer(Trainer):
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             # Written before the Trainer's files: a checkpoint with its trainer_state.json is then complete.
-            run_state = {
-                "online_records": list(self.online_records.values()),
-                "skipped_updates": self._nonfinite_guard.skipped,
-                "skipped_in_a_row": self._nonfinite_guard.in_a_row,
-                "resets": None if self._collapse_guard is None else self._collapse_guard.resets,
-                "cost": self.cost,
-            }
+            run_state = {"online_records": list(self.online_records.values()), "cost": self.cost}
             write_json(folder / RUN_STATE_FILE, run_state)
         super()._save_checkpoint(model, trial)
 
@@ -185,11 +182,7 @@ class ZeroSiamTrainer(Trainer):
             )
         run_state = json.loads(file.read_text())
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
-        self._nonfinite_guard.skipped = run_state["skipped_updates"]
-        self._nonfinite_guard.in_a_row = run_state["skipped_in_a_row"]
         self.cost = dict(run_state.get("cost") or self.cost)
-        if self._collapse_guard is not None:
-            self._collapse_guard.resets = run_state["resets"] or 0
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -217,7 +210,7 @@ class ZeroSiamTrainer(Trainer):
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._nonfinite_guard.check_loss(loss)
+        self._guard(NonFiniteGuard).check_loss(loss)
         return loss
 
     def _prepare_inputs(self, inputs: dict) -> dict:
@@ -385,13 +378,27 @@ class ZeroSiamTrainer(Trainer):
         for key, value in values.items():
             self._metrics[key].append(value)
 
-    def _end_episode(self) -> None:
-        """Episodic protocol: answer the last batch with the updated weights, then restore the initial state."""
-        if self._pending_episode is not None:
-            prompt_ids, prompt_mask, index = self._pending_episode
-            self._record(index, self._generate(prompt_ids, prompt_mask))
-            self._pending_episode = None
-        self._reset_to_initial()
+    def _guard(self, kind: type):
+        """The registered callback of type `kind`, or None."""
+        return next((callback for callback in self.callback_handler.callbacks if isinstance(callback, kind)), None)
+
+    def _end_step(self) -> None:
+        """After each optimizer step, in this order: an episodic run answers the batch with the updated weights and
+        restores the initial state; the collapse guard reads the step's statistics and restores it on collapse."""
+        if self.args.episodic:
+            if self._pending_episode is not None:
+                prompt_ids, prompt_mask, index = self._pending_episode
+                self._record(index, self._generate(prompt_ids, prompt_mask))
+                self._pending_episode = None
+            self._reset_to_initial()
+        guard = self._guard(CollapseGuard)
+        if guard is not None:
+            step_mean = {}
+            for key in ("collapse/entropy", "answers/degenerate"):
+                values = self._metrics[key][self._step_start.get(key, 0) :]
+                step_mean[key] = sum(values) / len(values) if values else None
+            if guard.collapsed(self.state.global_step, step_mean["collapse/entropy"], step_mean["answers/degenerate"]):
+                self._reset_to_initial()
 
     def _reset_to_initial(self) -> None:
         """Put LoRA and the predictor back to their initial values and forget the optimizer's state."""
@@ -406,9 +413,9 @@ class ZeroSiamTrainer(Trainer):
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
         if self.args.trains:
-            logs["guard/skipped_updates"] = self._nonfinite_guard.skipped
-        if self._collapse_guard is not None:
-            logs["guard/resets"] = self._collapse_guard.resets
+            logs["guard/skipped_updates"] = self._guard(NonFiniteGuard).skipped
+        if self.args.collapse_guard:
+            logs["guard/resets"] = self._guard(CollapseGuard).resets
         super().log(logs, start_time)
 
     def total_cost(self) -> dict[str, int]:
