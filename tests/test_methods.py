@@ -124,8 +124,8 @@ def test_token_statistics_match_the_full_logits(chunk_size):
     log_p = torch.log_softmax((hidden @ weight.T + bias) / 0.7, dim=-1)
     assert torch.allclose(logp, log_p[torch.arange(5), targets])
     assert torch.allclose(entropy, -(log_p.exp() * log_p).sum(-1))
-    uniform = torch.full_like(log_p, 1 / 7)
-    assert torch.allclose(certainty, (uniform * (uniform.log() - log_p)).sum(-1))  # KL(U || p)
+    uniform, raw = torch.full_like(log_p, 1 / 7), torch.log_softmax(hidden @ weight.T + bias, dim=-1)
+    assert torch.allclose(certainty, (uniform * (uniform.log() - raw)).sum(-1))  # KL(U || p) of the raw logits
     logp.sum().backward()
     grad = hidden.grad.clone()
     hidden.grad = None
@@ -160,7 +160,9 @@ def test_ttrl_rewards_read_the_answers_never_the_gold():
 
 # ----------------------------------------------------------------------------------------------------- in the trainer
 @pytest.mark.parametrize("method", ["ttrl", "rent", "intuitor"])
-def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenizer, prompts, gold, method):
+def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenizer, prompts, gold, method, monkeypatch):
+    if method == "rent":  # the tiny model never writes `#### N`: let every answer count as answered
+        monkeypatch.setattr(type(METHODS["rent"]), "rewards", lambda self, t, records, k: torch.ones(len(records)) > 0)
     model = make_model(tokenizer)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = config(tmp_path, method=method, num_generations=3)
@@ -200,3 +202,12 @@ def test_the_kl_to_the_base_model_is_zero_at_first_then_grows(tmp_path, tokenize
     kl = [entry["loss/kl"] for entry in trainer.state.log_history if "loss/kl" in entry]
     assert kl[0] == pytest.approx(0.0, abs=1e-6)  # LoRA starts at zero: the policy is the base model
     assert max(kl[1:]) > 0
+
+
+def test_rent_without_any_answer_has_no_signal(tmp_path, tokenizer, prompts, gold):
+    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="rent"), prompts, tokenizer, gold=gold)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    steps = [entry for entry in trainer.state.log_history if "reward/mean" in entry]
+    assert all(entry["reward/mean"] == -7.0 and entry["reward/zero_std_share"] == 1.0 for entry in steps)
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)

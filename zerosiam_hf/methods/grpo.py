@@ -63,21 +63,24 @@ def token_statistics(
     temperature: float = 1.0,
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probability of `targets`, entropy and self-certainty under softmax(lm_head(hidden) / T).
+    """Per-token log-probability of `targets` and entropy under softmax(lm_head(hidden) / T), and self-certainty.
 
     hidden [M, d], weight [V, d], bias [V] or None, targets [M] -> logp [M] (differentiable in hidden), entropy [M]
-    and self-certainty [M] (detached; self-certainty is KL(U || p) = -log V - mean_v log p_v, Intuitor's). Chunks
-    of `chunk_size` rows are recomputed in the backward pass, so no [M, V] tensor outlives its chunk.
+    and self-certainty [M] (detached). Self-certainty is Intuitor's, of the raw logits (no temperature):
+    KL(U || p) = -log V - mean_v log p_v. Chunks of `chunk_size` rows are recomputed in the backward pass, so no
+    [M, V] tensor outlives its chunk.
     """
 
     def chunk(rows: torch.Tensor, chunk_targets: torch.Tensor):
         logits = F.linear(rows, weight.detach().to(rows.dtype), None if bias is None else bias.detach().to(rows.dtype))
         # at least fp32, as the loss head computes softmax (fp64 stays fp64 for exact checks)
-        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        log_probs = torch.log_softmax(logits / temperature, dim=-1)
         logp = log_probs.gather(1, chunk_targets[:, None]).squeeze(1)
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1)
-            certainty = -log_probs.mean(-1) - math.log(log_probs.shape[-1])
+            raw = log_probs if temperature == 1 else torch.log_softmax(logits, dim=-1)
+            certainty = -raw.mean(-1) - math.log(raw.shape[-1])
         return logp, entropy, certainty
 
     outputs = []
