@@ -2,6 +2,7 @@
 what must not, k answers scored as first-sample, avg@k and maj@k, and options a method does not take refused."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,12 @@ from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import build_prompts, gold_answers
-from zerosiam_hf.methods import METHODS
+from zerosiam_hf.generation import generate_batches
+from zerosiam_hf.methods import METHODS, read_method_settings
+from zerosiam_hf.methods.base import final_hidden_states
+from zerosiam_hf.methods.em_inf import EntropyMinimizationLogitsProcessor
 from zerosiam_hf.methods.grpo import group_advantages, grpo_loss, per_answer_mean, token_statistics
+from zerosiam_hf.methods.slot import add_delta, optimize_delta
 from zerosiam_hf.scoring import majority_vote
 
 
@@ -211,3 +216,100 @@ def test_rent_without_any_answer_has_no_signal(tmp_path, tokenizer, prompts, gol
     steps = [entry for entry in trainer.state.log_history if "reward/mean" in entry]
     assert all(entry["reward/mean"] == -7.0 and entry["reward/zero_std_share"] == 1.0 for entry in steps)
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------- TLM, SLOT, EM-INF
+def test_tlm_trains_lora_on_prompt_tokens_only(tmp_path, tokenizer, prompts, gold, monkeypatch):
+    model = make_model(tokenizer)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = ZeroSiamTrainer(model, config(tmp_path, method="tlm"), prompts, tokenizer, gold=gold)
+    assert trainer.args.signal == "prompt"
+    seen = []
+    loss = type(trainer.method).loss
+    monkeypatch.setattr(
+        type(trainer.method), "loss", lambda self, t, m, inputs: seen.append(inputs) or loss(self, t, m, inputs)
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    prompt_rows = {tuple(row["prompt_ids"]) for row in prompts}
+    for inputs in seen:  # the loss saw the prompts alone, left-padded, never an answer
+        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+            assert tuple(ids[mask.bool()].tolist()) in prompt_rows
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    for name, param in trainer.model.base_model.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")])
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"loss/nll", "tlm/selected_share", "collapse/entropy"} <= logged
+
+
+def test_slot_changes_no_parameter_and_answers_each_prompt_with_its_own_delta(tmp_path, tokenizer, prompts, gold):
+    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="slot"), prompts, tokenizer, gold=gold)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # byte-identical
+    _, records = trainer.online_results()
+    plain = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path / "none", method="none"), prompts, tokenizer, gold)
+    plain.train()
+    assert [r["completion"] for r in records] != [r["completion"] for r in plain.online_results()[1]]
+    # The first prompt answered alone, its delta fitted by hand: the same answer as in its batch of two.
+    ids = torch.tensor([prompts[0]["prompt_ids"]])
+    with torch.no_grad():
+        _, hidden = final_hidden_states(trainer.model, ids, torch.ones_like(ids))
+    head = trainer.model.get_output_embeddings()
+    delta = optimize_delta(hidden[:, :-1], head.weight, None, ids[:, 1:], torch.ones_like(ids[:, 1:]).bool())
+    with add_delta(head, delta):
+        alone = generate_batches(trainer.model, [(ids, torch.ones_like(ids))], trainer._generation_config)[0]
+    assert tokenizer.decode(alone, skip_special_tokens=True) == records[0]["completion"]
+    assert trainer.total_cost()["forward_tokens"] == sum(len(row["prompt_ids"]) for row in prompts)
+
+
+def test_em_inf_changes_no_parameter_and_optimises_every_decoding_step(
+    tmp_path, tokenizer, prompts, gold, monkeypatch
+):
+    calls = []
+    original = EntropyMinimizationLogitsProcessor.__call__
+    monkeypatch.setattr(
+        EntropyMinimizationLogitsProcessor,
+        "__call__",
+        lambda self, i, s: calls.append(s.shape) or original(self, i, s),
+    )
+    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="em_inf"), prompts, tokenizer, gold=gold)
+    assert trainer._generation_config.do_sample and trainer._generation_config.temperature == 0.1  # EM_PT's
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # byte-identical
+    _, records = trainer.online_results()
+    # one call per decoding step of each batch of two: as many as the longest answer of the batch
+    longest = [max(r["tokens"] for r in records[i : i + 2]) for i in range(0, len(records), 2)]
+    assert len(calls) == sum(longest) and all(shape[0] == 2 for shape in calls)
+
+
+@pytest.mark.parametrize("method", ["em_ft", "tlm", "slot", "em_inf", "ttrl", "rent", "intuitor"])
+def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold, method):
+    settings = {"method": method, "save_steps": 1, "save_total_limit": None}
+    whole = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, **settings), prompts, tokenizer, gold=gold)
+    whole.train()
+    resumed = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, **settings), prompts, tokenizer, gold=gold)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert resumed.online_results() == whole.online_results()  # sampled answers too: the RNG state is restored
+    assert all(torch.equal(p, dict(whole.model.named_parameters())[n]) for n, p in resumed.model.named_parameters())
+    assert resumed.total_cost() == whole.total_cost()
+
+
+def test_a_decoding_method_reloads_from_its_saved_settings(tmp_path, tokenizer, prompts, gold):
+    args = config(tmp_path, method="slot", slot_steps=2)
+    trainer = ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer, gold=gold)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    method, options = read_method_settings(tmp_path / "saved")
+    assert method.name == "slot" and options == {"slot_steps": 2, "slot_lr": 0.1}
+    ids = torch.tensor([prompts[0]["prompt_ids"]])
+    model = make_model(tokenizer)  # the base: SLOT changed no weight
+    context, processors = method.decoding(model, SimpleNamespace(**options), ids, torch.ones_like(ids))
+    with context:
+        answer = generate_batches(model, [(ids, torch.ones_like(ids))], trainer._generation_config)[0]
+    assert tokenizer.decode(answer, skip_special_tokens=True) == trainer.online_results()[1][0]["completion"]
+    (tmp_path / "saved" / "method.json").write_text("{")
+    with pytest.raises(ValueError, match="method.json: not a method file written by zerosiam-hf"):
+        read_method_settings(tmp_path / "saved")

@@ -101,7 +101,10 @@ class ZeroSiamConfig(TrainingArguments):
         metadata={"help": "ttrl, rent, intuitor: answers sampled per prompt (k); the first one is the prediction."},
     )
     sampling_temperature: float | None = field(
-        default=_UNSET, metadata={"help": "ttrl, rent, intuitor: temperature of the k sampled answers (1.0)."}
+        default=_UNSET,
+        metadata={
+            "help": "ttrl, rent, intuitor, em_inf: temperature of the sampled answers (1.0; intuitor 0.9, em_inf 0.1)."
+        },
     )
     beta: float | None = field(
         default=_UNSET,

@@ -18,6 +18,8 @@ from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
+from .methods import write_method_settings
+from .methods.base import final_hidden_states
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
 from .records import append_jsonl, write_json, write_jsonl
@@ -111,7 +113,7 @@ class ZeroSiamTrainer(Trainer):
         self.lm_head = model.get_output_embeddings()
         self.predictor = find_predictor(model) if self.method.trains == "lora+predictor" else None
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
-        if self.method.samples:
+        if args.sampling_temperature is not None:  # the methods that sample their answers
             self._generation_config = sampling_config(self._generation_config, args.sampling_temperature)
         # What the run spent, for the cost columns of a comparison: tokens generated (every sample), tokens through
         # a forward and backward pass of the backbone, and tokens through an extra forward without backward.
@@ -183,6 +185,12 @@ class ZeroSiamTrainer(Trainer):
         run_state = json.loads(file.read_text())
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
         self.cost = dict(run_state.get("cost") or self.cost)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            write_method_settings(output_dir or self.args.output_dir, self.args)
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -256,18 +264,7 @@ class ZeroSiamTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------- for the methods
     def final_hidden_states(self, model, inputs: dict) -> torch.Tensor:
         """[B, T, d] final hidden states (the LM head's input) of one backbone forward over `inputs`."""
-        attention_mask = inputs["attention_mask"]
-        # Positions count real tokens only, as generate() counts them under left padding.
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=True,
-            logits_to_keep=1,  # the loss computes its own logits, chunk by chunk
-            use_cache=False,
-        )
-        hidden = outputs.hidden_states[-1]
+        outputs, hidden = final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
         if not self._head_checked:
             self._check_hidden_is_head_input(hidden, outputs.logits)
         return hidden
@@ -304,7 +301,9 @@ class ZeroSiamTrainer(Trainer):
         completions = []
         for start in range(0, len(prompt_ids), size):
             ids, mask = prompt_ids[start : start + size], prompt_mask[start : start + size]
-            context, processors = self.method.decoding(self, ids, mask)
+            context, processors = self.method.decoding(model, self.args, ids, mask)
+            if self.method.forwards_prompt:
+                self.cost["forward_tokens"] += int(mask.sum())
             if k > 1:
                 ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
             with context:

@@ -19,6 +19,7 @@ class Method:
         resets: "never", or "prompt" when its trained state starts afresh for every prompt (the protocol's
             `--episodic` reset comes on top, for the methods that train weights).
         samples: True when it answers each prompt `--num_generations` times, sampled.
+        forwards_prompt: True when its decoding hook runs one more backbone forward over each prompt (SLOT).
         online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
         options: its own options (fields of `ZeroSiamConfig`) and their defaults; any other method-specific option
             given with it is an error.
@@ -31,6 +32,7 @@ class Method:
     resets: ClassVar[str] = "never"
     samples: ClassVar[bool] = False
     online_only: ClassVar[bool] = False
+    forwards_prompt: ClassVar[bool] = False
     options: ClassVar[dict[str, Any]] = {}
 
     @property
@@ -42,11 +44,29 @@ class Method:
         """The loss of one batch built by the trainer's `_prepare_inputs`; methods that train nothing have none."""
         raise NotImplementedError(f"--method {self.name} has no training loss.")
 
-    def decoding(self, trainer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    def decoding(self, model, args, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
         """A context for the generation of these prompts' answers and logits processors to apply while decoding:
-        `(context manager, list of LogitsProcessor)`. Plain decoding by default."""
+        `(context manager, list of LogitsProcessor)`. Plain decoding by default.
+
+        `model` is the (unwrapped) model that answers, `args` the run's config (for the method's options).
+        """
         return nullcontext(), []
 
     def rewards(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
         """Sampling methods: rewards known from the answers alone ([N]), or None when the loss computes them."""
         return None
+
+
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """One backbone forward: the model's outputs (logits at the last position only) and [B, T, d] final hidden
+    states, the LM head's input. Positions count real tokens only, as generate() counts them under left padding."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        logits_to_keep=1,  # the methods compute their own logits, chunk by chunk
+        use_cache=False,
+    )
+    return outputs, outputs.hidden_states[-1]

@@ -10,8 +10,12 @@ EM_PT runs one prompt per generate call, where its batch-summed entropy and batc
 each row is optimised and stopped on its own, exactly as a batch of one.
 """
 
+from contextlib import nullcontext
+
 import torch
 from transformers import LogitsProcessor
+
+from .base import Method
 
 
 class EntropyMinimizationLogitsProcessor(LogitsProcessor):
@@ -59,3 +63,26 @@ class EntropyMinimizationLogitsProcessor(LogitsProcessor):
             (entropy + self.kl_weight * kl).backward()
             optimizer.step()
         return logits.detach()
+
+
+class EMInf(Method):
+    name = "em_inf"
+    help = "EM-INF: each decoding step's logits optimised for low entropy near the original; no weight changes"
+    trains = "nothing"
+    signals = ()
+    online_only = True
+    # EM_PT samples at temperature 0.1: under greedy decoding the optimised logits keep their argmax (every logit
+    # above exp(-H) rises by the same Adam step), so the answers would be plain greedy ones.
+    options = {
+        "em_inf_steps": 3,
+        "em_inf_lr": 0.1,
+        "em_inf_kl_weight": 0.05,
+        "em_inf_threshold": 0.3,
+        "sampling_temperature": 0.1,
+    }
+
+    def decoding(self, model, args, prompt_ids, prompt_mask):
+        processor = EntropyMinimizationLogitsProcessor(
+            args.em_inf_steps, args.em_inf_lr, args.em_inf_kl_weight, args.em_inf_threshold
+        )
+        return nullcontext(), [processor]

@@ -136,6 +136,7 @@ class SamplingMethod(Method):
         advantages = group_advantages(rewards, args.num_generations)
         ref_logps = None
         if args.beta > 0:
+            trainer.cost["forward_tokens"] += int(inputs["attention_mask"].sum())
             with torch.no_grad(), trainer.accelerator.unwrap_model(model).disable_adapter():
                 ref_hidden = trainer.final_hidden_states(model, inputs)
                 ref_logps = token_statistics(

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Method, final_hidden_states
+
 
 def optimize_delta(
     hidden: torch.Tensor,
@@ -92,3 +94,30 @@ def add_delta(lm_head: nn.Module, delta: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+class SLOT(Method):
+    name = "slot"
+    help = "SLOT: a per-prompt vector added before the LM head, fitted to the prompt, used for its answer"
+    trains = "delta"
+    signals = ()
+    resets = "prompt"
+    online_only = True
+    forwards_prompt = True
+    options = {"slot_steps": 5, "slot_lr": 0.1}
+
+    def decoding(self, model, args, prompt_ids, prompt_mask):
+        with torch.no_grad():
+            _, hidden = final_hidden_states(model, prompt_ids, prompt_mask)
+        head = model.get_output_embeddings()
+        real = prompt_mask.bool()
+        delta = optimize_delta(
+            hidden[:, :-1],
+            head.weight,
+            head.bias,
+            prompt_ids[:, 1:],
+            real[:, :-1] & real[:, 1:],
+            steps=args.slot_steps,
+            lr=args.slot_lr,
+        )
+        return add_delta(head, delta), []

@@ -11,6 +11,9 @@ in the offline setting it comes from the frozen base model: pass that model's lo
 import torch
 import torch.nn.functional as F
 
+from ..losses import entropy_from_logits
+from .base import Method
+
 
 def tlm_loss(
     logits: torch.Tensor,
@@ -48,3 +51,30 @@ def tlm_loss(
     # TLM: sum over the selected samples / their count; with none selected, the mean of zeros (0 with a graph)
     loss = weighted.sum() / selected.sum().clamp(min=1)
     return loss, nll_detached, selected
+
+
+class TLM(Method):
+    name = "tlm"
+    help = "TLM: the prompt's NLL, on prompts above a log-perplexity threshold, weighted towards the harder ones"
+    signals = ("prompt",)
+    options = {"tlm_threshold": 3.0, "tlm_weight": 0.1}
+
+    def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
+        hidden = trainer.final_hidden_states(model, inputs)
+        mask = inputs["loss_mask"]
+        # position t predicts token t + 1: every prompt token after the first is a label, as TLM's labels = input_ids
+        counted = mask[:, :-1] & mask[:, 1:]
+        logits = trainer.lm_head(hidden[:, :-1])
+        loss, nll, selected = tlm_loss(
+            logits, inputs["input_ids"][:, 1:], counted, trainer.args.tlm_threshold, trainer.args.tlm_weight
+        )
+        with torch.no_grad():
+            clean_entropy = entropy_from_logits(logits[counted])
+        trainer.log_metrics_step(
+            {
+                "loss/nll": nll.mean(),
+                "tlm/selected_share": selected.float().mean(),
+                "collapse/entropy": clean_entropy.mean(),
+            }
+        )
+        return loss
