@@ -12,9 +12,9 @@ from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problem
 from datasets import Dataset
 
 from zerosiam_hf import data
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]

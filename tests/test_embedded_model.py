@@ -13,10 +13,11 @@ import torch
 from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
 from safetensors.torch import load_file
 
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
+from zerosiam_hf import pipeline
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 from zerosiam_hf.generation import generate_completions
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -71,7 +72,7 @@ def record_trainers(monkeypatch) -> list:
             super().__init__(*args, **kwargs)
             trainers.append(self)
 
-    monkeypatch.setattr(adapt, "ZeroSiamTrainer", RecordingTrainer)
+    monkeypatch.setattr(pipeline, "ZeroSiamTrainer", RecordingTrainer)
     return trainers
 
 

@@ -22,7 +22,7 @@ import yaml
 from conftest import PROBLEMS, REPO, write_problems
 from safetensors.torch import load_file, save_file
 
-from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer
+from zerosiam_hf import PREDICTOR_NAME, ModelArguments, load_adapted_model, load_model_and_tokenizer, pipeline
 from zerosiam_hf.checkers import MathChecker
 from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.guards import NonFiniteGuard
@@ -232,7 +232,7 @@ def test_adapt_bad_inputs_exit_2_with_one_line(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(adapt, "load_model_and_tokenizer", no_model)
+    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", no_model)
     dataset = problems_file
     if data == "missing":
         dataset = str(tmp_path / "missing.jsonl")
@@ -247,7 +247,7 @@ def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, pr
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the unknown model was reported")
 
-    monkeypatch.setattr(adapt, "load_problems", no_data)
+    monkeypatch.setattr(pipeline, "load_problems", no_data)
     call = partial(adapt.main, adapt_argv("no-such-model", problems_file, tmp_path / "run"))
     assert_usage_error(capsys, call, "unknown --model 'no-such-model': use an alias")
 

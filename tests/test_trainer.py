@@ -18,8 +18,8 @@ from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_a
 from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
+from zerosiam_hf.errors import RunStopped
 from zerosiam_hf.generation import generate_completions, merged_lora, pad
-from zerosiam_hf.guards import RunStopped
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
 

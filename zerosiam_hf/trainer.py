@@ -16,8 +16,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
+from .errors import RunStopped
 from .generation import generate_batches, greedy_config, pad
-from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
+from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .losses import head_loss
 from .modeling import build_adapted_model
 from .predictor import PREDICTOR_NAME, find_predictor
