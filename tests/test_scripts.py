@@ -34,11 +34,12 @@ def flags(**options) -> list[str]:
     return [item for name, value in options.items() for item in (f"--{name}", str(value))]
 
 
+FAST_ON_ANY_DEVICE = flags(per_device_train_batch_size=2, max_new_tokens=4, report_to="none", disable_tqdm="true")
+
+
 def adapt_argv(model_dir: str, dataset: str, output_dir: Path, *extra: str) -> list[str]:
     """A small, fast adapt.py command line on the CPU: six problems, two a step, four new tokens."""
-    fast = flags(
-        per_device_train_batch_size=2, max_new_tokens=4, report_to="none", disable_tqdm="true", use_cpu="true"
-    )
+    fast = [*FAST_ON_ANY_DEVICE, "--use_cpu", "true"]
     return [*flags(model=model_dir, dataset=dataset, output_dir=output_dir), *fast, *extra]
 
 
@@ -382,9 +383,20 @@ def accelerate_launch(launch_args: list[str], script_args: list[str]) -> subproc
     return result
 
 
-def test_accelerate_launch_one_cpu_process(tiny_model_dir, problems_file, tmp_path):
+def test_accelerate_launch_one_process_with_the_shipped_config_prints_no_warning(
+    tiny_model_dir, problems_file, tmp_path
+):
+    # The README's launch: no accelerate defaults to warn about, and (without --use_cpu) no pin_memory warning on
+    # a machine without an accelerator.
     output_dir = tmp_path / "run"
-    accelerate_launch(["--cpu", "--num_processes", "1"], adapt_argv(tiny_model_dir, problems_file, output_dir))
+    launcher = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
+    config = ["--config_file", str(REPO / "configs" / "accelerate" / "one_process.yaml")]
+    argv = [*flags(model=tiny_model_dir, dataset=problems_file, output_dir=output_dir), *FAST_ON_ANY_DEVICE]
+    command = [*launcher, *config, str(REPO / "scripts" / "adapt.py"), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not re.search(r"warn|were not passed", result.stderr, re.IGNORECASE), result.stderr[-3000:]
+    assert f"adapter and run record in {output_dir}" in result.stdout
     run = json.loads((output_dir / "run.json").read_text())
     assert run["num_processes"] == 1 and run["results"]["online"]["n"] == len(PROBLEMS)
     assert [p["index"] for p in read_jsonl(output_dir / "predictions.jsonl")] == list(range(len(PROBLEMS)))

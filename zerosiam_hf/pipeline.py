@@ -2,6 +2,7 @@
 an output folder that appears whole; resume a run that was stopped, or reuse one already finished. The commands
 (`zerosiam_hf.commands`) parse their flags and call these functions."""
 
+import json
 import logging
 import shlex
 import shutil
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
@@ -50,6 +52,8 @@ def adapt(
     """
     command = command or sys.argv
     state = PartialState()
+    if not _has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
+        args.dataloader_pin_memory = False
     set_seed(args.seed)
     config = run_settings(model_args, data_args, output_args, args)
     final_dir = args.output_dir
@@ -57,6 +61,11 @@ def adapt(
     with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state) as staging:
         record = _adapt_into(staging, model_args, data_args, args, config, state, command)
     return record
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def adapt_or_reuse(
@@ -167,8 +176,9 @@ def evaluate_command(record: dict, model_args: ModelArguments, data_args: DataAr
 
 
 def summary(record: dict) -> list[str]:
-    """A few lines on a finished run: accuracy, the clean branch's entropy at its first and last step, the share of
-    degenerate answers, the updates skipped (and collapse-guard resets), and where the adapter is."""
+    """A few lines on a finished run: accuracy (and how many answers ran out of tokens), the clean branch's entropy at
+    its first and last step, the share of degenerate answers, the updates skipped (and collapse-guard resets), and
+    where the adapter is."""
     settings = record["config"]["ZeroSiamConfig"]
     seconds, online = record["timings"]["adapt_seconds"], record["results"]["online"]
     how = f"({settings['method']}, {seconds:.0f} s)"
@@ -177,6 +187,9 @@ def summary(record: dict) -> list[str]:
             f"online accuracy over {online['n']} answers: strict {online['accuracy_strict']:.2f}%, "
             f"flexible {online['accuracy_flexible']:.2f}% {how}"
         ]
+        cut = _answers_cut(Path(settings["output_dir"]) / PREDICTIONS_FILE, settings["max_new_tokens"])
+        if cut:
+            lines.append(f"{cut} of {online['n']} answers were cut at --max_new_tokens {settings['max_new_tokens']}")
     else:
         lines = [f"{record['results']['steps']} adaptation steps {how}"]
     entropy = logged_series(record, "collapse/entropy")
@@ -195,3 +208,11 @@ def summary(record: dict) -> list[str]:
         lines.append("; ".join(counts))
     lines.append(f"adapter and run record in {settings['output_dir']}")
     return lines
+
+
+def _answers_cut(predictions: Path, max_new_tokens: int) -> int:
+    """How many online answers used their whole token budget (cut before they ended, unless the last token was EOS)."""
+    if not predictions.is_file():
+        return 0
+    rows = (json.loads(line) for line in predictions.read_text().splitlines() if line)
+    return sum(row.get("tokens", 0) >= max_new_tokens for row in rows)

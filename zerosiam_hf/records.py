@@ -22,6 +22,7 @@ _NOT_IDENTITY = {
     "disable_tqdm",
     "push_to_hub",
     "resume_from_checkpoint",
+    "dataloader_pin_memory",
 }
 
 
