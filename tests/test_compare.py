@@ -4,7 +4,7 @@ import json
 import statistics
 
 import pytest
-from conftest import PROBLEMS, REPO, write_problems
+from helpers import PROBLEMS, REPO, write_problems
 
 from zerosiam_hf import pipeline
 from zerosiam_hf.commands import compare

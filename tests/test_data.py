@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from datasets import Dataset
+from helpers import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 
 from zerosiam_hf import data
 from zerosiam_hf.checkers import NumericChecker

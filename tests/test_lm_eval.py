@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import REPO, SHARED_GSM8K
+from helpers import REPO, SHARED_GSM8K
 
 from zerosiam_hf.commands import adapt, export_model
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems

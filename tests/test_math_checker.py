@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from zerosiam_hf.checkers import MathChecker, make_checker
 from zerosiam_hf.data import DataArguments, gold_answers, load_problems

@@ -4,7 +4,7 @@ import importlib.util
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from zerosiam_hf.speed import RATIOS
 

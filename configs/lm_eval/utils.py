@@ -2,8 +2,8 @@
 evaluation (`zerosiam_hf.tasks`, `zerosiam_hf.checkers`), so that the harness asks the same question and scores
 the answer the same way as scripts/evaluate.py. Needs zerosiam-hf installed where lm_eval runs."""
 
-from zerosiam_hf.tasks import BENCHMARKS
 from zerosiam_hf.checkers import make_checker
+from zerosiam_hf.tasks import BENCHMARKS
 
 
 _checkers = {}
