@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from zerosiam_hf.cli import UsageError, parse_args
+from zerosiam_hf.cli import parse_args
 from zerosiam_hf.commands import make_synthetic
+from zerosiam_hf.errors import UsageError
 
 
 @dataclass

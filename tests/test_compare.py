@@ -4,8 +4,9 @@ import json
 import statistics
 
 import pytest
-from conftest import PROBLEMS, REPO, write_problems
+from helpers import PROBLEMS, REPO, write_problems
 
+from zerosiam_hf import pipeline
 from zerosiam_hf.commands import compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
@@ -49,7 +50,7 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was redone")
 
-    monkeypatch.setattr(compare, "run", refuse)
+    monkeypatch.setattr(pipeline, "adapt", refuse)
     again = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
     assert again["rows"] == result["rows"]
 
@@ -199,18 +200,18 @@ def test_compare_resumes_a_run_stopped_after_a_checkpoint(tiny_model_dir, proble
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
     (checkpoint / RUN_STATE_FILE).write_text("{}")
-    resumed, real_run = {}, compare.run
+    resumed, real_run = {}, pipeline.adapt
 
     class Stop(Exception):
         pass
 
-    def recording_run(model_args, data_args, script_args, args):
+    def recording_run(model_args, data_args, output_args, args):
         resumed[args.seed] = args.resume_from_checkpoint
         if args.seed == 1:
             raise Stop
-        return real_run(model_args, data_args, script_args, args)
+        return real_run(model_args, data_args, output_args, args)
 
-    monkeypatch.setattr(compare, "run", recording_run)
+    monkeypatch.setattr(pipeline, "adapt", recording_run)
     with pytest.raises(Stop):
         compare.main(compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "zerosiam"))
     assert resumed == {0: None, 1: "true"}

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from zerosiam_hf.cli import parse_args
-from zerosiam_hf.commands.adapt import AdaptArguments
 from zerosiam_hf.commands.compare import CompareArguments
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments
 from zerosiam_hf.modeling import SHIPPED_MODELS, ModelArguments, available_aliases, resolve_model
+from zerosiam_hf.staging import OutputArguments
 
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -20,9 +20,9 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 def test_run_config_parses_and_flags_override(path, tmp_path):
     values = yaml.safe_load(path.read_text())
     # A config that lists methods is compare.py's; the others are adapt.py's.
-    script_args = CompareArguments if "methods" in values else AdaptArguments
+    command_args = (CompareArguments, OutputArguments) if "methods" in values else (OutputArguments,)
     argv = ["--config", str(path), "--output_dir", str(tmp_path / "out"), "--method", "tent"]
-    model_args, data_args, _, args = parse_args((ModelArguments, DataArguments, script_args, ZeroSiamConfig), argv)
+    model_args, data_args, *_, args = parse_args((ModelArguments, DataArguments, *command_args, ZeroSiamConfig), argv)
     assert model_args.model == values["model"]
     assert args.learning_rate == values["learning_rate"]
     assert args.method == "tent"  # the flag wins over the file's `method`

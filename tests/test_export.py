@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_scripts import assert_usage_error
+from helpers import assert_usage_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zerosiam_hf.commands import export_model

@@ -5,11 +5,11 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import REPO, SHARED_GSM8K
+from helpers import REPO, SHARED_GSM8K
 
-from zerosiam_hf.benchmarks import BENCHMARKS
 from zerosiam_hf.commands import adapt, export_model
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
+from zerosiam_hf.tasks import BENCHMARKS
 
 
 lm_eval = pytest.importorskip("lm_eval")

@@ -6,12 +6,12 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
-from zerosiam_hf.benchmarks import BENCHMARKS
 from zerosiam_hf.checkers import MathChecker, make_checker
 from zerosiam_hf.data import DataArguments, gold_answers, load_problems
 from zerosiam_hf.scoring import last_boxed
+from zerosiam_hf.tasks import BENCHMARKS
 
 
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 from transformers import LogitsProcessorList
 
 from zerosiam_hf.methods import METHODS

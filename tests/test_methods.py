@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PROBLEMS, make_model, make_tokenizer
 from datasets import Dataset
+from helpers import PROBLEMS, make_model, make_tokenizer
 
 from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker

@@ -5,11 +5,20 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import PROBLEMS, write_problems
 from datasets import Dataset
-from test_embedded_model import embedded_model_problems, record_trainers
-from test_scripts import adapt_argv, assert_usage_error
-from test_trainer import assert_all_equal, assert_all_moved, make_config, step_logs, trainable
+from helpers import (
+    PROBLEMS,
+    adapt_argv,
+    assert_all_equal,
+    assert_all_moved,
+    assert_usage_error,
+    embedded_model_problems,
+    make_config,
+    record_trainers,
+    step_logs,
+    trainable,
+    write_problems,
+)
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamTrainer, build_adapted_model, load_adapted_model
 from zerosiam_hf.checkers import NumericChecker

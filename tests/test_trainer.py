@@ -3,23 +3,32 @@ that gold answers never reach the model, and that a saved adapter reloads to the
 
 import json
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PROBLEMS, REPO, make_model, make_tokenizer, write_problems
 from datasets import Dataset
+from helpers import (
+    PROBLEMS,
+    assert_all_equal,
+    assert_all_moved,
+    greedy,
+    make_config,
+    make_model,
+    make_tokenizer,
+    reload_in_fresh_process,
+    step_logs,
+    trainable,
+    write_problems,
+)
 from transformers import TrainerCallback, TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
 from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
+from zerosiam_hf.errors import RunStopped
 from zerosiam_hf.generation import generate_completions, merged_lora, pad
-from zerosiam_hf.guards import RunStopped
 from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
@@ -50,20 +59,6 @@ def gold(problems):
     return gold_answers(problems, NumericChecker())
 
 
-def make_config(tmp_path, **overrides) -> ZeroSiamConfig:
-    settings = {
-        "output_dir": str(tmp_path / "run"),
-        "per_device_train_batch_size": 2,
-        "max_new_tokens": 8,
-        "learning_rate": 1e-2,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "seed": 0,
-        "use_cpu": True,  # the tensors these tests compare live on the CPU, GPU or not
-    }
-    return ZeroSiamConfig(**{**settings, **overrides})
-
-
 def make_trainer(tmp_path, tokenizer, prompts, gold, model=None, **overrides) -> ZeroSiamTrainer:
     return ZeroSiamTrainer(
         model=make_model(tokenizer) if model is None else model,
@@ -74,10 +69,6 @@ def make_trainer(tmp_path, tokenizer, prompts, gold, model=None, **overrides) ->
     )
 
 
-def trainable(model) -> dict:
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def base_weights(model) -> dict:
     """Every weight of the base model, under the plain model's names, whether or not peft wraps it."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -86,22 +77,6 @@ def base_weights(model) -> dict:
         for name, p in model.named_parameters()
         if "lora_" not in name and PREDICTOR_NAME not in name
     }
-
-
-def step_logs(trainer) -> list[dict]:
-    return [entry for entry in trainer.state.log_history if "loss" in entry]
-
-
-def assert_all_moved(before: dict, after: dict) -> None:
-    assert before.keys() == after.keys()
-    unchanged = [name for name in before if torch.equal(before[name], after[name])]
-    assert not unchanged, f"not updated: {unchanged}"
-
-
-def assert_all_equal(before: dict, after: dict) -> None:
-    assert before.keys() == after.keys()
-    changed = [name for name in before if not torch.equal(before[name], after[name])]
-    assert not changed, f"changed: {changed}"
 
 
 # ---------------------------------------------------------------------------------------------------------- what moves
@@ -429,57 +404,9 @@ def adapted(tmp_path_factory, tiny_model_dir, one_thread):
     )
 
 
-def greedy(model, tokenizer, prompt_ids: list[list[int]]) -> list[list[int]]:
-    """Plain `generate`, one unpadded prompt at a time, as a PEFT user would call it."""
-    out = []
-    for ids in prompt_ids:
-        ids = torch.tensor([ids])
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=8,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        out.append(generated[0, ids.shape[1] :].tolist())
-    return out
-
-
-RELOAD_SCRIPT = """
-import json, sys, torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-torch.set_num_threads(1)
-model_dir, adapter_dir, prompts_file, out_file = sys.argv[1:]
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
-prompts = json.load(open(prompts_file))
-with torch.no_grad():
-    logits = model(input_ids=torch.tensor([prompts[0]])).logits
-completions = []
-for ids in prompts:
-    ids = torch.tensor([ids])
-    with torch.no_grad():
-        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                   max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
-    completions.append(generated[0, ids.shape[1]:].tolist())
-torch.save({"logits": logits, "completions": completions, "modules": [n for n, _ in model.named_modules()]}, out_file)
-"""
-
-
-def subprocess_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
 def test_saved_adapter_reloads_with_plain_peft_in_a_fresh_process(adapted, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapted.dir.iterdir()}
-    (tmp_path / "prompts.json").write_text(json.dumps(adapted.prompt_ids))
-    files = [adapted.model_dir, adapted.dir, tmp_path / "prompts.json", tmp_path / "out.pt"]
-    command = [sys.executable, "-c", RELOAD_SCRIPT, *map(str, files)]
-    result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reloaded = torch.load(tmp_path / "out.pt")
+    reloaded = reload_in_fresh_process(adapted.model_dir, adapted.dir, adapted.prompt_ids, tmp_path, max_new_tokens=8)
     assert not any(PREDICTOR_NAME in name for name in reloaded["modules"])  # a plain base knows no predictor
 
     with torch.no_grad():
@@ -488,7 +415,7 @@ def test_saved_adapter_reloads_with_plain_peft_in_a_fresh_process(adapted, tmp_p
             base_logits = adapted.model(input_ids=torch.tensor([adapted.prompt_ids[0]])).logits
     assert (logits - base_logits).abs().max() > 1e-3  # the adapter does change the model
     torch.testing.assert_close(reloaded["logits"], logits, rtol=0, atol=1e-6)
-    assert reloaded["completions"] == greedy(adapted.model, adapted.tokenizer, adapted.prompt_ids)
+    assert reloaded["completions"] == greedy(adapted.model, adapted.tokenizer, adapted.prompt_ids, max_new_tokens=8)
 
 
 def test_load_adapted_model_restores_lora_and_predictor(adapted):

@@ -10,7 +10,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, REPO, write_problems
+from helpers import PROBLEMS, REPO, write_problems
+
+
+pytestmark = pytest.mark.slow  # builds a wheel and a virtual environment: about a minute
 
 
 def run(argv: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -2,9 +2,6 @@
 
 import importlib
 
-# Light (no torch), and first: it quiets bitsandbytes before any module here imports peft, which imports it.
-from . import quantization  # noqa: F401
-
 
 # Names resolve on first use, so that light modules (the answer checker's child process, `--help`) do not pay for
 # importing torch and transformers.

@@ -9,11 +9,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .guards import RunStopped
-
-
-class UsageError(ValueError):
-    """A problem with what the user asked for; the scripts print it as one line and exit with status 2."""
+from .errors import RunStopped, UsageError
 
 
 class _OneLineParser(HfArgumentParser):

@@ -15,8 +15,8 @@ import pyarrow
 import pyarrow.parquet
 from datasets import Dataset
 
-from .benchmarks import BENCHMARKS, NUMERIC_INSTRUCTION
 from .checkers import CHECKERS, make_checker
+from .tasks import BENCHMARKS, NUMERIC_INSTRUCTION
 
 
 logger = logging.getLogger(__name__)

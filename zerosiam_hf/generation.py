@@ -2,6 +2,7 @@
 
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from peft import PeftModel
@@ -11,6 +12,24 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from .checkers import score_completions
 from .scoring import accuracy
+
+
+@dataclass
+class GenerationArguments:
+    """How the commands that only answer (evaluate, calibrate_synthetic) generate. An adaptation run takes
+    max_new_tokens and max_prompt_length from `ZeroSiamConfig`, with the same defaults, and its batch size from
+    generation_batch_size (default: per_device_train_batch_size)."""
+
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
+    max_prompt_length: int = field(
+        default=512, metadata={"help": "Prompts longer than this many tokens are cut from the left."}
+    )
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
 
 
 def pad(sequences: list[list[int]], pad_id: int, *, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:

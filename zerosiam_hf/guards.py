@@ -11,17 +11,10 @@ from accelerate.utils import reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .errors import RunStopped
+
 
 logger = logging.getLogger(__name__)
-
-
-class RunStopped(RuntimeError):
-    """A run that stopped before its end; the scripts print the message as one line and exit with `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int = 1, resumable: bool = False):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.resumable = resumable
 
 
 class NonFiniteGuard(TrainerCallback, ExportableState):

@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -199,6 +201,15 @@ def lora_config(args: ZeroSiamConfig) -> LoraConfig:
     )
 
 
+@contextmanager
+def _peft_on_transformers_5():
+    """PEFT reads `model.is_gradient_checkpointing`, which transformers 5 deprecates in favour of
+    `is_activation_checkpointing`: a FutureWarning on every wrap that a user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftModel:
     """Prepare a 4-bit base for training, attach the predictor (ZeroSiam only), then wrap with LoRA.
 
@@ -209,7 +220,8 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
         model = prepare_4bit_for_training(model, args.gradient_checkpointing)
     if args.method_spec.trains == "lora+predictor":
         attach_predictor(model)
-    peft_model = get_peft_model(model, lora_config(args))
+    with _peft_on_transformers_5():
+        peft_model = get_peft_model(model, lora_config(args))
     if args.ablation in ("frozen_identity_predictor", "frozen_random_predictor"):
         predictor = find_predictor(peft_model)
         if args.ablation == "frozen_random_predictor":
@@ -269,7 +281,8 @@ def load_adapted_model(base: PreTrainedModel, adapter_dir: str, is_trainable: bo
     if PREDICTOR_NAME in (json.loads(config_file.read_text()).get("modules_to_save") or []):
         attach_predictor(base)
     try:
-        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)
+        with _peft_on_transformers_5():
+            return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)
     except (KeyError, RuntimeError) as error:  # a config that does not match its weights, or another base model
         raise ValueError(
             f"--adapter {adapter_dir}: its weights do not fit its adapter_config.json or this model "

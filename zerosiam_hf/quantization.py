@@ -1,8 +1,4 @@
-"""4-bit (QLoRA) bases with bitsandbytes: the quantization config, one numeric path, and the preparation for training.
-
-Imported first by the package, because `import peft` imports bitsandbytes whenever it is installed, and bitsandbytes
-then logs a line about an optional CPU kernel that this package never uses (see `_drop_kernel_notice`).
-"""
+"""4-bit (QLoRA) bases with bitsandbytes: the quantization config, one numeric path, the preparation for training."""
 
 import importlib.util
 import logging
@@ -26,7 +22,12 @@ def _drop_kernel_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(_KERNEL_NOTICE)
 
 
-logging.getLogger(_KERNEL_LOGGER).addFilter(_drop_kernel_notice)
+def drop_kernel_notice() -> None:
+    """Keep bitsandbytes' notice about that kernel off the output. Call it before anything imports peft (which
+    imports bitsandbytes whenever it is installed): the commands do, first thing (`zerosiam_hf.commands`)."""
+    kernel_logger = logging.getLogger(_KERNEL_LOGGER)
+    if _drop_kernel_notice not in kernel_logger.filters:
+        kernel_logger.addFilter(_drop_kernel_notice)
 
 
 def bitsandbytes_available() -> bool:

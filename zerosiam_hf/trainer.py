@@ -16,8 +16,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
+from .errors import RunStopped
 from .generation import generate_batches, greedy_config, pad, sampling_config
-from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
+from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
 from .modeling import build_adapted_model

@@ -1,9 +1,9 @@
 """lm-evaluation-harness hooks for the tasks in this folder: the prompt and the answer checker of the project's own
-evaluation (`zerosiam_hf.benchmarks`, `zerosiam_hf.checkers`), so that the harness asks the same question and scores
+evaluation (`zerosiam_hf.tasks`, `zerosiam_hf.checkers`), so that the harness asks the same question and scores
 the answer the same way as scripts/evaluate.py. Needs zerosiam-hf installed where lm_eval runs."""
 
-from zerosiam_hf.benchmarks import BENCHMARKS
 from zerosiam_hf.checkers import make_checker
+from zerosiam_hf.tasks import BENCHMARKS
 
 
 _checkers = {}

@@ -10,7 +10,7 @@ Usage:
     # every preset of zerosiam_hf.synthetic.SHIFTS on the embedded SmolLM2-135M-Instruct (alias `llama`),
     # 128 problems each: about 6 min per preset on one shared CPU core
     OMP_NUM_THREADS=1 python scripts/calibrate_synthetic.py --model llama --dtype float32 --n 128 \\
-        --output runs/calibrate_synthetic/smollm2-135m.json
+        --max_new_tokens 160 --output runs/calibrate_synthetic/smollm2-135m.json
 
     # two presets, with a knob overridden in both
     python scripts/calibrate_synthetic.py --model llama --presets base verbose --num_steps 2 --n 64 \\
@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
-from zerosiam_hf.benchmarks import NUMERIC_INSTRUCTION
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.data import build_prompts, gold_answers
-from zerosiam_hf.generation import answer_and_score
+from zerosiam_hf.generation import GenerationArguments, answer_and_score
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer, resolve_model
 from zerosiam_hf.records import versions, write_json, write_jsonl
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
 logger = logging.getLogger(__name__)
@@ -40,15 +40,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CalibrateArguments:
-    """Which presets to measure, how many problems, and how to generate."""
+    """Which presets to measure, and how many problems."""
 
     output: str = field(metadata={"help": "JSON file for the results; generations go beside it as .jsonl."})
     presets: list[str] = field(
         default_factory=lambda: list(SHIFTS), metadata={"help": f"Presets to measure, among {list(SHIFTS)}."}
     )
     n: int = field(default=128, metadata={"help": "Problems per preset."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generate call."})
-    max_new_tokens: int = field(default=160, metadata={"help": "Generation budget per answer."})
     num_steps: int | None = field(default=None, metadata={"help": "Override num_steps in every preset."})
     max_value: int | None = field(default=None, metadata={"help": "Override max_value in every preset."})
     num_distractors: int | None = field(default=None, metadata={"help": "Override num_distractors in every preset."})
@@ -60,9 +58,8 @@ class CalibrateArguments:
         unknown = [p for p in self.presets if p not in SHIFTS]
         if unknown:
             raise ValueError(f"presets must be among {list(SHIFTS)}, got {unknown}.")
-        for name in ("n", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.n < 1:
+            raise ValueError(f"--n must be a positive number of problems, got {self.n}.")
 
     def configs(self) -> dict[str, SyntheticConfig]:
         """Return each requested preset with the command-line knob overrides applied."""
@@ -76,7 +73,7 @@ def main(argv: list[str] | None = None):
     """Measure strict and flexible accuracy per preset and write them, with the run's identity, as JSON."""
     # ---- logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args, model_args = parse_args((CalibrateArguments, ModelArguments), argv)
+    args, model_args, generation = parse_args((CalibrateArguments, ModelArguments, GenerationArguments), argv)
     configs = args.configs()
     resolve_model(model_args.model)  # an unknown model fails here, before any loading
 
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None):
 
     # ---- evaluate and save (the JSON is rewritten after each preset, so an interrupted run keeps what it measured)
     record = {
-        "args": dataclasses.asdict(args),
+        "args": {**dataclasses.asdict(args), **dataclasses.asdict(generation)},
         "model": {**dataclasses.asdict(model_args), **model_spec},
         "prompt": f"{{question}}\n\n{NUMERIC_INSTRUCTION}",
         "versions": {**versions(), "torch_threads": torch.get_num_threads()},
@@ -97,7 +94,7 @@ def main(argv: list[str] | None = None):
     for preset, config in configs.items():
         rows = generate_problems(args.n, config)
         problems = Dataset.from_list(rows).add_column("index", list(range(len(rows))))
-        prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
+        prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, generation.max_prompt_length)
         gold = gold_answers(problems, NumericChecker())
         summary, scored = answer_and_score(
             model,
@@ -105,8 +102,8 @@ def main(argv: list[str] | None = None):
             prompts,
             gold,
             NumericChecker(),
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
+            max_new_tokens=generation.max_new_tokens,
+            batch_size=generation.batch_size,
         )
         records = [{**row, **record} for row, record in zip(rows, scored)]
         seconds = round(summary.pop("generate_seconds"), 1)

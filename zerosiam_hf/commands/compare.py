@@ -32,24 +32,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zerosiam_hf.benchmarks import BENCHMARKS, PAPER_RESULTS
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
-from zerosiam_hf.commands.adapt import AdaptArguments, run
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
 from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
-from zerosiam_hf.records import (
-    check_output_dir,
-    config_dict,
-    matching_record,
-    staging_path,
-    versions,
-    write_json,
-    write_jsonl,
-)
+from zerosiam_hf.pipeline import adapt_or_reuse
+from zerosiam_hf.records import config_dict, logged_series, versions, write_json, write_jsonl
+from zerosiam_hf.staging import OutputArguments, check_output_dir
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
-from zerosiam_hf.trainer import latest_checkpoint
+from zerosiam_hf.tasks import BENCHMARKS, PAPER_RESULTS
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -88,7 +80,6 @@ class CompareArguments:
         },
     )
     synthetic_n: int = field(default=128, metadata={"help": "Number of synthetic problems to generate."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds a different run."})
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -104,12 +95,8 @@ class CompareArguments:
             raise ValueError(f"--datasets names a benchmark twice: {' '.join(self.datasets)}.")
 
 
-def _series(record: dict, key: str) -> list[tuple[int, float]]:
-    return [(entry["step"], entry[key]) for entry in record["log_history"] if key in entry]
-
-
 def _last(record: dict, key: str) -> float | None:
-    series = _series(record, key)
+    series = logged_series(record, key)
     return series[-1][1] if series else None
 
 
@@ -134,7 +121,7 @@ def summarize(records: dict[str, list[dict]]) -> list[dict]:
         for key, name in (("collapse/entropy", "final_entropy"), ("collapse/logit_norm", "final_logit_norm")):
             finals = [_last(r, key) for r in runs]
             row[name] = statistics.fmean(finals) if None not in finals else None
-        degenerate = [v for r in runs for _, v in _series(r, "answers/degenerate")]
+        degenerate = [v for r in runs for _, v in logged_series(r, "answers/degenerate")]
         row["degenerate"] = statistics.fmean(degenerate) if degenerate else None
         row["seconds"] = statistics.fmean(r["timings"]["adapt_seconds"] for r in runs)
         rows.append(row)
@@ -330,7 +317,7 @@ def plot(records: dict[str, dict[str, list[dict]]], output_dir: Path) -> list[st
             for method, runs in records[dataset].items():
                 by_step: dict[int, list[float]] = {}
                 for r in runs:
-                    for step, value in _series(r, key):
+                    for step, value in logged_series(r, key):
                         by_step.setdefault(step, []).append(value)
                 if by_step:
                     steps = sorted(by_step)
@@ -354,15 +341,15 @@ def plot(records: dict[str, dict[str, list[dict]]], output_dir: Path) -> list[st
 def main(argv: list[str] | None = None) -> dict:
     """Run every method x seed (x benchmark) and write the comparison."""
     # ------------------------------------------------------------------------------------------------ arguments
-    model_args, data_args, compare_args, args = parse_args(
-        (ModelArguments, DataArguments, CompareArguments, SharedRunConfig), argv
+    model_args, data_args, compare_args, output_args, args = parse_args(
+        (ModelArguments, DataArguments, CompareArguments, OutputArguments, SharedRunConfig), argv
     )
     args.check_methods(compare_args.methods)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
     output_dir = Path(args.output_dir)
-    config = config_dict(model_args, data_args, compare_args, args)
+    config = config_dict(model_args, data_args, compare_args, output_args, args)
 
     # ------------------------------------------------------------------------------------------------ data
     # One entry per table column. Synthetic problems are drawn anew for each seed (shared by every method), so the
@@ -377,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
         return dry_run(model_args, columns, compare_args, output_dir)
     # A folder without comparison.json is an interrupted comparison: its finished runs are reused below.
     if (output_dir / "comparison.json").is_file():
-        check_output_dir(str(output_dir), config, compare_args.overwrite, record_file="comparison.json")
+        check_output_dir(str(output_dir), config, output_args.overwrite, record_file="comparison.json")
     output_dir.mkdir(parents=True, exist_ok=True)
     if compare_args.synthetic_preset is not None:
         preset = compare_args.synthetic_preset
@@ -396,15 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
                 run_dir = _run_dir(output_dir, key if suite else None, method, seed)
                 logger.info("run %s", run_dir)
                 run_args = args.for_method(method, seed=seed, output_dir=str(run_dir))
-                if latest_checkpoint(staging_path(str(run_dir))):  # a run this comparison started and was stopped in
-                    run_args.resume_from_checkpoint = "true"
-                script_args = AdaptArguments(overwrite=compare_args.overwrite)
-                # A finished run with the same settings (an earlier, interrupted comparison) is read, not redone.
-                record = matching_record(str(run_dir), config_dict(model_args, seed_data[seed], script_args, run_args))
-                if record is None or compare_args.overwrite:
-                    record = run(model_args, seed_data[seed], script_args, run_args)
-                else:
-                    logger.info("reusing the finished run in %s", run_dir)
+                # A finished run (an earlier, interrupted comparison) is read, a stopped one resumed.
+                record = adapt_or_reuse(model_args, seed_data[seed], output_args, run_args)
                 records.setdefault(key, {}).setdefault(method, []).append(record)
 
     # ------------------------------------------------------------------------------------------------ report

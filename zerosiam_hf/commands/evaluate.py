@@ -24,18 +24,10 @@ import torch
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
-from zerosiam_hf.generation import answer_and_score
+from zerosiam_hf.generation import GenerationArguments, answer_and_score
 from zerosiam_hf.modeling import ModelArguments, check_adapter, load_adapted_model, load_model_and_tokenizer
-from zerosiam_hf.records import (
-    check_output_dir,
-    close_staging,
-    config_dict,
-    open_staging,
-    publish,
-    versions,
-    write_json,
-    write_jsonl,
-)
+from zerosiam_hf.records import config_dict, versions, write_json, write_jsonl
+from zerosiam_hf.staging import OutputArguments, staged_output
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -43,28 +35,15 @@ logger = logging.getLogger("zerosiam_hf")
 
 @dataclass
 class EvalArguments:
-    """What to evaluate and how to generate."""
+    """What to evaluate and where the results go."""
 
     adapter: str | None = field(default=None, metadata={"help": "Output folder of adapt.py to evaluate."})
     skip_base: bool = field(default=False, metadata={"help": "With --adapter, do not evaluate the base model too."})
     output_dir: str | None = field(
         default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
-            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
-        },
-    )
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
-    max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to this many tokens (left)."})
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         if self.adapter is None and self.skip_base:
             raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
 
@@ -73,23 +52,28 @@ class EvalArguments:
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate the base and/or adapted model and return the evaluation record."""
     # ------------------------------------------------------------------------------------------------ arguments
-    model_args, data_args, args = parse_args((ModelArguments, DataArguments, EvalArguments), argv)
+    model_args, data_args, generation, output_args, args = parse_args(
+        (ModelArguments, DataArguments, GenerationArguments, OutputArguments, EvalArguments), argv
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.adapter is not None:
         check_adapter(args.adapter)
     output_dir = args.output_dir or (
         f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
     )
-    config = config_dict(model_args, data_args, args)
-    check_output_dir(output_dir, config, args.overwrite, record_file="eval.json")
-    staging = open_staging(output_dir, config, args.overwrite, record_file="eval.json")
-    try:
-        return _evaluate_into(staging, output_dir, model_args, data_args, args, config)
-    finally:
-        close_staging(staging)
+    config = config_dict(model_args, data_args, generation, output_args, args)
+    with staged_output(output_dir, config, output_args.overwrite, record_file="eval.json") as staging:
+        record = _evaluate_into(staging, model_args, data_args, generation, args, config)
+    for variant, summary in record["results"].items():
+        print(
+            f"{variant}: strict {summary['accuracy_strict']:.2f}%, flexible {summary['accuracy_flexible']:.2f}% "
+            f"over {summary['n']} problems ({summary['generate_seconds']:.0f} s)"
+        )
+    print(f"results in {output_dir}/eval.json")
+    return record
 
 
-def _evaluate_into(staging, output_dir, model_args, data_args, args, config) -> dict:
+def _evaluate_into(staging, model_args, data_args, generation, args, config) -> dict:
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
 
@@ -99,11 +83,15 @@ def _evaluate_into(staging, output_dir, model_args, data_args, args, config) -> 
         model.to("cuda")
     if args.adapter is not None:  # an adapter that does not fit the model is reported now, not after the base pass
         load_adapted_model(model, args.adapter).unload()
-    prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    prompts = build_prompts(problems, tokenizer, data_args.instruction, generation.max_prompt_length)
     data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
     gold = gold_answers(problems, checker)
-    answering = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "show_progress": True}
+    answering = {
+        "max_new_tokens": generation.max_new_tokens,
+        "batch_size": generation.batch_size,
+        "show_progress": True,
+    }
 
     # ------------------------------------------------------------------------------------------------ evaluate
     results = {}
@@ -130,13 +118,6 @@ def _evaluate_into(staging, output_dir, model_args, data_args, args, config) -> 
         "results": results,
     }
     write_json(staging / "eval.json", record)
-    publish(staging, output_dir)
-    for variant, summary in results.items():
-        print(
-            f"{variant}: strict {summary['accuracy_strict']:.2f}%, flexible {summary['accuracy_flexible']:.2f}% "
-            f"over {summary['n']} problems ({summary['generate_seconds']:.0f} s)"
-        )
-    print(f"results in {output_dir}/eval.json")
     return record
 
 

@@ -20,15 +20,8 @@ from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.modeling import local_model_folder, resolve_model
-from zerosiam_hf.records import (
-    check_output_dir,
-    close_staging,
-    config_dict,
-    open_staging,
-    publish,
-    versions,
-    write_json,
-)
+from zerosiam_hf.records import config_dict, versions, write_json
+from zerosiam_hf.staging import OutputArguments, staged_output
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -40,7 +33,6 @@ class ExportArguments:
 
     output_dir: str = field(metadata={"help": "Folder to write the model into."})
     model: str = field(default="llama", metadata={"help": "A model alias whose weights are local, or a local folder."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an output_dir that holds something else."})
 
     def __post_init__(self):
         resolve_model(self.model)  # a misspelt model fails before anything is converted
@@ -50,23 +42,16 @@ class ExportArguments:
 def main(argv: list[str] | None = None) -> str:
     """Copy the model's local transformers folder (converting the embedded GGUF first if needed) to output_dir."""
     # ------------------------------------------------------------------------------------------------ arguments
-    (args,) = parse_args((ExportArguments,), argv)
+    args, output_args = parse_args((ExportArguments, OutputArguments), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    config = config_dict(args)
-    check_output_dir(args.output_dir, config, args.overwrite, record_file="export.json")
+    config = config_dict(args, output_args)
 
-    # ------------------------------------------------------------------------------------------------ model
-    source = local_model_folder(args.model)
-
-    # ------------------------------------------------------------------------------------------------ save
-    staging = open_staging(args.output_dir, config, args.overwrite, record_file="export.json")
-    try:
+    # ------------------------------------------------------------------------------------------------ model, save
+    with staged_output(args.output_dir, config, output_args.overwrite, record_file="export.json") as staging:
+        source = local_model_folder(args.model)  # converts the embedded GGUF on first use
         shutil.copytree(source, staging, dirs_exist_ok=True)
         record = {"config": config, "command": sys.argv, "model": resolve_model(args.model), "source": source}
         write_json(staging / "export.json", {**record, "versions": versions()})
-        publish(staging, args.output_dir)
-    finally:
-        close_staging(staging)
     print(f"model written to {args.output_dir}; any tool that takes a transformers folder can name it")
     return str(Path(args.output_dir).resolve())
 

@@ -1,26 +1,26 @@
-"""Benchmarks of the adaptation step's costs. Stage "loss head": lm_head + loss, forward and backward, naive
+"""Speed and memory of the adaptation step's costs. Stage "loss head": lm_head + loss, forward and backward, naive
 (`chunk_size=0`, full logits and autograd) against chunked, for Tent, ZeroSiam and COME on the same tokens.
 
 Peak extra memory is measured on each variant's first call: on a GPU, the rise of `torch.cuda.max_memory_allocated`
 above the memory allocated once the inputs exist; on CPU, where each variant runs in a fresh child process, its peak
 resident set size (`ru_maxrss`) minus its resident size once the inputs exist. Times are medians of repeated calls,
 the variants taking turns on the same inputs: wall time, and on CPU also the process's CPU time, the figure to read
-where other processes share the cores. The table ends with the ratios that BENCHMARKS.md sets goals for;
-the measuring helpers are in `zerosiam_hf.benchmarking`.
+where other processes share the cores. The table ends with the ratios that docs/SPEED.md sets goals for;
+the measuring helpers are in `zerosiam_hf.speed`.
 
 Usage (from the repository root, with the package installed, `pip install -e .`):
 
     # CPU: the embedded model's head (d 576, vocab 49152) on 512 tokens, chunks of 128
-    python scripts/benchmark.py --output_json benchmarks/loss_head.json
+    python scripts/measure_speed.py --output_json results/speed/loss_head.json
 
     # GPU: the embedded model's head on 16384 tokens and a Llama-3.1-8B head (8192 x 4096 x 128256), bf16
-    python scripts/benchmark.py --output_json benchmarks/loss_head_gpu.json
+    python scripts/measure_speed.py --output_json results/speed/loss_head_gpu.json
 
     # the online loop: none / tent / zerosiam against plain evaluation, same prompts and batch size
-    python scripts/benchmark.py --stages online --online_prompts 32 --output_json benchmarks/online.json
+    python scripts/measure_speed.py --stages online --online_prompts 32 --output_json results/speed/online.json
 
     # one shape, some methods, several repeats
-    python scripts/benchmark.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
+    python scripts/measure_speed.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
 """
 
 import dataclasses
@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zerosiam_hf.benchmarking import (
+from zerosiam_hf.cli import exits_cleanly, parse_args
+from zerosiam_hf.losses import METHODS
+from zerosiam_hf.quantization import drop_kernel_notice
+from zerosiam_hf.records import write_json
+from zerosiam_hf.speed import (
     format_table,
     machine_info,
     measure_peak,
@@ -39,9 +43,6 @@ from zerosiam_hf.benchmarking import (
     ratios,
     time_round_robin,
 )
-from zerosiam_hf.cli import exits_cleanly, parse_args
-from zerosiam_hf.losses import METHODS
-from zerosiam_hf.records import write_json
 
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ CPU_TOKENS, CPU_CHUNK, GPU_CHUNK = 512, 128, 1024
 
 
 @dataclass
-class BenchmarkArguments:
-    """Arguments of scripts/benchmark.py."""
+class SpeedArguments:
+    """Arguments of scripts/measure_speed.py."""
 
     tokens: int | None = field(
         default=None,
@@ -84,7 +85,7 @@ class BenchmarkArguments:
     repeats: int = field(default=5, metadata={"help": "Timed calls of each variant; the table reports their median."})
     seed: int = field(default=0, metadata={"help": "Seed of the random inputs."})
     threads: int | None = field(default=None, metadata={"help": "CPU intra-op threads (default: torch's choice)."})
-    output_json: str = field(default="benchmarks/loss_head.json", metadata={"help": "Where to write the results."})
+    output_json: str = field(default="results/speed/loss_head.json", metadata={"help": "Where to write the results."})
     stages: list[str] = field(
         default_factory=lambda: ["loss_head"],
         metadata={"help": "Stages to run: loss_head, online (the online loop against plain evaluation)."},
@@ -113,7 +114,7 @@ class BenchmarkArguments:
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
 
-def benchmark_loss_head(args: BenchmarkArguments, device: str, dtype: str) -> list[dict]:
+def measure_loss_head(args: SpeedArguments, device: str, dtype: str) -> list[dict]:
     """Time and measure every (method, naive | chunked) variant at each shape."""
     cuda = device.startswith("cuda")
     if args.tokens is None and args.hidden is None and args.vocab is None and cuda:
@@ -149,7 +150,7 @@ def benchmark_loss_head(args: BenchmarkArguments, device: str, dtype: str) -> li
     return report
 
 
-def benchmark_online(args: BenchmarkArguments, device: str) -> dict:
+def measure_online(args: SpeedArguments, device: str) -> dict:
     """Wall time of the online protocol (none, tent, zerosiam) against plain evaluation on the same prompts.
 
     Every variant loads the model afresh and answers the same prompts at the same batch size; `evaluate` is
@@ -229,11 +230,12 @@ def benchmark_online(args: BenchmarkArguments, device: str) -> dict:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict:
-    """Parse the arguments, run the benchmark stages and write their report."""
-    (args,) = parse_args((BenchmarkArguments,), argv)
+    """Parse the arguments, run the measuring stages and write their report."""
+    (args,) = parse_args((SpeedArguments,), argv)
 
     # ------------------------------------------------------------------ setup
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    drop_kernel_notice()  # before the online stage imports peft
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if args.threads:
@@ -243,11 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------ loss head
     if "loss_head" in args.stages:
-        report["loss_head"] = benchmark_loss_head(args, device, dtype)
+        report["loss_head"] = measure_loss_head(args, device, dtype)
 
     # ------------------------------------------------------------------ online loop
     if "online" in args.stages:
-        report["online"] = benchmark_online(args, device)
+        report["online"] = measure_online(args, device)
 
     # ------------------------------------------------------------------ save
     write_json(args.output_json, report)

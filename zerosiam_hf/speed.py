@@ -1,6 +1,6 @@
-"""Measuring helpers of scripts/benchmark.py: the loss head's random inputs and one step, peak memory (CUDA
+"""Measuring helpers of scripts/measure_speed.py: the loss head's random inputs and one step, peak memory (CUDA
 allocator, or resident set size in a fresh child process on CPU), variants timed taking turns, the report's ratios
-and table, and the machine's description. The goals the figures are held against are in BENCHMARKS.md."""
+and table, and the machine's description. The goals the figures are held against are in docs/SPEED.md."""
 
 import concurrent.futures
 import gc
@@ -18,7 +18,7 @@ from .losses import head_loss
 
 # The ratios the report gives (name, numerator, denominator), each a (method, implementation, measure); cpu_ms, the
 # process's CPU time, is measured on CPU only, where other processes sharing the cores inflate the wall time. The
-# goals they are held against are in BENCHMARKS.md.
+# goals they are held against are in docs/SPEED.md.
 RATIOS = [
     ("wall time zerosiam chunked / tent chunked", ("zerosiam", "chunked", "time_ms"), ("tent", "chunked", "time_ms")),
     ("CPU time zerosiam chunked / tent chunked", ("zerosiam", "chunked", "cpu_ms"), ("tent", "chunked", "cpu_ms")),
@@ -127,7 +127,7 @@ def time_round_robin(setting: dict, variants: list[tuple[str, int]], warmup: int
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """The RATIOS that the measured variants allow (the goals they are held against are in BENCHMARKS.md)."""
+    """The RATIOS that the measured variants allow (the goals they are held against are in docs/SPEED.md)."""
     table = {(r["method"], r["implementation"]): r for r in results}
     rows = []
     for name, (method_a, impl_a, key_a), (method_b, impl_b, key_b) in RATIOS:

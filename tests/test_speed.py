@@ -1,24 +1,24 @@
-"""Tests for scripts/benchmark.py on tiny shapes and the tiny model: the report's structure, its ratios and errors."""
+"""Tests for scripts/measure_speed.py on tiny shapes and the tiny model: the report's structure, ratios and errors."""
 
 import importlib.util
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
-from zerosiam_hf.benchmarking import RATIOS
+from zerosiam_hf.speed import RATIOS
 
 
 # Loaded from its file: putting scripts/ on sys.path would let scripts/evaluate.py shadow the `evaluate` package.
-_spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark)
+_spec = importlib.util.spec_from_file_location("measure_speed", REPO / "scripts" / "measure_speed.py")
+measure_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(measure_speed)
 
 
 def test_loss_head_stage_reports_every_variant_and_the_ratios(tmp_path):
     output = tmp_path / "bench" / "loss_head.json"
     argv = ["--tokens", "12", "--hidden", "8", "--vocab", "40", "--chunk_size", "5", "--methods", "tent", "zerosiam"]
-    report = benchmark.main([*argv, "--warmup", "0", "--repeats", "2", "--output_json", str(output)])
+    report = measure_speed.main([*argv, "--warmup", "0", "--repeats", "2", "--output_json", str(output)])
 
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     (shape,) = report["loss_head"]
@@ -35,9 +35,9 @@ def test_loss_head_stage_reports_every_variant_and_the_ratios(tmp_path):
     assert time_ratio == {"ratio": "CPU time zerosiam chunked / tent chunked", "value": pytest.approx(expected)}
 
 
-def test_the_loss_head_goals_in_benchmarks_md_name_ratios_the_report_gives():
-    """The goals live in BENCHMARKS.md, not in code; each loss-head goal names a ratio the report computes."""
-    text = (REPO / "BENCHMARKS.md").read_text()
+def test_the_loss_head_goals_in_speed_md_name_ratios_the_report_gives():
+    """The goals live in docs/SPEED.md, not in code; each loss-head goal names a ratio the report computes."""
+    text = (REPO / "docs/SPEED.md").read_text()
     goals = text[text.index("## Goals") : text.index("## Loss head")]
     names = [line.split("|")[1].split(" (")[0].strip() for line in goals.splitlines() if "<=" in line]
     loss_head = [name for name in names if not name.startswith("online")]
@@ -48,7 +48,7 @@ def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, pr
     output = tmp_path / "online.json"
     argv = ["--stages", "online", "--online_model", tiny_model_dir, "--online_dataset", problems_file]
     argv += ["--online_prompts", "4", "--online_batch_size", "2", "--online_max_new_tokens", "3"]
-    report = benchmark.main([*argv, "--output_json", str(output)])
+    report = measure_speed.main([*argv, "--output_json", str(output)])
 
     assert "loss_head" not in report
     online = report["online"]
@@ -72,7 +72,7 @@ def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, pr
 def test_bad_arguments_exit_with_one_line(capsys, tmp_path, argv, message):
     output = tmp_path / "never.json"
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main([*argv, "--output_json", str(output)])
+        measure_speed.main([*argv, "--output_json", str(output)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err

@@ -1,0 +1,158 @@
+"""Tests for the library side of a run: staged output folders, what a run's record is matched by, the commands a run
+suggests (started the way it was), its closing summary, and a package import that changes nothing."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from zerosiam_hf import invocation, pipeline
+from zerosiam_hf.data import DataArguments
+from zerosiam_hf.modeling import ModelArguments
+from zerosiam_hf.quantization import bitsandbytes_available
+from zerosiam_hf.records import matching_record, write_json
+from zerosiam_hf.staging import LOCK_FILE, MARKER_FILE, staged_output, staging_path
+
+
+COMMANDS = Path(pipeline.__file__).parent / "commands"
+SCRIPTS = Path(pipeline.__file__).parent.parent / "scripts"
+
+
+# ------------------------------------------------------------------------------------------------------ staged output
+def test_staged_output_publishes_a_finished_block_and_keeps_a_failed_one_aside(tmp_path):
+    target = str(tmp_path / "out")
+    config = {"Section": {"value": 1}}
+    with staged_output(target, config) as staging:
+        assert staging == staging_path(target) and (staging / LOCK_FILE).is_file()
+        write_json(staging / "run.json", {"config": config})
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"config": config}
+    assert not (tmp_path / "out" / LOCK_FILE).exists() and not staging_path(target).exists()
+
+    other = {"Section": {"value": 2}}
+    with pytest.raises(ValueError, match="already holds a different run"):  # refused before anything is opened
+        with staged_output(target, other):
+            raise AssertionError("the block ran")
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_output(target, other, overwrite=True) as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"config": config}  # not replaced
+    assert (staging / "half.txt").is_file() and (staging / MARKER_FILE).is_file()  # kept aside, unlocked
+    assert not (staging / LOCK_FILE).exists()
+
+
+def test_a_record_written_with_the_old_name_of_the_output_group_still_matches(tmp_path):
+    # Reporting settings only (overwrite) once sat in a section called AdaptArguments: still the same run.
+    old = {"AdaptArguments": {"overwrite": False}, "ZeroSiamConfig": {"method": "tent", "output_dir": "a"}}
+    write_json(tmp_path / "run.json", {"config": old})
+    new = {"OutputArguments": {"overwrite": True}, "ZeroSiamConfig": {"method": "tent", "output_dir": "b"}}
+    assert matching_record(str(tmp_path), new) is not None
+    assert matching_record(str(tmp_path), {**new, "ZeroSiamConfig": {"method": "zerosiam"}}) is None
+
+
+# --------------------------------------------------------------------------------------------- the commands suggested
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        (  # `accelerate launch ...` as the console command runs it
+            [
+                "/venv/bin/python",
+                "/venv/bin/accelerate",
+                "launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "a.py",
+                "-x",
+            ],
+            ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "a.py"],
+        ),
+        (  # the same through python -m, with a config file
+            ["python", "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", "c d.yaml", "a.py"],
+            ["accelerate", "launch", "--config_file", "c d.yaml", "a.py"],
+        ),
+        (["bash"], ["python", "a.py"]),  # not launched by accelerate
+    ],
+)
+def test_the_launcher_is_the_one_the_run_was_started_with(monkeypatch, parent, expected):
+    monkeypatch.setattr(invocation, "_parent_command", lambda: parent)
+    assert invocation.launcher("a.py") == expected
+
+
+def test_resume_command_keeps_launcher_and_flags_and_quotes_paths(monkeypatch):
+    monkeypatch.setattr(invocation, "_parent_command", lambda: ["accelerate", "launch", "--cpu", "scripts/adapt.py"])
+    command = ["scripts/adapt.py", "--output_dir", "my runs/a", "--resume_from_checkpoint", "old", "--seed", "1"]
+    hint = invocation.resume_command(command)
+    assert shlex.split(hint) == [
+        *["accelerate", "launch", "--cpu", "scripts/adapt.py", "--output_dir", "my runs/a", "--seed", "1"],
+        *["--resume_from_checkpoint", "true"],
+    ]
+    monkeypatch.setattr(invocation, "_parent_command", lambda: [])
+    module = str(COMMANDS / "adapt.py")  # sys.argv[0] under python -m zerosiam_hf.commands.adapt
+    assert shlex.split(invocation.resume_command([module, "--seed", "1"]))[:3] == [
+        "python",
+        "-m",
+        "zerosiam_hf.commands.adapt",
+    ]
+
+
+def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data_flags(tmp_path):
+    record = {"command": [str(SCRIPTS / "adapt.py")], "config": {"ZeroSiamConfig": {"output_dir": "out dir"}}}
+    data_args = DataArguments(dataset=str(tmp_path / "p.jsonl"), max_samples=8)
+    args = SimpleNamespace(max_new_tokens=96, max_prompt_length=512)  # the generation settings of ZeroSiamConfig
+    hint = shlex.split(pipeline.evaluate_command(record, ModelArguments(model="llama"), data_args, args))
+    assert hint == [
+        *["python", str(SCRIPTS / "evaluate.py"), "--model", "llama", "--dataset", str(tmp_path / "p.jsonl")],
+        *["--max_samples", "8", "--max_new_tokens", "96", "--adapter", "out dir"],
+    ]
+    record["command"] = [str(tmp_path / "zerosiam-adapt")]  # a console command the shell does not find by name
+    hint = shlex.split(pipeline.evaluate_command(record, ModelArguments(model="llama"), DataArguments(), args))
+    assert hint[0] == str(tmp_path / "zerosiam-evaluate") and hint[-2:] == ["--adapter", "out dir"]
+
+
+@pytest.mark.skipif(not bitsandbytes_available(), reason="needs bitsandbytes (the quant extra)")
+def test_the_evaluate_hint_keeps_a_4bit_base():
+    record = {"command": ["somewhere/run.py"], "config": {"ZeroSiamConfig": {"output_dir": "out"}}}
+    args = SimpleNamespace(max_new_tokens=256, max_prompt_length=512)
+    model_args = ModelArguments(model="llama", load_in_4bit=True)
+    hint = shlex.split(pipeline.evaluate_command(record, model_args, DataArguments(), args))
+    assert hint == ["zerosiam-evaluate", "--model", "llama", "--load_in_4bit", "true", "--adapter", "out"]
+
+
+def test_summary_names_accuracy_entropy_degenerate_share_skips_cut_answers_and_the_folder(tmp_path):
+    rows = [{"index": i, "tokens": tokens} for i, tokens in enumerate([4, 2, 4, 4])]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    online = {"n": 4, "accuracy_strict": 25.0, "accuracy_flexible": 50.0}
+    record = {
+        "config": {"ZeroSiamConfig": {"method": "zerosiam", "output_dir": str(tmp_path), "max_new_tokens": 4}},
+        "timings": {"adapt_seconds": 12.3},
+        "results": {"online": online, "steps": 2},
+        "log_history": [
+            {"step": 1, "collapse/entropy": 1.5, "answers/degenerate": 0.0, "guard/skipped_updates": 0},
+            {"step": 2, "collapse/entropy": 0.75, "answers/degenerate": 0.5, "guard/skipped_updates": 1},
+        ],
+    }
+    assert pipeline.summary(record) == [
+        "online accuracy over 4 answers: strict 25.00%, flexible 50.00% (zerosiam, 12 s)",
+        "3 of 4 answers were cut at --max_new_tokens 4",
+        "clean-branch entropy: 1.500 nats at step 1, 0.750 at step 2",
+        "degenerate answers 25.0% (mean over batches); updates skipped (NaN or Inf) 1",
+        f"adapter and run record in {tmp_path}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------- importing
+def test_importing_the_library_leaves_logging_alone():
+    """The bitsandbytes notice filter is the commands' business: importing the library installs nothing."""
+    probe = (
+        "import logging, zerosiam_hf.pipeline; "
+        "print(len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters)); "
+        "import zerosiam_hf.commands; "
+        "print(len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["0", "1"]

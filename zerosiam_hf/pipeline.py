@@ -1,0 +1,223 @@
+"""One adaptation run from the library: load the data and the model, adapt, save the adapter and the run's record into
+an output folder that appears whole; resume a run that was stopped, or reuse one already finished. The commands
+(`zerosiam_hf.commands`) parse their flags and call these functions."""
+
+import json
+import logging
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import set_seed
+
+from .config import ZeroSiamConfig
+from .data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
+from .errors import RunStopped
+from .generation import GenerationArguments
+from .invocation import changed_flags, resume_command, sibling_command
+from .modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, nonfinite_tensors
+from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
+from .staging import OutputArguments, staged_output, staging_path
+from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, latest_checkpoint
+
+
+logger = logging.getLogger("zerosiam_hf")
+
+
+def run_settings(
+    model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments, args: ZeroSiamConfig
+) -> dict:
+    """The settings a run records in `run.json` and is matched by (to reuse it, or to resume it)."""
+    return config_dict(model_args, data_args, output_args, args)
+
+
+def adapt(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    output_args: OutputArguments,
+    args: ZeroSiamConfig,
+    command: list[str] | None = None,
+) -> dict:
+    """Run one adaptation into `args.output_dir` and return its run record.
+
+    `args.resume_from_checkpoint` ("true" for the newest complete checkpoint, or a checkpoint folder) goes on with a
+    run that was stopped. `command` is the command line recorded in `run.json` and used in the resume hint of a run
+    that stops; default `sys.argv`. The run writes through `args`: its `output_dir` names the staging folder while
+    the run lasts.
+    """
+    command = command or sys.argv
+    state = PartialState()
+    if not _has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
+        args.dataloader_pin_memory = False
+    set_seed(args.seed)
+    config = run_settings(model_args, data_args, output_args, args)
+    final_dir = args.output_dir
+    resume = bool(args.resume_from_checkpoint)
+    with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state) as staging:
+        record = _adapt_into(staging, model_args, data_args, args, config, state, command)
+    return record
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def adapt_or_reuse(
+    model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments, args: ZeroSiamConfig
+) -> dict:
+    """The record of the run `args` asks for: read from `args.output_dir` when a run with the same settings finished
+    there (unless `overwrite`), resumed from its newest checkpoint when one was stopped there, else run anew."""
+    if latest_checkpoint(staging_path(args.output_dir)):
+        args.resume_from_checkpoint = "true"
+    record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
+    if record is not None and not output_args.overwrite:
+        logger.info("reusing the finished run in %s", args.output_dir)
+        return record
+    return adapt(model_args, data_args, output_args, args)
+
+
+def _adapt_into(staging: Path, model_args, data_args, args, config, state, command) -> dict:
+    checkpoint = checkpoint_to_resume(args.resume_from_checkpoint, staging)
+    # ------------------------------------------------------------------------------------------------ data
+    problems, data_identity = load_problems(data_args)
+    logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
+
+    # ------------------------------------------------------------------------------------------------ model
+    with state.main_process_first():  # the embedded model is converted once, by the first process
+        model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+        prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+    data_identity["prompts_cut"] = prompts_cut(prompts)
+    checker = data_args.make_checker()
+    gold = gold_answers(problems, checker) if args.protocol == "online" else None
+
+    # ------------------------------------------------------------------------------------------------ trainer
+    args.output_dir = str(staging)
+    trainer = ZeroSiamTrainer(
+        model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold, checker=checker
+    )
+
+    # ------------------------------------------------------------------------------------------------ adapt
+    start = time.perf_counter()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except RunStopped as stop:
+        if not stop.resumable:
+            raise
+        raise RunStopped(f"{stop}; resume with: {resume_command(command)}", stop.exit_code) from None
+    finally:
+        checker.close()
+    adapt_seconds = time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------------ save
+    trainer.save_model(args.output_dir)
+    online, records = trainer.online_results() if args.protocol == "online" else (None, [])
+    record = {
+        "config": config,
+        "command": command,
+        "model": model_spec,
+        "data": data_identity,
+        "versions": versions(),
+        "num_processes": state.num_processes,
+        "results": {
+            "online": online,
+            "steps": train_output.global_step,
+            "train_metrics": train_output.metrics,
+            "cost": {**trainer.total_cost(), "problems": len(problems)},
+        },
+        "timings": {"adapt_seconds": adapt_seconds},
+        "log_history": trainer.state.log_history,
+    }
+    if state.is_main_process:
+        if records:
+            write_jsonl(staging / PREDICTIONS_FILE, records)  # the streamed answers, now in dataset order
+        write_json(staging / RUN_FILE, record)
+        for finished in staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the run is whole: nothing left to resume
+            shutil.rmtree(finished)
+    state.wait_for_everyone()
+    bad, total = nonfinite_tensors(staging / ADAPTER_WEIGHTS)
+    if bad:  # every process reads the same file, so all of them stop here
+        raise RunStopped(
+            f"the adapter holds NaN or Inf in {len(bad)} of {total} tensors (first: {bad[0]}); it was not published, "
+            f"and the run's records stay in {staging}."
+        )
+    return record
+
+
+def checkpoint_to_resume(value: str | None, staging: Path) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names: `true` for the newest complete one in the staging folder."""
+    if not value:
+        return None
+    if value.lower() == "true":
+        checkpoint = latest_checkpoint(staging)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint true: {staging} holds no complete checkpoint to resume from.")
+        return checkpoint
+    if not Path(value).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such folder; give a checkpoint-<step> folder or true.")
+    return value
+
+
+def evaluate_command(record: dict, model_args: ModelArguments, data_args: DataArguments, args: ZeroSiamConfig) -> str:
+    """The command that evaluates a finished run's adapter on the same problems with the same model settings,
+    started the way the run was (script, module or console command)."""
+    generation = GenerationArguments(max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length)
+    flags = [
+        "--model",
+        model_args.model,
+        *changed_flags(model_args, ModelArguments(model=model_args.model)),
+        *(["--dataset", data_args.dataset] if data_args.dataset != DataArguments.dataset else []),
+        *changed_flags(data_args, DataArguments(dataset=data_args.dataset)),
+        *[flag for flag in changed_flags(generation) if flag != "--batch_size"],
+        "--adapter",
+        str(record["config"]["ZeroSiamConfig"]["output_dir"]),
+    ]
+    return shlex.join([*sibling_command(record["command"][0], "evaluate"), *flags])
+
+
+def summary(record: dict) -> list[str]:
+    """A few lines on a finished run: accuracy (and how many answers ran out of tokens), the clean branch's entropy at
+    its first and last step, the share of degenerate answers, the updates skipped (and collapse-guard resets), and
+    where the adapter is."""
+    settings = record["config"]["ZeroSiamConfig"]
+    seconds, online = record["timings"]["adapt_seconds"], record["results"]["online"]
+    how = f"({settings['method']}, {seconds:.0f} s)"
+    if online:
+        lines = [
+            f"online accuracy over {online['n']} answers: strict {online['accuracy_strict']:.2f}%, "
+            f"flexible {online['accuracy_flexible']:.2f}% {how}"
+        ]
+        cut = _answers_cut(Path(settings["output_dir"]) / PREDICTIONS_FILE, settings["max_new_tokens"])
+        if cut:
+            lines.append(f"{cut} of {online['n']} answers were cut at --max_new_tokens {settings['max_new_tokens']}")
+    else:
+        lines = [f"{record['results']['steps']} adaptation steps {how}"]
+    entropy = logged_series(record, "collapse/entropy")
+    if entropy:
+        (first_step, first), (last_step, last) = entropy[0], entropy[-1]
+        lines.append(f"clean-branch entropy: {first:.3f} nats at step {first_step}, {last:.3f} at step {last_step}")
+    counts = []
+    degenerate = logged_series(record, "answers/degenerate")
+    if degenerate:
+        counts.append(f"degenerate answers {statistics.fmean(v for _, v in degenerate):.1%} (mean over batches)")
+    for key, name in (("guard/skipped_updates", "updates skipped (NaN or Inf)"), ("guard/resets", "collapse resets")):
+        logged = logged_series(record, key)
+        if logged:
+            counts.append(f"{name} {logged[-1][1]:.0f}")
+    if counts:
+        lines.append("; ".join(counts))
+    lines.append(f"adapter and run record in {settings['output_dir']}")
+    return lines
+
+
+def _answers_cut(predictions: Path, max_new_tokens: int) -> int:
+    """How many online answers used their whole token budget (cut before they ended, unless the last token was EOS)."""
+    if not predictions.is_file():
+        return 0
+    rows = (json.loads(line) for line in predictions.read_text().splitlines() if line)
+    return sum(row.get("tokens", 0) >= max_new_tokens for row in rows)
