@@ -19,7 +19,7 @@ from .diagnostics import answer_diagnostics, top_token_dominance
 from .generation import generate_batches, greedy_config, pad
 from .guards import CollapseGuard, NonFiniteGuard, RunStopped, SignalStop
 from .losses import head_loss
-from .modeling import build_adapted_model
+from .modeling import build_adapted_model, check_head_input, head_transform
 from .predictor import PREDICTOR_NAME, find_predictor
 from .records import append_jsonl, write_json, write_jsonl
 from .scoring import accuracy
@@ -106,9 +106,12 @@ class ZeroSiamTrainer(Trainer):
         self.online_records: dict[int, dict] = {}
         self._metrics = defaultdict(list)
         self._lm_head = model.get_output_embeddings()
+        # the loss reads the model's logits as its head makes them; refused here, before anything is generated
+        self._head_transform = head_transform(model.get_base_model().config)
+        if args.trains:
+            check_head_input(model, self._head_transform)
         self._predictor = find_predictor(model) if args.method == "zerosiam" else None
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
-        self._head_checked = False
         self._pending_episode = None
         self._nonfinite_guard = NonFiniteGuard(self)
         self._signal_stop = SignalStop(self)
@@ -250,12 +253,9 @@ class ZeroSiamTrainer(Trainer):
             logits_to_keep=1,  # the loss head computes its own logits, chunk by chunk
             use_cache=False,
         )
-        hidden = outputs.hidden_states[-1]
-        if not self._head_checked:
-            self._check_hidden_is_head_input(hidden, outputs.logits)
         result = head_loss(
             self.args.method,
-            hidden,
+            outputs.hidden_states[-1],
             self._lm_head.weight,
             inputs["loss_mask"],
             predictor_weight=None if self._predictor is None else self._predictor.weight,
@@ -263,6 +263,7 @@ class ZeroSiamTrainer(Trainer):
             stop_gradient=self.args.ablation != "no_stop_gradient",
             chunk_size=self.args.loss_chunk_size,
             lm_head_bias=self._lm_head.bias,
+            **self._head_transform,
         )
         self._log_loss_metrics(result)
         return (result.loss, outputs) if return_outputs else result.loss
@@ -281,17 +282,6 @@ class ZeroSiamTrainer(Trainer):
             self._generation_config,
             merge_lora=self.args.merge_adapter_for_generation,
         )
-
-    def _check_hidden_is_head_input(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
-        """The loss needs the LM head's input; fail loudly for an architecture whose last hidden state is not it."""
-        with torch.no_grad():
-            expected = self._lm_head(hidden[:, -1:]).float()
-            if not torch.allclose(expected, logits.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError(
-                    f"{type(self.accelerator.unwrap_model(self.model).base_model.model).__name__}: the last hidden "
-                    "state is not the LM head's input, so the ZeroSiam loss cannot be computed for this architecture."
-                )
-        self._head_checked = True
 
     def _log_loss_metrics(self, result) -> None:
         with torch.no_grad():

@@ -45,7 +45,13 @@ from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from zerosiam_hf.guards import RunStopped
-from zerosiam_hf.modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, nonfinite_tensors
+from zerosiam_hf.modeling import (
+    ADAPTER_WEIGHTS,
+    ModelArguments,
+    load_model_and_tokenizer,
+    lora_modules,
+    nonfinite_tensors,
+)
 from zerosiam_hf.records import (
     RUN_FILE,
     check_output_dir,
@@ -141,6 +147,8 @@ def _run_into(staging, model_args, data_args, args, config, state, command) -> d
         "config": config,
         "command": command or sys.argv,
         "model": model_spec,
+        # the modules that got LoRA, as resolved for this architecture (--lora_target_modules or the default)
+        "lora_modules": lora_modules(trainer.accelerator.unwrap_model(trainer.model)),
         "data": data_identity,
         "versions": versions(),
         "num_processes": state.num_processes,
