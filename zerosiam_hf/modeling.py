@@ -250,7 +250,7 @@ def check_head_input(model: PreTrainedModel, transform: dict) -> None:
     finally:
         for module, training in modes.items():
             module.training = training
-    name = _architecture(getattr(model, "get_base_model", lambda: model)().config)
+    name = type(getattr(model, "get_base_model", lambda: model)()).__name__
     hidden = outputs.hidden_states[-1]
     logits = outputs.logits.float()
     with torch.no_grad():
@@ -297,7 +297,7 @@ def lora_target_modules(model: PreTrainedModel, requested: list[str] | None) -> 
         found = found or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type, [])
         if not found:
             raise ValueError(
-                f"{_architecture(model.config)}: no attention block to put LoRA on by default; name the layers with "
+                f"{type(model).__name__}: no attention block to put LoRA on by default; name the layers with "
                 f"--lora_target_modules (its linear layers: {' '.join(leaf_names)}) or pass all-linear."
             )
         return found
@@ -307,7 +307,7 @@ def lora_target_modules(model: PreTrainedModel, requested: list[str] | None) -> 
     if missing:
         raise ValueError(
             f"--lora_target_modules {' '.join(requested)}: {' '.join(missing)} match no linear layer of "
-            f"{_architecture(model.config)}, whose linear layers are named {' '.join(leaf_names)}; omit the flag for "
+            f"{type(model).__name__}, whose linear layers are named {' '.join(leaf_names)}; omit the flag for "
             "its attention projections."
         )
     return list(requested)
