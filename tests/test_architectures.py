@@ -5,15 +5,20 @@ LoRA targets are the attention's linear layers, and Tent and ZeroSiam adapt onli
 the same outputs and generate the same text merged as unmerged. docs/ARCHITECTURES.md holds the table.
 """
 
+import json
+from functools import partial
+
 import pytest
 import torch
 from conftest import PROBLEMS, make_tokenizer
 from datasets import Dataset
 from peft import PeftModel
+from test_scripts import adapt_argv, assert_usage_error
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model
 from zerosiam_hf.checkers import NumericChecker
+from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import build_prompts, gold_answers
 from zerosiam_hf.generation import generate_completions, pad
 from zerosiam_hf.losses import head_logits, head_loss
@@ -177,6 +182,28 @@ def test_adapts_online_saves_reloads_and_merges(family, method, tmp_path, tokeni
     merged = generate_completions(model, tokenizer, ids, max_new_tokens=8, batch_size=2, merge_lora=True)
     unmerged = generate_completions(model, tokenizer, ids, max_new_tokens=8, batch_size=2, merge_lora=False)
     assert all(merged) and merged == unmerged
+
+
+# ------------------------------------------------------------------------------------------------------- command line
+@pytest.mark.parametrize("family", ["phi3", "gemma2", "granite"])
+def test_adapt_runs_on_a_saved_folder_and_records_lora_and_head(family, tokenizer, tmp_path, problems_file):
+    # what a user ran: a tiny model of the family in a folder, through adapt.py (Granite stopped at its first update)
+    model_dir = tmp_path / family
+    make_family_model(family, tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    adapt.main(adapt_argv(str(model_dir), problems_file, tmp_path / "run", "--max_steps", "1"))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["model"]["head_transform"] == FAMILIES[family][3]
+    assert {name.rsplit(".", 1)[1] for name in record["lora_modules"]} == set(FAMILIES[family][2])
+    assert record["results"]["steps"] == 1 and record["log_history"][0]["loss"] > 0
+
+
+def test_adapt_refuses_targets_a_family_lacks_in_one_line(capsys, tokenizer, tmp_path, problems_file):
+    model_dir = tmp_path / "phi3"
+    make_family_model("phi3", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    argv = adapt_argv(str(model_dir), problems_file, tmp_path / "run", "--lora_target_modules", *ATTENTION)
+    assert_usage_error(capsys, partial(adapt.main, argv), "q_proj k_proj v_proj match no linear layer of Phi3")
 
 
 # ------------------------------------------------------------------------------------------------------- LoRA targets
