@@ -48,6 +48,10 @@ def test_adapt_writes_adapter_run_record_and_predictions(adapted_run):
     for package in ("torch", "transformers", "peft", "accelerate", "datasets"):
         assert run["versions"][package] == version(package)
     assert run["num_processes"] == 1 and run["results"]["steps"] == 3
+    # the tiny Llama's two layers, every attention projection, and a head the loss takes as it is
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert run["lora_modules"] == [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in projections]
+    assert run["model"]["head_transform"] == {"logit_scale": 1.0, "softcap": None}
     assert run["data"]["prompts_cut"] == 0
     online = run["results"]["online"]
     assert online["n"] == len(PROBLEMS)
@@ -78,6 +82,10 @@ def test_yaml_config_with_command_line_override(tiny_model_dir, problems_file, t
     assert run["per_device_train_batch_size"] == 2  # the flag of adapt_argv wins over the file's 3
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and not adapter["modules_to_save"]
+    record = json.loads((output_dir / "run.json").read_text())
+    assert record["lora_modules"] == [
+        f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
+    ]
     assert not (output_dir / "predictions.jsonl").exists()  # offline: nothing answered along the way
     assert json.loads((output_dir / "run.json").read_text())["results"]["online"] is None
 
@@ -289,7 +297,7 @@ def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, proble
 def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):
     output_dir = tmp_path / "run"
     argv = adapt_argv(tiny_model_dir, problems_file, output_dir, "--lora_target_modules", "no_such_module")
-    assert_usage_error(capsys, partial(adapt.main, argv), "No modules were targeted for adaptation")
+    assert_usage_error(capsys, partial(adapt.main, argv), "no_such_module match no linear layer of LlamaForCausalLM")
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
 
 

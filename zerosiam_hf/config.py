@@ -117,9 +117,13 @@ class ZeroSiamConfig(TrainingArguments):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Module names that receive LoRA adapters."},
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names that receive LoRA adapters; by default every linear layer of the model's attention "
+            "blocks (q_proj k_proj v_proj o_proj on Llama, qkv_proj o_proj on Phi-3); all-linear for every linear "
+            "layer but the output head."
+        },
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
     max_prompt_length: int = field(

@@ -20,7 +20,7 @@ from .data import DataArguments, build_prompts, gold_answers, load_problems, pro
 from .errors import RunStopped
 from .generation import GenerationArguments
 from .invocation import changed_flags, resume_command, sibling_command
-from .modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, nonfinite_tensors
+from .modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, lora_modules, nonfinite_tensors
 from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
 from .staging import OutputArguments, staged_output, staging_path
 from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, latest_checkpoint
@@ -121,6 +121,8 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         "config": config,
         "command": command,
         "model": model_spec,
+        # the modules that got LoRA, as resolved for this architecture (--lora_target_modules or the default)
+        "lora_modules": lora_modules(trainer.accelerator.unwrap_model(trainer.model)),
         "data": data_identity,
         "versions": versions(),
         "num_processes": state.num_processes,

@@ -21,7 +21,7 @@ from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
-from .modeling import build_adapted_model
+from .modeling import build_adapted_model, check_head_input, head_transform
 from .predictor import PREDICTOR_NAME, find_predictor
 from .records import append_jsonl, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
@@ -112,6 +112,11 @@ class ZeroSiamTrainer(Trainer):
         self._metrics = defaultdict(list)
         self.method = args.method_spec
         self.lm_head = model.get_output_embeddings()
+        # the methods read the model's logits as its head makes them (soft-cap, scale); an architecture whose head
+        # they cannot reproduce is refused here, before anything is generated
+        self.head_transform = head_transform(model.get_base_model().config)
+        if args.trains or self.method.forwards_prompt:
+            check_head_input(model, self.head_transform)
         self.predictor = find_predictor(model) if self.method.trains == "lora+predictor" else None
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         if args.sampling_temperature is not None:  # the methods that sample their answers
@@ -119,7 +124,6 @@ class ZeroSiamTrainer(Trainer):
         # What the run spent, for the cost columns of a comparison: tokens generated (every sample), tokens through
         # a forward and backward pass of the backbone, and tokens through an extra forward without backward.
         self.cost = {"generated_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
-        self._head_checked = False
         self._pending_episode = None
         self._step_start = {}
         self._signal_stop = SignalStop()
@@ -265,10 +269,7 @@ class ZeroSiamTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------- for the methods
     def final_hidden_states(self, model, inputs: dict) -> torch.Tensor:
         """[B, T, d] final hidden states (the LM head's input) of one backbone forward over `inputs`."""
-        outputs, hidden = final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
-        if not self._head_checked:
-            self._check_hidden_is_head_input(hidden, outputs.logits)
-        return hidden
+        return final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])[1]
 
     def log_head_metrics(self, result) -> None:
         """The loss head's diagnostics (`losses.HeadLoss`), averaged over processes."""
@@ -317,17 +318,6 @@ class ZeroSiamTrainer(Trainer):
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
         return completions
-
-    def _check_hidden_is_head_input(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
-        """The loss needs the LM head's input; fail loudly for an architecture whose last hidden state is not it."""
-        with torch.no_grad():
-            expected = self.lm_head(hidden[:, -1:]).float()
-            if not torch.allclose(expected, logits.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError(
-                    f"{type(self.accelerator.unwrap_model(self.model).base_model.model).__name__}: the last hidden "
-                    "state is not the LM head's input, so the ZeroSiam loss cannot be computed for this architecture."
-                )
-        self._head_checked = True
 
     def _record(self, index: torch.Tensor, completions: list[list[int]]) -> list[dict]:
         """Score a batch's answers as the online predictions, gathered from every process, and return this

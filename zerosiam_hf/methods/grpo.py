@@ -11,9 +11,9 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..losses import head_logits
 from .base import Method
 
 
@@ -62,8 +62,11 @@ def token_statistics(
     targets: torch.Tensor,
     temperature: float = 1.0,
     chunk_size: int = 1024,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probability of `targets` and entropy under softmax(lm_head(hidden) / T), and self-certainty.
+    """Per-token log-probability of `targets` and entropy under softmax(z / T), and self-certainty, where z are the
+    model's logits from its head's input (`losses.head_logits`, with the model's `logit_scale` and `softcap`).
 
     hidden [M, d], weight [V, d], bias [V] or None, targets [M] -> logp [M] (differentiable in hidden), entropy [M]
     and self-certainty [M] (detached). Self-certainty is Intuitor's, of the raw logits (no temperature):
@@ -71,10 +74,11 @@ def token_statistics(
     [M, V] tensor outlives its chunk.
     """
 
+    transform = {"logit_scale": logit_scale, "softcap": softcap}
+
     def chunk(rows: torch.Tensor, chunk_targets: torch.Tensor):
-        logits = F.linear(rows, weight.detach().to(rows.dtype), None if bias is None else bias.detach().to(rows.dtype))
-        # at least fp32, as the loss head computes softmax (fp64 stays fp64 for exact checks)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        # in at least fp32, as the loss head computes softmax (fp64 stays fp64 for exact checks)
+        logits = head_logits(rows, weight.detach(), None if bias is None else bias.detach(), **transform)
         log_probs = torch.log_softmax(logits / temperature, dim=-1)
         logp = log_probs.gather(1, chunk_targets[:, None]).squeeze(1)
         with torch.no_grad():
@@ -125,7 +129,13 @@ class SamplingMethod(Method):
         rows = mask.nonzero()[:, 0]
         head = trainer.lm_head
         logp, entropy, certainty = token_statistics(
-            hidden[mask], head.weight, head.bias, targets, args.sampling_temperature, args.loss_chunk_size
+            hidden[mask],
+            head.weight,
+            head.bias,
+            targets,
+            args.sampling_temperature,
+            args.loss_chunk_size,
+            **trainer.head_transform,
         )
         count = mask.shape[0]
         stats = {
@@ -140,7 +150,13 @@ class SamplingMethod(Method):
             with torch.no_grad(), trainer.accelerator.unwrap_model(model).disable_adapter():
                 ref_hidden = trainer.final_hidden_states(model, inputs)
                 ref_logps = token_statistics(
-                    ref_hidden[mask], head.weight, head.bias, targets, args.sampling_temperature, args.loss_chunk_size
+                    ref_hidden[mask],
+                    head.weight,
+                    head.bias,
+                    targets,
+                    args.sampling_temperature,
+                    args.loss_chunk_size,
+                    **trainer.head_transform,
                 )[0]
         loss, kl = grpo_loss(logp, advantages, rows, ref_logps, args.beta)
         trainer.log_metrics_step(

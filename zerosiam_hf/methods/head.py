@@ -13,9 +13,9 @@ class HeadMethod(Method):
 
     head: ClassVar[str]
 
-    def head_kwargs(self, args) -> dict:
-        """Keyword arguments of `head_loss` beyond the tensors."""
-        return {}
+    def head_kwargs(self, args, transform: dict) -> dict:
+        """Keyword arguments of `head_loss` beyond the tensors, given the model's own logit transform."""
+        return transform
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
         hidden = trainer.final_hidden_states(model, inputs)
@@ -28,7 +28,7 @@ class HeadMethod(Method):
             predictor_weight=None if predictor is None else predictor.weight,
             chunk_size=trainer.args.loss_chunk_size,
             lm_head_bias=trainer.lm_head.bias,
-            **self.head_kwargs(trainer.args),
+            **self.head_kwargs(trainer.args, trainer.head_transform),
         )
         trainer.log_head_metrics(result)
         return result.loss
@@ -41,8 +41,8 @@ class ZeroSiam(HeadMethod):
     head = "zerosiam"
     options = {"alpha": 1.0, "predictor_lr_scale": 1.0, "ablation": "none"}
 
-    def head_kwargs(self, args) -> dict:
-        return {"alpha": args.alpha, "stop_gradient": args.ablation != "no_stop_gradient"}
+    def head_kwargs(self, args, transform: dict) -> dict:
+        return {**transform, "alpha": args.alpha, "stop_gradient": args.ablation != "no_stop_gradient"}
 
 
 class Tent(HeadMethod):
@@ -66,5 +66,7 @@ class EMFT(HeadMethod):
     signals = ("response",)
     options = {"entropy_temperature": 0.5}
 
-    def head_kwargs(self, args) -> dict:
-        return {"logit_scale": 1.0 / args.entropy_temperature}
+    def head_kwargs(self, args, transform: dict) -> dict:
+        # softcap(s z) / T = (c / T) tanh((s / T) z / (c / T)): the temperature divides both the scale and the cap
+        t, cap = args.entropy_temperature, transform["softcap"]
+        return {"logit_scale": transform["logit_scale"] / t, "softcap": None if cap is None else cap / t}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import head_logits
 from .base import Method, final_hidden_states
 
 
@@ -29,6 +30,8 @@ def optimize_delta(
     lr: float = 0.1,
     weight_decay: float = 1e-8,
     eps: float = 1e-5,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """SLOT's per-prompt delta [B, 1, d] after `steps` AdamW steps on each prompt's mean cross-entropy.
 
@@ -39,6 +42,7 @@ def optimize_delta(
         labels: [B, T] next-token ids; `lm_head(hidden[:, t])` predicts `labels[:, t]`.
         mask: [B, T] bool, the positions whose cross-entropy counts (SLOT: every prompt token after the first).
         steps, lr, weight_decay, eps: AdamW's settings as SLOT sets them.
+        logit_scale, softcap: the model's own transform of its head's output (`modeling.head_transform`).
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or mask.shape != labels.shape:
         raise ValueError(
@@ -64,7 +68,7 @@ def optimize_delta(
         optimizer = torch.optim.AdamW([delta], lr=lr, weight_decay=weight_decay, eps=eps)
         for _ in range(steps):
             optimizer.zero_grad()
-            logits = F.linear(hidden + delta, weight, bias)
+            logits = head_logits(hidden + delta, weight, bias, logit_scale=logit_scale, softcap=softcap)
             # cross-entropy in at least fp32 (SLOT takes it in the model's dtype, bf16 in its runs)
             stats_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
             token_ce = F.cross_entropy(logits.to(stats_dtype).transpose(1, 2), labels, reduction="none")
@@ -107,6 +111,8 @@ class SLOT(Method):
     options = {"slot_steps": 5, "slot_lr": 0.1}
 
     def decoding(self, model, args, prompt_ids, prompt_mask):
+        from ..modeling import head_transform  # here: modeling imports the config, which imports this registry
+
         with torch.no_grad():
             _, hidden = final_hidden_states(model, prompt_ids, prompt_mask)
         head = model.get_output_embeddings()
@@ -119,5 +125,6 @@ class SLOT(Method):
             real[:, :-1] & real[:, 1:],
             steps=args.slot_steps,
             lr=args.slot_lr,
+            **head_transform(model.get_base_model().config if hasattr(model, "get_base_model") else model.config),
         )
         return add_delta(head, delta), []

@@ -11,7 +11,7 @@ in the offline setting it comes from the frozen base model: pass that model's lo
 import torch
 import torch.nn.functional as F
 
-from ..losses import entropy_from_logits
+from ..losses import entropy_from_logits, head_logits
 from .base import Method
 
 
@@ -64,7 +64,7 @@ class TLM(Method):
         mask = inputs["loss_mask"]
         # position t predicts token t + 1: every prompt token after the first is a label, as TLM's labels = input_ids
         counted = mask[:, :-1] & mask[:, 1:]
-        logits = trainer.lm_head(hidden[:, :-1])
+        logits = head_logits(hidden[:, :-1], trainer.lm_head.weight, trainer.lm_head.bias, **trainer.head_transform)
         loss, nll, selected = tlm_loss(
             logits, inputs["input_ids"][:, 1:], counted, trainer.args.tlm_threshold, trainer.args.tlm_weight
         )
