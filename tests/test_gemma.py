@@ -10,11 +10,11 @@ from helpers import PROBLEMS, record_trainers, write_problems
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 from zerosiam_hf.generation import generate_completions
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
 pytestmark = [
