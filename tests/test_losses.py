@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zerosiam_hf.losses import METHODS, entropy_from_logits, head_logits, head_loss, masked_mean, symmetric_kl
+from zerosiam_hf.losses import HEADS, entropy_from_logits, head_logits, head_loss, masked_mean, symmetric_kl
 
 
 B, T, D, V = 3, 5, 16, 37
@@ -310,7 +310,7 @@ def test_chunked_matches_naive_under_autocast(method, kwargs):
         torch.testing.assert_close(chunked[2], naive[2], atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEADS)
 def test_no_grad_gives_the_same_loss(method):
     inputs = make_inputs()
     with torch.no_grad():
@@ -319,7 +319,7 @@ def test_no_grad_gives_the_same_loss(method):
     torch.testing.assert_close(out.loss, run(method, inputs, chunk_size=0)[0].loss.detach())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEADS)
 @pytest.mark.parametrize("chunk_size", [0, 4])
 def test_empty_mask_gives_zero_loss_and_zero_grads(method, chunk_size):
     inputs = make_inputs()

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 
-METHODS = ("zerosiam", "tent", "come")
+# The loss heads `head_loss` computes (the run methods that use them are in `methods/head.py`).
+HEADS = ("zerosiam", "tent", "come")
 _METHOD_KWARGS = {"zerosiam": (), "tent": (), "come": ("num_classes", "norm_constraint")}
 
 
@@ -177,8 +178,8 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, method_kwargs):
     """Raise ValueError for bad arguments; return COME's options with their defaults filled in."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
+    if method not in HEADS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, HEADS))}; got {method!r}.")
     unknown = sorted(set(method_kwargs) - set(_METHOD_KWARGS[method]))
     if unknown:
         allowed = ", ".join(_METHOD_KWARGS[method]) or "none"
