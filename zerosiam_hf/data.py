@@ -45,8 +45,8 @@ class DataArguments:
     instruction: str | None = field(
         default=None,
         metadata={
-            "help": "Text appended to each question in the user message; default: the benchmark's own (README), "
-            "the GSM8K one for other data."
+            "help": "Text appended to each question in the user message; default: the benchmark's own "
+            "(docs/PAPER_BENCHMARKS.md), the GSM8K one for other data."
         },
     )
     checker: str = field(
