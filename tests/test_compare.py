@@ -182,11 +182,11 @@ def test_compare_resumes_a_run_stopped_after_a_checkpoint(tiny_model_dir, proble
     class Stop(Exception):
         pass
 
-    def recording_run(model_args, data_args, output_args, args):
+    def recording_run(model_args, data_args, output_args, args, **kwargs):
         resumed[args.seed] = args.resume_from_checkpoint
         if args.seed == 1:
             raise Stop
-        return real_run(model_args, data_args, output_args, args)
+        return real_run(model_args, data_args, output_args, args, **kwargs)
 
     monkeypatch.setattr(pipeline, "adapt", recording_run)
     with pytest.raises(Stop):
