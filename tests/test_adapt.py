@@ -110,6 +110,18 @@ BAD_DATA = {
         (None, ["--predictor_lr_scale=-inf"], "--predictor_lr_scale must be a finite number, got -inf"),
         (None, ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
         (None, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer"),
+        # TrainingArguments' own options: reported before the model loads, not as a ZeroDivisionError or at publish.
+        (None, ["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive integer"),
+        (None, ["--save_steps", "0"], "--save_steps must be a finite number > 0"),
+        (None, ["--save_steps=-1"], "--save_steps must be a finite number > 0"),
+        (None, ["--max_steps=-5"], "--max_steps must be a positive integer, or -1"),
+        (None, ["--max_steps", "0"], "--max_steps must be a positive integer, or -1"),
+        (None, ["--weight_decay", "nan"], "--weight_decay must be a finite number >= 0, got nan"),
+        (None, ["--adam_epsilon", "0"], "--adam_epsilon must be a finite number > 0, got 0"),
+        (None, ["--adam_beta2", "1"], "--adam_beta2 must be in [0, 1), got 1"),
+        (None, ["--warmup_steps", "inf"], "--warmup_steps must be a finite number >= 0"),
+        (None, ["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0"),
+        (None, ["--num_train_epochs", "0"], "--num_train_epochs must be a finite number > 0"),
     ],
 )
 def test_adapt_bad_inputs_exit_2_with_one_line(
