@@ -245,6 +245,18 @@ def check_adapter(adapter_dir: str) -> None:
     folder = Path(adapter_dir)
     if not (folder / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {adapter_dir}: no adapter_config.json there; give the output_dir of adapt.py.")
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"--adapter {adapter_dir}: adapter_config.json is not valid JSON ({error}); give the output_dir of "
+            "adapt.py."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--adapter {adapter_dir}: adapter_config.json holds a {type(config).__name__}, not the settings of an "
+            "adapter; give the output_dir of adapt.py."
+        )
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ValueError(f"--adapter {adapter_dir}: no {ADAPTER_WEIGHTS} there; give the output_dir of adapt.py.")
