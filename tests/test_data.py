@@ -14,7 +14,8 @@ from helpers import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from zerosiam_hf import data
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
-from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
+from zerosiam_hf.records import config_dict
+from zerosiam_hf.tasks import MATH_INSTRUCTION, NUMERIC_INSTRUCTION
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]
@@ -204,6 +205,21 @@ def test_numeric_questions_are_refused(tmp_path):
     rows = [{"question": 17, "answer": "#### 3"}, {"question": 18, "answer": "#### 4"}]
     with pytest.raises(ValueError, match=r"row 0: the question is 17, not text; every row needs a question"):
         load(write_problems(tmp_path / "p.jsonl", rows))
+
+
+# --------------------------------------------------------------------------------------------------------- instruction
+def test_a_files_default_instruction_follows_its_checker():
+    """The strict math score reads the last \\boxed{}: a math file asked for `#### <number>` would score 0 strict."""
+    assert DataArguments(dataset="amc.jsonl", checker="math").instruction == MATH_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl").instruction == NUMERIC_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl", checker="math", instruction="Box it.").instruction == "Box it."
+    recorded = config_dict(DataArguments(dataset="amc.jsonl", checker="math"))["DataArguments"]
+    assert recorded["instruction"] == MATH_INSTRUCTION and recorded["checker"] == "math"  # as run.json holds it
+    # Another dataset keeps a checker given explicitly, and the instruction that goes with it.
+    moved = DataArguments(dataset="amc.jsonl", checker="math").for_dataset("aime.jsonl")
+    assert (moved.checker, moved.instruction) == ("math", MATH_INSTRUCTION)
+    assert DataArguments(dataset="amc.jsonl", checker="math").for_dataset("gsm8k").instruction == MATH_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl").for_dataset("math500").instruction == MATH_INSTRUCTION
 
 
 # ------------------------------------------------------------------------------------------------------------- prompts

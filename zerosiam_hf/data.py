@@ -16,7 +16,7 @@ import pyarrow.parquet
 from datasets import Dataset
 
 from .checkers import CHECKERS, make_checker
-from .tasks import BENCHMARKS, NUMERIC_INSTRUCTION
+from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS
 
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Text appended to each question in the user message; default: the benchmark's own "
-            "(docs/PAPER_BENCHMARKS.md), the GSM8K one for other data."
+            "(docs/PAPER_BENCHMARKS.md), else the checker's (GSM8K's `#### <number>` for numeric, the boxed one for "
+            "math)."
         },
     )
     checker: str = field(
@@ -71,15 +72,16 @@ class DataArguments:
         benchmark = BENCHMARKS.get(self.dataset)
         if self.checker == "auto":
             self.checker = benchmark.checker if benchmark else "numeric"
-        if self.instruction is None:
-            self.instruction = benchmark.instruction if benchmark else NUMERIC_INSTRUCTION
+        if self.instruction is None:  # follows the checker: math answers asked for as `#### <number>` score 0 strict
+            own = benchmark is not None and benchmark.checker == self.checker
+            self.instruction = benchmark.instruction if own else CHECKER_INSTRUCTIONS[self.checker]
 
     def for_dataset(self, name: str) -> "DataArguments":
         """The same settings for another dataset; an instruction or checker that was the old dataset's default
         becomes the new one's (one given explicitly is kept)."""
         default = DataArguments(dataset=self.dataset)
         changes = {"dataset": name}
-        if self.instruction == default.instruction:
+        if self.instruction == DataArguments(dataset=self.dataset, checker=self.checker).instruction:
             changes["instruction"] = None
         if self.checker == default.checker:
             changes["checker"] = "auto"
