@@ -34,6 +34,10 @@ class NumericChecker:
         """Score each text against its gold."""
         return [score_answer(text, gold) for text, gold in zip(texts, golds)]
 
+    def unscorable(self, gold: dict) -> list:
+        """None here: `parse_gold` already refuses a gold without a number."""
+        return []
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -63,6 +67,13 @@ class MathChecker:
     def score(self, texts: list[str], golds: list[str]) -> list[dict]:
         """Score each text against its gold; an answer whose check times out or fails counts as wrong."""
         return [self._check(gold, text) for text, gold in zip(texts, golds)]
+
+    def unscorable(self, gold: dict) -> list:
+        """The keys of `gold` whose answer no output can match: math-verify cannot parse it, or the gold in a
+        `\\boxed{}` does not verify equal to itself (or that check runs over the timeout)."""
+        keys = list(gold)
+        results = self.score([f"$\\boxed{{{gold[key]}}}$" for key in keys], [gold[key] for key in keys])
+        return [key for key, result in zip(keys, results) if not result["correct_strict"]]
 
     def _check(self, gold: str, text: str) -> dict:
         worker = self._start()

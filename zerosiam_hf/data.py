@@ -60,6 +60,14 @@ class DataArguments:
     check_timeout: float = field(
         default=5.0, metadata={"help": "Seconds one math answer check may take; one that runs over counts as wrong."}
     )
+    allow_unscorable_golds: bool = field(
+        default=False,
+        metadata={
+            "help": "Run on a file some of whose gold answers the checker cannot match, not even with themselves "
+            "(checked when a file is loaded with --checker math); those rows count as wrong. Without it such a "
+            "file is refused, naming the rows."
+        },
+    )
 
     def __post_init__(self):
         if self.max_samples is not None and self.max_samples < 1:
@@ -248,10 +256,25 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     if (question, answer) != ("question", "answer"):
         dataset = dataset.rename_columns({question: "question", answer: "answer"})
     dataset = dataset.add_column("index", list(range(len(dataset))))
+    checker = args.make_checker()
     try:  # every gold must parse before the model is loaded
-        gold_answers(dataset, args.make_checker())
+        gold = gold_answers(dataset, checker)
+        # A named benchmark's golds are audited by the tests (test_gold_audit); a user's file gets its audit here.
+        unscorable = [] if benchmark else checker.unscorable(gold)
     except ValueError as error:
         raise ValueError(f"--dataset {args.dataset}: {error}.") from None
+    finally:
+        checker.close()
+    if unscorable:
+        rows = ", ".join(map(str, unscorable[:20])) + (", ..." if len(unscorable) > 20 else "")
+        problem = (
+            f"--dataset {args.dataset}: {len(unscorable)} of {len(gold)} gold answers cannot be matched by the "
+            f"{args.checker} checker, not even by themselves (rows {rows}), so no answer can score those rows right"
+        )
+        if not args.allow_unscorable_golds:
+            raise ValueError(f"{problem}; fix them, or pass --allow_unscorable_golds true to count them as wrong.")
+        logger.warning("%s; they count as wrong (--allow_unscorable_golds).", problem)
+        identity["unscorable_golds"] = unscorable
     _check_questions(dataset, args.dataset)
     identity["selected"] = len(dataset)
     return dataset, identity
