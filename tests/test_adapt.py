@@ -82,6 +82,14 @@ def test_yaml_config_with_command_line_override(tiny_model_dir, problems_file, t
     assert json.loads((output_dir / "run.json").read_text())["results"]["online"] is None
 
 
+def test_the_evaluate_hint_quotes_a_path_with_spaces(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "my runs" / "tent 1"
+    adapt.main(adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1)))
+    hint = shlex.split(capsys.readouterr().out.split("evaluate the adapter with: ")[1].splitlines()[0])
+    assert hint[hint.index("--adapter") + 1] == str(output_dir)
+    assert hint[hint.index("--model") + 1] == tiny_model_dir
+
+
 # ---------------------------------------------------------------------------------------------------------- bad inputs
 BAD_DATA = {
     "no_columns": [{"text": q} for q, _ in PROBLEMS],

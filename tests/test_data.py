@@ -101,14 +101,37 @@ def test_missing_file(tmp_path):
         load(tmp_path / "missing.jsonl")
 
 
+GOOD_LINE = json.dumps({"question": "q", "answer": "#### 1"}) + "\n"
+
+
 @pytest.mark.parametrize(
-    ("name", "content"),
-    [("bad.jsonl", "{not json\n"), ("bad.parquet", "not a parquet file"), ("bad.json", '{"question": ')],
+    ("name", "content", "expected"),
+    [
+        (
+            "bad.jsonl",
+            "{not json\n",
+            "line 1 is not valid JSON (Expecting property name enclosed in double quotes at ",
+        ),
+        # the line a user must fix, which datasets' own error does not give
+        (
+            "bad.jsonl",
+            GOOD_LINE * 2 + "\n" + '{"question": "q", "answer": }\n' + GOOD_LINE,
+            "line 4 is not valid JSON",
+        ),
+        ("bad.parquet", "not a parquet file", "could not be read as .parquet"),
+        ("bad.json", '{"question": ', "not valid JSON at line 1, column 14 (Expecting value); fix that line."),
+        ("bad.json", '[\n {"question": "q",\n  "answer" "#### 1"}\n]\n', "not valid JSON at line 3, column 12"),
+    ],
 )
-def test_malformed_file(tmp_path, name, content):
+def test_malformed_file(tmp_path, name, content, expected):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=rf"{name}: could not be read as \.{name.split('.')[1]}"):
+    with pytest.raises(ValueError) as error:
         load(tmp_path / name)
+    assert str(error.value).startswith(f"--dataset {tmp_path / name}: {expected}")
+
+
+def test_json_lines_in_a_json_file_are_read(tmp_path):
+    assert len(load(write_problems(tmp_path / "lines.json", ROWS))[0]) == len(ROWS)
 
 
 def test_unreadable_file(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import codecs
 import dataclasses
 import errno
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -206,6 +207,30 @@ def _parquet_without_rows(file: Path) -> bool:
         return False
 
 
+def _first_bad_json_line(file: Path) -> str | None:
+    """Where a JSON or JSON-lines file stops being JSON (datasets' own error gives no line), or None."""
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        return None
+    with open(file, encoding="utf-8") as handle:
+        lines = list(enumerate(handle, start=1))
+    bad_line = None
+    for number, line in lines:
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as error:
+            bad_line = f"line {number} is not valid JSON ({error.msg} at column {error.colno})"
+            break
+    if suffix == ".json" and bad_line is not None:  # one document over many lines, or JSON lines (datasets reads both)
+        try:
+            json.loads("".join(line for _, line in lines))
+        except json.JSONDecodeError as error:
+            return f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+        return None
+    return bad_line
+
+
 def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity.
 
@@ -222,6 +247,9 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
         except Exception as error:  # datasets raises many types for a malformed file
             if "corresponds to no data" in str(error) or _parquet_without_rows(file):
                 raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
+            bad_line = _first_bad_json_line(file)
+            if bad_line is not None:
+                raise ValueError(f"--dataset {file}: {bad_line}; fix that line.") from None
             raise ValueError(
                 f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
             ) from error
