@@ -3,6 +3,7 @@ appear whole or not at all, and runs that diverge."""
 
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 from functools import partial
@@ -23,8 +24,8 @@ from helpers import (
     write_problems,
 )
 
-from zerosiam_hf import PREDICTOR_NAME, pipeline
-from zerosiam_hf.commands import adapt
+from zerosiam_hf import PREDICTOR_NAME, modeling, pipeline
+from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.guards import NonFiniteGuard
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
@@ -147,6 +148,38 @@ def test_adapt_bad_inputs_exit_2_with_one_line(
     output_dir = tmp_path / "run"
     assert_usage_error(capsys, partial(adapt.main, adapt_argv(tiny_model_dir, dataset, output_dir, *argv)), expected)
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        (
+            flags(max_prompt_length=5000),
+            "holds 1024 positions, but --max_prompt_length 5000 + --max_new_tokens 4 = 5004 do not fit; lower "
+            "--max_prompt_length to 1020 (longer prompts are cut from the left) or --max_new_tokens.",
+        ),
+        (
+            flags(max_new_tokens=2000),
+            "holds 1024 positions, but --max_prompt_length 512 + --max_new_tokens 2000 = 2512 do not fit; lower "
+            "--max_new_tokens below 1024.",
+        ),
+    ],
+)
+def test_lengths_past_the_models_context_are_refused_before_it_loads(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path, lengths, expected
+):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the lengths were checked")
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained", no_weights)
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *lengths))
+    assert_usage_error(capsys, call, f"error: --model {tiny_model_dir} {expected}")
+    assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+    argv = flags(model=tiny_model_dir, dataset=problems_file, output_dir=tmp_path / "eval", max_new_tokens=4)
+    assert_usage_error(
+        capsys, partial(evaluate.main, [*argv, *lengths]), f"error: --model {tiny_model_dir} {expected}"
+    )
 
 
 def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, problems_file, tmp_path):

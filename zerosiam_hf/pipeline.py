@@ -102,7 +102,9 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
 
     # ------------------------------------------------------------------------------------------------ model
     with state.main_process_first():  # the embedded model is converted once, by the first process
-        model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+        model, tokenizer, model_spec = load_model_and_tokenizer(
+            model_args, lengths=(args.max_prompt_length, args.max_new_tokens)
+        )
         prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
     data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
@@ -276,7 +278,9 @@ def _evaluate_into(staging, model_args, data_args, generation, args, config) -> 
     problems, data_identity = load_problems(data_args)
 
     # ------------------------------------------------------------------------------------------------ model
-    model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+    model, tokenizer, model_spec = load_model_and_tokenizer(
+        model_args, lengths=(generation.max_prompt_length, generation.max_new_tokens)
+    )
     if torch.cuda.is_available() and not model_args.load_in_4bit:
         model.to("cuda")
     if args.adapter is not None:  # an adapter that does not fit the model is reported now, not after the base pass
