@@ -1,9 +1,11 @@
 """Tests for the adapt command: what a run writes, YAML configs, one-line errors for bad inputs, output folders that
 appear whole or not at all, and runs that diverge."""
 
+import errno
 import hashlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import partial
@@ -27,6 +29,7 @@ from helpers import (
 from zerosiam_hf import PREDICTOR_NAME, modeling, pipeline
 from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.guards import NonFiniteGuard
+from zerosiam_hf.staging import close_staging, open_staging, publish
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -334,6 +337,143 @@ def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, proble
     assert_usage_error(capsys, partial(adapt.main, argv), f"{stranger} was not made by zerosiam-hf")
     assert snapshot(stranger) == {"notes.txt": b"keep me"}
     assert not stranger.with_name("stranger.partial").exists()
+
+
+def test_files_a_user_adds_to_an_output_folder_are_never_deleted(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "u3"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1))
+    adapt.main(argv)
+    written = json.loads((output_dir / ".zerosiam-hf").read_text())["files"]
+    assert {"run.json", "adapter_model.safetensors", ".zerosiam-hf"} <= set(written) and ".lock" not in written
+    (output_dir / "notes.txt").write_text("keep me")
+    (output_dir / "myeval").mkdir()
+    (output_dir / "myeval" / "scores.csv").write_text("1,2")
+    expected = f"--output_dir {output_dir} holds myeval/, notes.txt, which no run wrote there; a run never deletes"
+    for extra in ([], ["--method", "tent", "--overwrite", "true"]):  # a same-settings rerun, and a replacement
+        assert_usage_error(capsys, partial(adapt.main, argv + extra), expected)
+        assert (output_dir / "notes.txt").read_text() == "keep me" and (output_dir / "myeval" / "scores.csv").exists()
+        assert not output_dir.with_name("u3.partial").exists()
+    shutil.move(output_dir / "notes.txt", tmp_path / "notes.txt")
+    shutil.move(output_dir / "myeval", tmp_path / "myeval")
+    adapt.main(argv + ["--method", "tent", "--overwrite", "true"])  # nothing of the user's left in it: replaced
+    assert json.loads((output_dir / "run.json").read_text())["config"]["ZeroSiamConfig"]["method"] == "tent"
+
+    # A folder with a run record that no run of this project wrote, beside a user's data.
+    foreign = tmp_path / "u5"
+    foreign.mkdir()
+    (foreign / "run.json").write_text("{}")
+    (foreign / "data.csv").write_text("a,b")
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, foreign, *flags(overwrite="true")))
+    assert_usage_error(capsys, call, f"--output_dir {foreign} holds data.csv, which no run wrote there")
+    assert snapshot(foreign) == {"data.csv": b"a,b", "run.json": b"{}"}
+
+
+def test_a_file_added_while_a_run_goes_on_stays_in_the_replaced_folder(tmp_path, caplog):
+    target = str(tmp_path / "out")
+    for round in range(2):
+        staging = open_staging(target)
+        (staging / "run.json").write_text(json.dumps({"round": round}))
+        if round == 1:  # added after check_output_dir looked, before the new run is published
+            (tmp_path / "out" / "late.txt").write_text("keep me")
+        with caplog.at_level("WARNING", logger="zerosiam_hf"):
+            publish(staging, target)
+        close_staging(staging)
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"round": 1}
+    assert snapshot(tmp_path / "out.old") == {"late.txt": b"keep me"}  # the old run's files went, the user's stayed
+    assert f"kept late.txt in {tmp_path / 'out.old'}: no run wrote them" in caplog.text
+    with pytest.raises(ValueError, match="out.old was not made by zerosiam-hf"):  # never deleted by a later run
+        open_staging(target)
+
+
+# ------------------------------------------------------------------------------------ file systems that refuse a write
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own tmpfs; `mount(options)` (re)mounts it, e.g. "size=40k" (full at once) or "ro"."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+            mounted.clear()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_leaves_nothing_and_the_same_command_then_works(
+    capsys, small_disk, tiny_model_dir, problems_file
+):
+    output_dir = small_disk("size=40k") / "u"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(save_steps=1))
+    for _ in range(2):  # each try leaves the disk as it found it: no staging folder, no temporary one
+        line = assert_stopped(capsys, partial(adapt.main, argv), f"--output_dir {output_dir}: the run stopped, ")
+        assert "(No space left on device); free space on that disk or choose another --output_dir" in line
+        assert line.endswith("nothing of this run was kept: then run the same command again.")
+        assert list(output_dir.parent.iterdir()) == []
+    small_disk("size=4m")  # space freed
+    adapt.main(argv)
+    assert (output_dir / "run.json").is_file() and list(output_dir.parent.iterdir()) == [output_dir]
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_leaves_the_last_complete_one_to_resume(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path
+):
+    saves = []
+    save_rng_state = ZeroSiamTrainer._save_rng_state
+
+    def disk_full_at_the_second_checkpoint(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "rng_state.pth"))
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(ZeroSiamTrainer, "_save_rng_state", disk_full_at_the_second_checkpoint)
+    output_dir = tmp_path / "run"
+    staging = tmp_path / "run.partial"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(save_steps=1))
+    line = assert_stopped(capsys, partial(adapt.main, argv), "(No space left on device); free space on that disk")
+    assert Path(saves[1]).parent == staging / ".tmp-checkpoint-2"  # written under a temporary name
+    assert line.endswith(
+        f"{staging / 'checkpoint-1'} is kept: then run the same command with --resume_from_checkpoint true."
+    )
+    assert sorted(p.name for p in staging.glob("*checkpoint*")) == ["checkpoint-1"]  # no half-written one
+    monkeypatch.undo()
+    # The advice holds: a plain rerun points at the resume, and the resume finishes the run.
+    assert_usage_error(capsys, partial(adapt.main, argv), "resume it with --resume_from_checkpoint true")
+    record = adapt.main(argv + ["--resume_from_checkpoint", "true"])
+    assert record["results"]["steps"] == 3 and not staging.exists()
+    assert len(read_jsonl(output_dir / "predictions.jsonl")) == len(PROBLEMS)
+
+
+@pytest.mark.parametrize("where", ["read_only", "through_a_file"])
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_the_model_loads(
+    capsys, monkeypatch, small_disk, tiny_model_dir, problems_file, tmp_path, where
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was found unwritable")
+
+    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", no_model)
+    if where == "read_only":
+        parent = small_disk("ro")
+        expected = f"cannot write {parent} (Read-only file system); choose an --output_dir on a file system you can"
+    else:
+        parent = tmp_path / "afile"
+        parent.write_text("a file")
+        expected = f"cannot write {parent} (File exists); a part of that path is a file, not a folder; choose another"
+    output_dir = parent / "sub"
+    line = assert_usage_error(
+        capsys, partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir)), expected
+    )
+    assert line.startswith(f"error: --output_dir {output_dir}: ")
+    assert parent.read_text() == "a file" if where == "through_a_file" else list(parent.iterdir()) == []
 
 
 def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):
