@@ -146,7 +146,11 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         if records:
             write_jsonl(staging / PREDICTIONS_FILE, records)  # the streamed answers, now in dataset order
         write_json(staging / RUN_FILE, record)
-        for finished in staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the run is whole: nothing left to resume
+        # The run is whole: nothing left to resume, nor a checkpoint a kill cut short (.tmp-checkpoint-<step>).
+        for finished in [
+            *staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+            *staging.glob(f".tmp-{PREFIX_CHECKPOINT_DIR}-*"),
+        ]:
             shutil.rmtree(finished)
     state.wait_for_everyone()
     bad, total = nonfinite_tensors(staging / ADAPTER_WEIGHTS)

@@ -45,6 +45,10 @@ RUN_OUTPUTS = {
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
 }
 # The advice after a file-system error, by its errno: what makes the next try work.
 _OS_ADVICE = {
@@ -90,6 +94,7 @@ def staged_output(
     """
     main_process = state is None or state.is_main_process
     check_output_dir(output_dir, config, overwrite, record_file=record_file)
+    _refuse_to_replace_foreign_entries(output_dir, record_file)
     staging = staging_path(output_dir)
     if main_process:
         try:
@@ -164,14 +169,6 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
         return
     if not target.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; choose a folder.")
-    if _owned(target) or (target / record_file).is_file():
-        foreign = foreign_entries(target)
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise ValueError(
-                f"--output_dir {output_dir} holds {shown}, which no run wrote there; a run never deletes what it did "
-                "not write, even with --overwrite true: move them out of the folder or choose another --output_dir."
-            )
     if overwrite:
         return
     if (target / record_file).is_file():
@@ -184,6 +181,21 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
         raise ValueError(
             f"--output_dir {output_dir} is not empty and holds no {record_file}; choose another folder or pass "
             "--overwrite true."
+        )
+
+
+def _refuse_to_replace_foreign_entries(output_dir: str, record_file: str) -> None:
+    """A run's folder is replaced when the new run is published: refuse, naming them, when it holds anything no run
+    wrote (a user's notes, an evaluation of their own), since replacing it would delete them."""
+    target = Path(output_dir)
+    if not (target.is_dir() and (_owned(target) or (target / record_file).is_file())):
+        return  # nothing to replace, or a folder open_staging refuses as not the project's
+    foreign = foreign_entries(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--output_dir {output_dir} holds {shown}, which no run wrote there; a run never deletes what it did "
+            "not write, even with --overwrite true: move them out of the folder or choose another --output_dir."
         )
 
 
