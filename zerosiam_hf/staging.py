@@ -110,6 +110,8 @@ def staged_output(
             if not _writing(error, staging):  # a model or data file that cannot be read is no output problem
                 raise
             raise _failed_run(error, output_dir, staging, main_process) from None
+        if state is not None:  # no process still reads the staging folder (the adapter's finiteness) when it moves
+            state.wait_for_everyone()
         if main_process:
             try:
                 publish(staging, output_dir)
