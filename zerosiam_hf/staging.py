@@ -70,7 +70,8 @@ class OutputArguments:
         default=False,
         metadata={
             "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
-            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
+            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped, and a file no "
+            "run wrote there (your notes) is never deleted: such a folder is refused."
         },
     )
 
