@@ -294,10 +294,11 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     finally:
         checker.close()
     if unscorable:
-        rows = ", ".join(map(str, unscorable[:20])) + (", ..." if len(unscorable) > 20 else "")
+        rows = ("rows " if len(unscorable) > 1 else "row ") + ", ".join(map(str, unscorable[:20]))
+        rows += ", ..." if len(unscorable) > 20 else ""
         problem = (
             f"--dataset {args.dataset}: {len(unscorable)} of {len(gold)} gold answers cannot be matched by the "
-            f"{args.checker} checker, not even by themselves (rows {rows}), so no answer can score those rows right"
+            f"{args.checker} checker, not even by themselves ({rows}), so no answer can score those rows right"
         )
         if not args.allow_unscorable_golds:
             raise ValueError(f"{problem}; fix them, or pass --allow_unscorable_golds true to count them as wrong.")
