@@ -1,8 +1,11 @@
 """Tests for the adapt command: what a run writes, YAML configs, one-line errors for bad inputs, output folders that
 appear whole or not at all, and runs that diverge."""
 
+import errno
 import hashlib
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from functools import partial
@@ -23,9 +26,10 @@ from helpers import (
     write_problems,
 )
 
-from zerosiam_hf import PREDICTOR_NAME, pipeline
-from zerosiam_hf.commands import adapt
+from zerosiam_hf import PREDICTOR_NAME, modeling, pipeline
+from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.guards import NonFiniteGuard
+from zerosiam_hf.staging import close_staging, open_staging, publish
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -90,6 +94,14 @@ def test_yaml_config_with_command_line_override(tiny_model_dir, problems_file, t
     assert json.loads((output_dir / "run.json").read_text())["results"]["online"] is None
 
 
+def test_the_evaluate_hint_quotes_a_path_with_spaces(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "my runs" / "tent 1"
+    adapt.main(adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1)))
+    hint = shlex.split(capsys.readouterr().out.split("evaluate the adapter with: ")[1].splitlines()[0])
+    assert hint[hint.index("--adapter") + 1] == str(output_dir)
+    assert hint[hint.index("--model") + 1] == tiny_model_dir
+
+
 # ---------------------------------------------------------------------------------------------------------- bad inputs
 BAD_DATA = {
     "no_columns": [{"text": q} for q, _ in PROBLEMS],
@@ -121,6 +133,18 @@ BAD_DATA = {
         (None, ["--predictor_lr_scale=-inf"], "--predictor_lr_scale must be a finite number, got -inf"),
         (None, ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
         (None, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer"),
+        # TrainingArguments' own options: reported before the model loads, not as a ZeroDivisionError or at publish.
+        (None, ["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive integer"),
+        (None, ["--save_steps", "0"], "--save_steps must be a finite number > 0"),
+        (None, ["--save_steps=-1"], "--save_steps must be a finite number > 0"),
+        (None, ["--max_steps=-5"], "--max_steps must be a positive integer, or -1"),
+        (None, ["--max_steps", "0"], "--max_steps must be a positive integer, or -1"),
+        (None, ["--weight_decay", "nan"], "--weight_decay must be a finite number >= 0, got nan"),
+        (None, ["--adam_epsilon", "0"], "--adam_epsilon must be a finite number > 0, got 0"),
+        (None, ["--adam_beta2", "1"], "--adam_beta2 must be in [0, 1), got 1"),
+        (None, ["--warmup_steps", "inf"], "--warmup_steps must be a finite number >= 0"),
+        (None, ["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number >= 0"),
+        (None, ["--num_train_epochs", "0"], "--num_train_epochs must be a finite number > 0"),
     ],
 )
 def test_adapt_bad_inputs_exit_2_with_one_line(
@@ -138,6 +162,38 @@ def test_adapt_bad_inputs_exit_2_with_one_line(
     output_dir = tmp_path / "run"
     assert_usage_error(capsys, partial(adapt.main, adapt_argv(tiny_model_dir, dataset, output_dir, *argv)), expected)
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        (
+            flags(max_prompt_length=5000),
+            "holds 1024 positions, but --max_prompt_length 5000 + --max_new_tokens 4 = 5004 do not fit; lower "
+            "--max_prompt_length to 1020 (longer prompts are cut from the left) or --max_new_tokens.",
+        ),
+        (
+            flags(max_new_tokens=2000),
+            "holds 1024 positions, but --max_prompt_length 512 + --max_new_tokens 2000 = 2512 do not fit; lower "
+            "--max_new_tokens below 1024.",
+        ),
+    ],
+)
+def test_lengths_past_the_models_context_are_refused_before_it_loads(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path, lengths, expected
+):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the lengths were checked")
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained", no_weights)
+    output_dir = tmp_path / "run"
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *lengths))
+    assert_usage_error(capsys, call, f"error: --model {tiny_model_dir} {expected}")
+    assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+    argv = flags(model=tiny_model_dir, dataset=problems_file, output_dir=tmp_path / "eval", max_new_tokens=4)
+    assert_usage_error(
+        capsys, partial(evaluate.main, [*argv, *lengths]), f"error: --model {tiny_model_dir} {expected}"
+    )
 
 
 def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, problems_file, tmp_path):
@@ -292,6 +348,143 @@ def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, proble
     assert_usage_error(capsys, partial(adapt.main, argv), f"{stranger} was not made by zerosiam-hf")
     assert snapshot(stranger) == {"notes.txt": b"keep me"}
     assert not stranger.with_name("stranger.partial").exists()
+
+
+def test_files_a_user_adds_to_an_output_folder_are_never_deleted(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "u3"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(protocol="offline", max_steps=1))
+    adapt.main(argv)
+    written = json.loads((output_dir / ".zerosiam-hf").read_text())["files"]
+    assert {"run.json", "adapter_model.safetensors", ".zerosiam-hf"} <= set(written) and ".lock" not in written
+    (output_dir / "notes.txt").write_text("keep me")
+    (output_dir / "myeval").mkdir()
+    (output_dir / "myeval" / "scores.csv").write_text("1,2")
+    expected = f"--output_dir {output_dir} holds myeval/, notes.txt, which no run wrote there; a run never deletes"
+    for extra in ([], ["--method", "tent", "--overwrite", "true"]):  # a same-settings rerun, and a replacement
+        assert_usage_error(capsys, partial(adapt.main, argv + extra), expected)
+        assert (output_dir / "notes.txt").read_text() == "keep me" and (output_dir / "myeval" / "scores.csv").exists()
+        assert not output_dir.with_name("u3.partial").exists()
+    shutil.move(output_dir / "notes.txt", tmp_path / "notes.txt")
+    shutil.move(output_dir / "myeval", tmp_path / "myeval")
+    adapt.main(argv + ["--method", "tent", "--overwrite", "true"])  # nothing of the user's left in it: replaced
+    assert json.loads((output_dir / "run.json").read_text())["config"]["ZeroSiamConfig"]["method"] == "tent"
+
+    # A folder with a run record that no run of this project wrote, beside a user's data.
+    foreign = tmp_path / "u5"
+    foreign.mkdir()
+    (foreign / "run.json").write_text("{}")
+    (foreign / "data.csv").write_text("a,b")
+    call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, foreign, *flags(overwrite="true")))
+    assert_usage_error(capsys, call, f"--output_dir {foreign} holds data.csv, which no run wrote there")
+    assert snapshot(foreign) == {"data.csv": b"a,b", "run.json": b"{}"}
+
+
+def test_a_file_added_while_a_run_goes_on_stays_in_the_replaced_folder(tmp_path, caplog):
+    target = str(tmp_path / "out")
+    for round in range(2):
+        staging = open_staging(target)
+        (staging / "run.json").write_text(json.dumps({"round": round}))
+        if round == 1:  # added after check_output_dir looked, before the new run is published
+            (tmp_path / "out" / "late.txt").write_text("keep me")
+        with caplog.at_level("WARNING", logger="zerosiam_hf"):
+            publish(staging, target)
+        close_staging(staging)
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"round": 1}
+    assert snapshot(tmp_path / "out.old") == {"late.txt": b"keep me"}  # the old run's files went, the user's stayed
+    assert f"kept late.txt in {tmp_path / 'out.old'}: no run wrote them" in caplog.text
+    with pytest.raises(ValueError, match="out.old was not made by zerosiam-hf"):  # never deleted by a later run
+        open_staging(target)
+
+
+# ------------------------------------------------------------------------------------ file systems that refuse a write
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own tmpfs; `mount(options)` (re)mounts it, e.g. "size=40k" (full at once) or "ro"."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+            mounted.clear()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_leaves_nothing_and_the_same_command_then_works(
+    capsys, small_disk, tiny_model_dir, problems_file
+):
+    output_dir = small_disk("size=40k") / "u"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(save_steps=1))
+    for _ in range(2):  # each try leaves the disk as it found it: no staging folder, no temporary one
+        line = assert_stopped(capsys, partial(adapt.main, argv), f"--output_dir {output_dir}: the run stopped, ")
+        assert "(No space left on device); free space on that disk or choose another --output_dir" in line
+        assert line.endswith("nothing of this run was kept: then run the same command again.")
+        assert list(output_dir.parent.iterdir()) == []
+    small_disk("size=4m")  # space freed
+    adapt.main(argv)
+    assert (output_dir / "run.json").is_file() and list(output_dir.parent.iterdir()) == [output_dir]
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_leaves_the_last_complete_one_to_resume(
+    capsys, monkeypatch, tiny_model_dir, problems_file, tmp_path
+):
+    saves = []
+    save_rng_state = ZeroSiamTrainer._save_rng_state
+
+    def disk_full_at_the_second_checkpoint(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "rng_state.pth"))
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(ZeroSiamTrainer, "_save_rng_state", disk_full_at_the_second_checkpoint)
+    output_dir = tmp_path / "run"
+    staging = tmp_path / "run.partial"
+    argv = adapt_argv(tiny_model_dir, problems_file, output_dir, *flags(save_steps=1))
+    line = assert_stopped(capsys, partial(adapt.main, argv), "(No space left on device); free space on that disk")
+    assert Path(saves[1]).parent == staging / ".tmp-checkpoint-2"  # written under a temporary name
+    assert line.endswith(
+        f"{staging / 'checkpoint-1'} is kept: then run the same command with --resume_from_checkpoint true."
+    )
+    assert sorted(p.name for p in staging.glob("*checkpoint*")) == ["checkpoint-1"]  # no half-written one
+    monkeypatch.undo()
+    # The advice holds: a plain rerun points at the resume, and the resume finishes the run.
+    assert_usage_error(capsys, partial(adapt.main, argv), "resume it with --resume_from_checkpoint true")
+    record = adapt.main(argv + ["--resume_from_checkpoint", "true"])
+    assert record["results"]["steps"] == 3 and not staging.exists()
+    assert len(read_jsonl(output_dir / "predictions.jsonl")) == len(PROBLEMS)
+
+
+@pytest.mark.parametrize("where", ["read_only", "through_a_file"])
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_the_model_loads(
+    capsys, monkeypatch, small_disk, tiny_model_dir, problems_file, tmp_path, where
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was found unwritable")
+
+    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", no_model)
+    if where == "read_only":
+        parent = small_disk("ro")
+        expected = f"cannot write {parent} (Read-only file system); choose an --output_dir on a file system you can"
+    else:
+        parent = tmp_path / "afile"
+        parent.write_text("a file")
+        expected = f"cannot write {parent} (File exists); a part of that path is a file, not a folder; choose another"
+    output_dir = parent / "sub"
+    line = assert_usage_error(
+        capsys, partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir)), expected
+    )
+    assert line.startswith(f"error: --output_dir {output_dir}: ")
+    assert parent.read_text() == "a file" if where == "through_a_file" else list(parent.iterdir()) == []
 
 
 def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):

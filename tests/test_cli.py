@@ -43,6 +43,13 @@ def test_a_required_field_missing_from_both_is_still_an_error(tmp_path, capsys):
         ("out.jsonl\n", "expected a mapping of option names to values (name: value), got a str."),
         ("output: x\noutptu: y\n", "unknown option(s) outptu; see --help."),
         ("output: [x\n", "not valid YAML (ParserError)."),
+        # yaml.safe_load keeps the last of two equal keys: the run would silently use another dataset.
+        ("output: x\nn: 5\noutput: y\n", "output is given twice (lines 1 and 3); keep one."),
+        (
+            "output: x\nconfig: other.yaml\n",
+            "a config cannot name another one (config: other.yaml); copy its options into this file, or pass that "
+            "file as --config.",
+        ),
     ],
 )
 def test_a_config_that_cannot_be_used_names_the_file(tmp_path, yaml_text, expected):
@@ -52,6 +59,22 @@ def test_a_config_that_cannot_be_used_names_the_file(tmp_path, yaml_text, expect
         parse_args((Arguments,), ["--config", str(config)])
     assert str(error.value) == f"--config {config}: {expected}"
     assert "\n" not in str(error.value)
+
+
+@dataclass
+class ListArguments:
+    modules: list[str] = field(default_factory=lambda: ["a", "b"], metadata={"help": "A list flag."})
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"), [("modules: q_proj\n", ["q_proj"]), ("modules: [q, v]\n", ["q", "v"])]
+)
+def test_a_yaml_scalar_for_a_list_flag_is_a_one_element_list(tmp_path, yaml_text, expected):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text)
+    (from_file,) = parse_args((ListArguments,), ["--config", str(config)])
+    (from_flag,) = parse_args((ListArguments,), ["--modules", *expected])
+    assert from_file.modules == from_flag.modules == expected
 
 
 def test_make_synthetic_takes_its_output_from_the_config(tmp_path):

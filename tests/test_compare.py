@@ -6,7 +6,7 @@ import statistics
 import pytest
 from helpers import PROBLEMS, REPO, write_problems
 
-from zerosiam_hf import pipeline
+from zerosiam_hf import comparison, pipeline
 from zerosiam_hf.commands import compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
@@ -111,7 +111,7 @@ def test_summary_names_an_ablation_and_averages_over_seeds():
             "timings": {"adapt_seconds": 10.0},
         }
 
-    rows = compare.summarize(
+    rows = comparison.summarize(
         {"zerosiam": [record("no_stop_gradient", 25.0, [1.0, 0.2]), record("no_stop_gradient", 50.0, [1.0, 0.4])]}
     )
     (row,) = rows
@@ -119,7 +119,7 @@ def test_summary_names_an_ablation_and_averages_over_seeds():
     assert row["flexible_mean"] == 37.5 and row["flexible_std"] == pytest.approx(17.6776695)
     assert row["final_entropy"] == pytest.approx(0.3) and row["degenerate"] == 0.5
     assert row["final_logit_norm"] is None
-    assert compare.summarize({"tent": [record("none", 10.0, [0.5])]})[0]["method"] == "tent"
+    assert comparison.summarize({"tent": [record("none", 10.0, [0.5])]})[0]["method"] == "tent"
 
 
 def write_math_problems(path, n: int = 4) -> str:
@@ -167,13 +167,13 @@ def test_math_checker_flag_scores_latex_answers(tiny_model_dir, tmp_path):
 
 
 def test_paper_table_is_reported_apart_and_only_for_its_benchmarks():
-    table = compare.paper_table(["math500", "aime24", "college_math", "minerva_math"])
+    table = comparison.paper_table(["math500", "aime24", "college_math", "minerva_math"])
     assert table.splitlines()[0] == "| method | Math-500 | AIME24 | CollegeMath | Minerva | avg |"
     assert "| ZeroSiam | 52.60 | 13.33 | 26.25 | 22.06 | 28.56 |" in table
     assert "| no adaptation | 49.20 | 3.33 | 25.00 | 20.96 | 24.62 |" in table
-    partial = compare.paper_table(["gsm8k", "math500"])
+    partial = comparison.paper_table(["gsm8k", "math500"])
     assert partial.splitlines()[0] == "| method | Math-500 |" and "avg" not in partial
-    assert compare.paper_table(["gsm8k"]) == ""
+    assert comparison.paper_table(["gsm8k"]) == ""
 
 
 def test_paper_suite_config_dry_run_resolves_every_benchmark(capsys, monkeypatch):
@@ -205,11 +205,11 @@ def test_compare_resumes_a_run_stopped_after_a_checkpoint(tiny_model_dir, proble
     class Stop(Exception):
         pass
 
-    def recording_run(model_args, data_args, output_args, args):
+    def recording_run(model_args, data_args, output_args, args, **kwargs):
         resumed[args.seed] = args.resume_from_checkpoint
         if args.seed == 1:
             raise Stop
-        return real_run(model_args, data_args, output_args, args)
+        return real_run(model_args, data_args, output_args, args, **kwargs)
 
     monkeypatch.setattr(pipeline, "adapt", recording_run)
     with pytest.raises(Stop):

@@ -14,7 +14,8 @@ from helpers import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
 from zerosiam_hf import data
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
-from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
+from zerosiam_hf.records import config_dict
+from zerosiam_hf.tasks import MATH_INSTRUCTION, NUMERIC_INSTRUCTION
 
 
 ROWS = [{"question": q, "answer": a} for q, a in PROBLEMS]
@@ -100,14 +101,37 @@ def test_missing_file(tmp_path):
         load(tmp_path / "missing.jsonl")
 
 
+GOOD_LINE = json.dumps({"question": "q", "answer": "#### 1"}) + "\n"
+
+
 @pytest.mark.parametrize(
-    ("name", "content"),
-    [("bad.jsonl", "{not json\n"), ("bad.parquet", "not a parquet file"), ("bad.json", '{"question": ')],
+    ("name", "content", "expected"),
+    [
+        (
+            "bad.jsonl",
+            "{not json\n",
+            "line 1 is not valid JSON (Expecting property name enclosed in double quotes at ",
+        ),
+        # the line a user must fix, which datasets' own error does not give
+        (
+            "bad.jsonl",
+            GOOD_LINE * 2 + "\n" + '{"question": "q", "answer": }\n' + GOOD_LINE,
+            "line 4 is not valid JSON",
+        ),
+        ("bad.parquet", "not a parquet file", "could not be read as .parquet"),
+        ("bad.json", '{"question": ', "not valid JSON at line 1, column 14 (Expecting value); fix that line."),
+        ("bad.json", '[\n {"question": "q",\n  "answer" "#### 1"}\n]\n', "not valid JSON at line 3, column 12"),
+    ],
 )
-def test_malformed_file(tmp_path, name, content):
+def test_malformed_file(tmp_path, name, content, expected):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=rf"{name}: could not be read as \.{name.split('.')[1]}"):
+    with pytest.raises(ValueError) as error:
         load(tmp_path / name)
+    assert str(error.value).startswith(f"--dataset {tmp_path / name}: {expected}")
+
+
+def test_json_lines_in_a_json_file_are_read(tmp_path):
+    assert len(load(write_problems(tmp_path / "lines.json", ROWS))[0]) == len(ROWS)
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
@@ -204,6 +228,21 @@ def test_numeric_questions_are_refused(tmp_path):
     rows = [{"question": 17, "answer": "#### 3"}, {"question": 18, "answer": "#### 4"}]
     with pytest.raises(ValueError, match=r"row 0: the question is 17, not text; every row needs a question"):
         load(write_problems(tmp_path / "p.jsonl", rows))
+
+
+# --------------------------------------------------------------------------------------------------------- instruction
+def test_a_files_default_instruction_follows_its_checker():
+    """The strict math score reads the last \\boxed{}: a math file asked for `#### <number>` would score 0 strict."""
+    assert DataArguments(dataset="amc.jsonl", checker="math").instruction == MATH_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl").instruction == NUMERIC_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl", checker="math", instruction="Box it.").instruction == "Box it."
+    recorded = config_dict(DataArguments(dataset="amc.jsonl", checker="math"))["DataArguments"]
+    assert recorded["instruction"] == MATH_INSTRUCTION and recorded["checker"] == "math"  # as run.json holds it
+    # Another dataset keeps a checker given explicitly, and the instruction that goes with it.
+    moved = DataArguments(dataset="amc.jsonl", checker="math").for_dataset("aime.jsonl")
+    assert (moved.checker, moved.instruction) == ("math", MATH_INSTRUCTION)
+    assert DataArguments(dataset="amc.jsonl", checker="math").for_dataset("gsm8k").instruction == MATH_INSTRUCTION
+    assert DataArguments(dataset="amc.jsonl").for_dataset("math500").instruction == MATH_INSTRUCTION
 
 
 # ------------------------------------------------------------------------------------------------------------- prompts

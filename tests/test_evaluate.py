@@ -100,6 +100,8 @@ def corrupt(adapter: Path, target: Path, how: str) -> Path:
         save_file({name: t for name, t in tensors.items() if PREDICTOR_NAME not in name}, weights)
     elif how == "rank":
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "r": 16}))
+    elif how == "config_not_json":
+        config_file.write_text("{'r': 8}")
     elif how == "nan":
         name = sorted(name for name in tensors if "lora_B" in name)[0]
         save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, weights)
@@ -111,6 +113,8 @@ BAD_ADAPTERS = {
     "tent_weights": "its weights do not fit its adapter_config.json or this model (KeyError",
     "rank": "its weights do not fit its adapter_config.json or this model (RuntimeError: size mismatch for",
     "nan": "1 of 17 tensors hold NaN or Inf",
+    "config_not_json": "adapter_config.json is not valid JSON (Expecting property name enclosed in double quotes: "
+    "line 1 column 2 (char 1)); give the output_dir of adapt.py",
 }
 
 

@@ -19,7 +19,7 @@ LIMIT, MAX_NEW_TOKENS = 4, 32
 
 
 def run_harness(pretrained: str, adapter: str | None = None, task: str = "zerosiam_gsm8k", limit: int = LIMIT) -> dict:
-    """The harness on a shipped task, as the README's lm_eval command runs it (chat template, greedy)."""
+    """The harness on a shipped task, as docs/LM_EVAL.md's lm_eval command runs it (chat template, greedy)."""
     from lm_eval.tasks import TaskManager
 
     model_args = f"pretrained={pretrained},dtype=float32" + (f",peft={adapter}" if adapter else "")

@@ -91,6 +91,9 @@ def test_resume_command_keeps_launcher_and_flags_and_quotes_paths(monkeypatch):
         *["accelerate", "launch", "--cpu", "scripts/adapt.py", "--output_dir", "my runs/a", "--seed", "1"],
         *["--resume_from_checkpoint", "true"],
     ]
+    # a comparison resumes its stopped run when run again as it was
+    monkeypatch.setattr(invocation, "_parent_command", lambda: ["accelerate", "launch", "--cpu", "compare.py", "-s"])
+    assert invocation.same_command(["compare.py", "--seeds", "0"]) == "accelerate launch --cpu compare.py --seeds 0"
     monkeypatch.setattr(invocation, "_parent_command", lambda: [])
     module = str(COMMANDS / "adapt.py")  # sys.argv[0] under python -m zerosiam_hf.commands.adapt
     assert shlex.split(invocation.resume_command([module, "--seed", "1"]))[:3] == [

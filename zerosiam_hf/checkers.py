@@ -39,6 +39,10 @@ class NumericChecker:
         """Whether two extracted answers (`pred_flexible` values) are the same number."""
         return Fraction(a) == Fraction(b)
 
+    def unscorable(self, gold: dict) -> list:
+        """None here: `parse_gold` already refuses a gold without a number."""
+        return []
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -73,6 +77,13 @@ class MathChecker:
         """Whether two extracted answers (`pred_flexible` values) are equal under math-verify, `a` taken as the gold
         (so `1/2` and `0.5` agree); a check that times out says no."""
         return bool(self._check(a, f"${b}$")["correct_flexible"])
+
+    def unscorable(self, gold: dict) -> list:
+        """The keys of `gold` whose answer no output can match: math-verify cannot parse it, or the gold in a
+        `\\boxed{}` does not verify equal to itself (or that check runs over the timeout)."""
+        keys = list(gold)
+        results = self.score([f"$\\boxed{{{gold[key]}}}$" for key in keys], [gold[key] for key in keys])
+        return [key for key, result in zip(keys, results) if not result["correct_strict"]]
 
     def _check(self, gold: str, text: str) -> dict:
         worker = self._start()

@@ -19,6 +19,28 @@ class _OneLineParser(HfArgumentParser):
         sys.exit(2)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, lines: tuple[int, int]):
+        super().__init__(f"{key} is given twice (lines {lines[0]} and {lines[1]})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping, where `yaml.safe_load` keeps the last one silently
+    (`dataset: my.jsonl` then `dataset: gsm8k` would run on GSM8K)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise _DuplicateKey(key, (first, key_node.start_mark.line + 1))
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """Parse dataclasses from `--config file.yaml` (flat keys) overridden by command-line flags."""
     parser = _OneLineParser(dataclass_types)
@@ -33,7 +55,9 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         if not path.is_file():
             raise UsageError(f"--config {config_path}: no such file.")
         try:
-            values = yaml.safe_load(path.read_text())
+            values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        except _DuplicateKey as error:
+            raise UsageError(f"--config {config_path}: {error}; keep one.") from None
         except yaml.YAMLError as error:
             raise UsageError(f"--config {config_path}: not valid YAML ({error.__class__.__name__}).") from None
         if values is None:
@@ -42,6 +66,11 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
             raise UsageError(
                 f"--config {config_path}: expected a mapping of option names to values (name: value), "
                 f"got a {type(values).__name__}."
+            )
+        if "config" in values:  # read only from the command line: one file gives the defaults, never a chain
+            raise UsageError(
+                f"--config {config_path}: a config cannot name another one (config: {values['config']}); copy its "
+                "options into this file, or pass that file as --config."
             )
         actions = {action.dest: action for action in parser._actions}
         unknown = sorted(str(name) for name in values if name not in actions)
@@ -56,9 +85,13 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
 
 
 def _typed(action, value, config_path: str):
-    """A YAML value for a numeric flag, checked against its type: argparse converts string defaults only, so
-    `lora_r: [4]` or `lora_r: 4.5` would otherwise reach the config as a list or a float. Other flags (some take a
-    string or a list, such as report_to) keep their YAML value."""
+    """A YAML value as the flag would give it: a scalar for a flag that takes a list becomes a one-element list
+    (`lora_target_modules: q_proj` as `--lora_target_modules q_proj`), and a value for a numeric flag is checked
+    against its type, since argparse converts string defaults only (`lora_r: [4]` or `lora_r: 4.5` would otherwise
+    reach the config as a list or a float). Other flags (some take a string or a list, such as report_to) keep their
+    YAML value."""
+    if action.nargs in ("+", "*") and value is not None and not isinstance(value, list):
+        value = [value]
     if action.type not in (int, float) or value is None:
         return value
     if isinstance(value, list) != (action.nargs in ("+", "*")):

@@ -237,6 +237,27 @@ class ZeroSiamConfig(TrainingArguments):
             raise ValueError(f"--loss_chunk_size must be >= 0 (0 = naive), got {self.loss_chunk_size}.")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"--generation_batch_size must be a positive integer, got {self.generation_batch_size}.")
+        # TrainingArguments' own numbers that a run relies on: it checks few of them, some only after the model loads
+        # (a ZeroDivisionError for no accumulation), some never (a NaN decay is caught when the adapter is published).
+        for name, valid, wanted in (
+            ("gradient_accumulation_steps", lambda v: v >= 1, "a positive integer"),
+            ("num_train_epochs", lambda v: v > 0, "a finite number > 0"),
+            ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+            ("adam_epsilon", lambda v: v > 0, "a finite number > 0"),
+            ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("warmup_steps", lambda v: v >= 0, "a finite number >= 0 (steps, or a share of the run below 1)"),
+            ("max_grad_norm", lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
+            ("logging_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
+            ("save_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and valid(value)):
+                raise ValueError(f"--{name} must be {wanted}, got {value}.")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(
+                f"--max_steps must be a positive integer, or -1 for --num_train_epochs passes; got {self.max_steps}."
+            )
         if self.episodic and self.gradient_accumulation_steps != 1:
             raise ValueError("--episodic resets after every batch; use --gradient_accumulation_steps 1.")
         if self.protocol == "online" and self.num_train_epochs != 1 and self.max_steps <= 0:

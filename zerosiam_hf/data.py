@@ -5,6 +5,7 @@ import codecs
 import dataclasses
 import errno
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pyarrow.parquet
 from datasets import Dataset
 
 from .checkers import CHECKERS, make_checker
-from .tasks import BENCHMARKS, NUMERIC_INSTRUCTION
+from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS
 
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class DataArguments:
     instruction: str | None = field(
         default=None,
         metadata={
-            "help": "Text appended to each question in the user message; default: the benchmark's own (README), "
-            "the GSM8K one for other data."
+            "help": "Text appended to each question in the user message; default: the benchmark's own "
+            "(docs/PAPER_BENCHMARKS.md), else the checker's (GSM8K's `#### <number>` for numeric, the boxed one for "
+            "math)."
         },
     )
     checker: str = field(
@@ -58,6 +60,14 @@ class DataArguments:
     )
     check_timeout: float = field(
         default=5.0, metadata={"help": "Seconds one math answer check may take; one that runs over counts as wrong."}
+    )
+    allow_unscorable_golds: bool = field(
+        default=False,
+        metadata={
+            "help": "Run on a file some of whose gold answers the checker cannot match, not even with themselves "
+            "(checked when a file is loaded with --checker math); those rows count as wrong. Without it such a "
+            "file is refused, naming the rows."
+        },
     )
 
     def __post_init__(self):
@@ -71,15 +81,16 @@ class DataArguments:
         benchmark = BENCHMARKS.get(self.dataset)
         if self.checker == "auto":
             self.checker = benchmark.checker if benchmark else "numeric"
-        if self.instruction is None:
-            self.instruction = benchmark.instruction if benchmark else NUMERIC_INSTRUCTION
+        if self.instruction is None:  # follows the checker: math answers asked for as `#### <number>` score 0 strict
+            own = benchmark is not None and benchmark.checker == self.checker
+            self.instruction = benchmark.instruction if own else CHECKER_INSTRUCTIONS[self.checker]
 
     def for_dataset(self, name: str) -> "DataArguments":
         """The same settings for another dataset; an instruction or checker that was the old dataset's default
         becomes the new one's (one given explicitly is kept)."""
         default = DataArguments(dataset=self.dataset)
         changes = {"dataset": name}
-        if self.instruction == default.instruction:
+        if self.instruction == DataArguments(dataset=self.dataset, checker=self.checker).instruction:
             changes["instruction"] = None
         if self.checker == default.checker:
             changes["checker"] = "auto"
@@ -196,6 +207,30 @@ def _parquet_without_rows(file: Path) -> bool:
         return False
 
 
+def _first_bad_json_line(file: Path) -> str | None:
+    """Where a JSON or JSON-lines file stops being JSON (datasets' own error gives no line), or None."""
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        return None
+    with open(file, encoding="utf-8") as handle:
+        lines = list(enumerate(handle, start=1))
+    bad_line = None
+    for number, line in lines:
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as error:
+            bad_line = f"line {number} is not valid JSON ({error.msg} at column {error.colno})"
+            break
+    if suffix == ".json" and bad_line is not None:  # one document over many lines, or JSON lines (datasets reads both)
+        try:
+            json.loads("".join(line for _, line in lines))
+        except json.JSONDecodeError as error:
+            return f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+        return None
+    return bad_line
+
+
 def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity.
 
@@ -212,6 +247,9 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
         except Exception as error:  # datasets raises many types for a malformed file
             if "corresponds to no data" in str(error) or _parquet_without_rows(file):
                 raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
+            bad_line = _first_bad_json_line(file)
+            if bad_line is not None:
+                raise ValueError(f"--dataset {file}: {bad_line}; fix that line.") from None
             raise ValueError(
                 f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
             ) from error
@@ -246,10 +284,26 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     if (question, answer) != ("question", "answer"):
         dataset = dataset.rename_columns({question: "question", answer: "answer"})
     dataset = dataset.add_column("index", list(range(len(dataset))))
+    checker = args.make_checker()
     try:  # every gold must parse before the model is loaded
-        gold_answers(dataset, args.make_checker())
+        gold = gold_answers(dataset, checker)
+        # A named benchmark's golds are audited by the tests (test_gold_audit); a user's file gets its audit here.
+        unscorable = [] if benchmark else checker.unscorable(gold)
     except ValueError as error:
         raise ValueError(f"--dataset {args.dataset}: {error}.") from None
+    finally:
+        checker.close()
+    if unscorable:
+        rows = ("rows " if len(unscorable) > 1 else "row ") + ", ".join(map(str, unscorable[:20]))
+        rows += ", ..." if len(unscorable) > 20 else ""
+        problem = (
+            f"--dataset {args.dataset}: {len(unscorable)} of {len(gold)} gold answers cannot be matched by the "
+            f"{args.checker} checker, not even by themselves ({rows}), so no answer can score those rows right"
+        )
+        if not args.allow_unscorable_golds:
+            raise ValueError(f"{problem}; fix them, or pass --allow_unscorable_golds true to count them as wrong.")
+        logger.warning("%s; they count as wrong (--allow_unscorable_golds).", problem)
+        identity["unscorable_golds"] = unscorable
     _check_questions(dataset, args.dataset)
     identity["selected"] = len(dataset)
     return dataset, identity

@@ -82,6 +82,11 @@ def resume_command(command: list[str]) -> str:
     return shlex.join([*launcher(command[0]), *argv, "--resume_from_checkpoint", "true"])
 
 
+def same_command(command: list[str]) -> str:
+    """The command line that was run (`command` is its `sys.argv`), started the same way, to paste again."""
+    return shlex.join([*launcher(command[0]), *command[1:]])
+
+
 def sibling_command(script: str, name: str) -> list[str]:
     """How to start the command `name` (e.g. evaluate) the way this one (`sys.argv[0]`) was started, without a
     launcher: the script beside it, the `python -m` module, or the console command."""

@@ -18,7 +18,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from .config import ZeroSiamConfig
@@ -185,12 +185,37 @@ def local_model_folder(name: str) -> str:
     return spec["name_or_path"]
 
 
+def check_context(config, model: str, max_prompt_length: int, max_new_tokens: int) -> None:
+    """Refuse lengths the model cannot hold: a prompt of `max_prompt_length` tokens and `max_new_tokens` new ones
+    must fit in its positions, past which it answers garbage or fails. A config that names no limit passes."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = (getattr(text_config, name, None) for name in ("max_position_embeddings", "n_positions", "seq_length"))
+    context = next((limit for limit in limits if isinstance(limit, int)), None)
+    if context is None or max_prompt_length + max_new_tokens <= context:
+        return
+    fix = (
+        f"lower --max_new_tokens below {context}"
+        if max_new_tokens >= context
+        else f"lower --max_prompt_length to {context - max_new_tokens} (longer prompts are cut from the left) or "
+        "--max_new_tokens"
+    )
+    raise ValueError(
+        f"--model {model} holds {context} positions, but --max_prompt_length {max_prompt_length} + --max_new_tokens "
+        f"{max_new_tokens} = {max_prompt_length + max_new_tokens} do not fit; {fix}."
+    )
+
+
 def load_model_and_tokenizer(
-    model_args: ModelArguments, device_map: str | dict | None = None
+    model_args: ModelArguments, device_map: str | dict | None = None, lengths: tuple[int, int] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Load the base model and its tokenizer (left padding, a pad token), and return them with the resolved spec."""
+    """Load the base model and its tokenizer (left padding, a pad token), and return them with the resolved spec.
+
+    `lengths` (max_prompt_length, max_new_tokens) are checked against the model's context before the weights load.
+    """
     spec = resolve_model(model_args.model)
     path = materialize_gguf(spec) if spec.get("gguf_file") else spec["name_or_path"]
+    if lengths is not None:
+        check_context(AutoConfig.from_pretrained(path), model_args.model, *lengths)
     dtype = DTYPES[model_args.dtype] or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     kwargs = {"dtype": dtype}
     if model_args.attn_implementation:
@@ -401,6 +426,18 @@ def check_adapter(adapter_dir: str) -> None:
     folder = Path(adapter_dir)
     if not (folder / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {adapter_dir}: no adapter_config.json there; give the output_dir of adapt.py.")
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"--adapter {adapter_dir}: adapter_config.json is not valid JSON ({error}); give the output_dir of "
+            "adapt.py."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--adapter {adapter_dir}: adapter_config.json holds a {type(config).__name__}, not the settings of an "
+            "adapter; give the output_dir of adapt.py."
+        )
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ValueError(f"--adapter {adapter_dir}: no {ADAPTER_WEIGHTS} there; give the output_dir of adapt.py.")

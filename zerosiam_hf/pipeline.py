@@ -1,6 +1,7 @@
-"""One adaptation run from the library: load the data and the model, adapt, save the adapter and the run's record into
-an output folder that appears whole; resume a run that was stopped, or reuse one already finished. The commands
-(`zerosiam_hf.commands`) parse their flags and call these functions."""
+"""The runs the commands make, as library functions: one adaptation (load the data and the model, adapt, save the
+adapter and the run's record into an output folder that appears whole; resume a run that was stopped, or reuse one
+already finished), and one evaluation of a base model and an adapter. The commands (`zerosiam_hf.commands`) parse
+their flags and call these functions."""
 
 import json
 import logging
@@ -9,6 +10,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,9 +20,17 @@ from accelerate.utils import set_seed
 from .config import ZeroSiamConfig
 from .data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from .errors import RunStopped
-from .generation import GenerationArguments
-from .invocation import changed_flags, resume_command, sibling_command
-from .modeling import ADAPTER_WEIGHTS, ModelArguments, load_model_and_tokenizer, lora_modules, nonfinite_tensors
+from .generation import GenerationArguments, answer_and_score
+from .invocation import changed_flags, resume_command, same_command, sibling_command
+from .modeling import (
+    ADAPTER_WEIGHTS,
+    ModelArguments,
+    check_adapter,
+    load_adapted_model,
+    load_model_and_tokenizer,
+    lora_modules,
+    nonfinite_tensors,
+)
 from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
 from .staging import OutputArguments, staged_output, staging_path
 from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, latest_checkpoint
@@ -42,15 +52,17 @@ def adapt(
     output_args: OutputArguments,
     args: ZeroSiamConfig,
     command: list[str] | None = None,
+    resume_hint: str | None = None,
 ) -> dict:
     """Run one adaptation into `args.output_dir` and return its run record.
 
     `args.resume_from_checkpoint` ("true" for the newest complete checkpoint, or a checkpoint folder) goes on with a
-    run that was stopped. `command` is the command line recorded in `run.json` and used in the resume hint of a run
-    that stops; default `sys.argv`. The run writes through `args`: its `output_dir` names the staging folder while
-    the run lasts.
+    run that was stopped. `command` is the command line recorded in `run.json`, default `sys.argv`; a run that stops
+    says to resume with `resume_hint`, default `command` with `--resume_from_checkpoint true`. The run writes
+    through `args`: its `output_dir` names the staging folder while the run lasts.
     """
     command = command or sys.argv
+    resume_hint = resume_hint or resume_command(command)
     state = PartialState()
     if not _has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
         args.dataloader_pin_memory = False
@@ -59,7 +71,7 @@ def adapt(
     final_dir = args.output_dir
     resume = bool(args.resume_from_checkpoint)
     with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state) as staging:
-        record = _adapt_into(staging, model_args, data_args, args, config, state, command)
+        record = _adapt_into(staging, model_args, data_args, args, config, state, command, resume_hint)
     return record
 
 
@@ -72,17 +84,18 @@ def adapt_or_reuse(
     model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments, args: ZeroSiamConfig
 ) -> dict:
     """The record of the run `args` asks for: read from `args.output_dir` when a run with the same settings finished
-    there (unless `overwrite`), resumed from its newest checkpoint when one was stopped there, else run anew."""
+    there (unless `overwrite`), resumed from its newest checkpoint when one was stopped there, else run anew. A run
+    that stops says to run the calling command again (`sys.argv`), which resumes it."""
     if latest_checkpoint(staging_path(args.output_dir)):
         args.resume_from_checkpoint = "true"
     record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
     if record is not None and not output_args.overwrite:
         logger.info("reusing the finished run in %s", args.output_dir)
         return record
-    return adapt(model_args, data_args, output_args, args)
+    return adapt(model_args, data_args, output_args, args, resume_hint=same_command(sys.argv))
 
 
-def _adapt_into(staging: Path, model_args, data_args, args, config, state, command) -> dict:
+def _adapt_into(staging: Path, model_args, data_args, args, config, state, command, resume_hint) -> dict:
     checkpoint = checkpoint_to_resume(args.resume_from_checkpoint, staging)
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
@@ -90,7 +103,9 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
 
     # ------------------------------------------------------------------------------------------------ model
     with state.main_process_first():  # the embedded model is converted once, by the first process
-        model, tokenizer, model_spec = load_model_and_tokenizer(model_args)
+        model, tokenizer, model_spec = load_model_and_tokenizer(
+            model_args, lengths=(args.max_prompt_length, args.max_new_tokens)
+        )
         prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
     data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
@@ -109,7 +124,7 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
     except RunStopped as stop:
         if not stop.resumable:
             raise
-        raise RunStopped(f"{stop}; resume with: {resume_command(command)}", stop.exit_code) from None
+        raise RunStopped(f"{stop}; resume with: {resume_hint}", stop.exit_code) from None
     finally:
         checker.close()
     adapt_seconds = time.perf_counter() - start
@@ -139,7 +154,11 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         if records:
             write_jsonl(staging / PREDICTIONS_FILE, records)  # the streamed answers, now in dataset order
         write_json(staging / RUN_FILE, record)
-        for finished in staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the run is whole: nothing left to resume
+        # The run is whole: nothing left to resume, nor a checkpoint a kill cut short (.tmp-checkpoint-<step>).
+        for finished in [
+            *staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+            *staging.glob(f".tmp-{PREFIX_CHECKPOINT_DIR}-*"),
+        ]:
             shutil.rmtree(finished)
     state.wait_for_everyone()
     bad, total = nonfinite_tensors(staging / ADAPTER_WEIGHTS)
@@ -223,3 +242,94 @@ def _answers_cut(predictions: Path, max_new_tokens: int) -> int:
         return 0
     rows = (json.loads(line) for line in predictions.read_text().splitlines() if line)
     return sum(row.get("tokens", 0) >= max_new_tokens for row in rows)
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate and where the results go."""
+
+    adapter: str | None = field(default=None, metadata={"help": "Output folder of adapt.py to evaluate."})
+    skip_base: bool = field(default=False, metadata={"help": "With --adapter, do not evaluate the base model too."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
+    )
+
+    def __post_init__(self):
+        if self.adapter is None and self.skip_base:
+            raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
+
+
+def evaluation_dir(model_args: ModelArguments, args: EvalArguments) -> str:
+    """Where an evaluation goes: `--output_dir`, else <adapter>-eval, else outputs/eval-<model>."""
+    return args.output_dir or (
+        f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
+    )
+
+
+def evaluate(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    generation: GenerationArguments,
+    output_args: OutputArguments,
+    args: EvalArguments,
+) -> dict:
+    """Answer the problems with the base model and/or the adapter `args.adapter` on it, score them, and write
+    `eval.json` and `predictions-<variant>.jsonl` into an output folder that appears whole; return the record."""
+    if args.adapter is not None:
+        check_adapter(args.adapter)
+    config = config_dict(model_args, data_args, generation, output_args, args)
+    with staged_output(
+        evaluation_dir(model_args, args), config, output_args.overwrite, record_file="eval.json"
+    ) as staging:
+        record = _evaluate_into(staging, model_args, data_args, generation, args, config)
+    return record
+
+
+def _evaluate_into(staging, model_args, data_args, generation, args, config) -> dict:
+    # ------------------------------------------------------------------------------------------------ data
+    problems, data_identity = load_problems(data_args)
+
+    # ------------------------------------------------------------------------------------------------ model
+    model, tokenizer, model_spec = load_model_and_tokenizer(
+        model_args, lengths=(generation.max_prompt_length, generation.max_new_tokens)
+    )
+    if torch.cuda.is_available() and not model_args.load_in_4bit:
+        model.to("cuda")
+    if args.adapter is not None:  # an adapter that does not fit the model is reported now, not after the base pass
+        load_adapted_model(model, args.adapter).unload()
+    prompts = build_prompts(problems, tokenizer, data_args.instruction, generation.max_prompt_length)
+    data_identity["prompts_cut"] = prompts_cut(prompts)
+    checker = data_args.make_checker()
+    gold = gold_answers(problems, checker)
+    answering = {
+        "max_new_tokens": generation.max_new_tokens,
+        "batch_size": generation.batch_size,
+        "show_progress": True,
+    }
+
+    # ------------------------------------------------------------------------------------------------ evaluate
+    results = {}
+    try:
+        if args.adapter is None or not args.skip_base:
+            results["base"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
+            write_jsonl(staging / "predictions-base.jsonl", records)
+        if args.adapter is not None:
+            # The base pass is done: wrapping the same weights with the adapter costs no second load.
+            model = load_adapted_model(model, args.adapter)
+            results["adapted"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
+            write_jsonl(staging / "predictions-adapted.jsonl", records)
+    finally:
+        checker.close()
+
+    # ------------------------------------------------------------------------------------------------ save
+    record = {
+        "config": config,
+        "command": sys.argv,
+        "model": model_spec,
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
+        "data": data_identity,
+        "versions": versions(),
+        "results": results,
+    }
+    write_json(staging / "eval.json", record)
+    return record

@@ -1,7 +1,9 @@
 """Output folders that appear whole or not at all: a run writes into `<output_dir>.partial`, locked against a second
 run, and `publish` moves it into place when it is finished."""
 
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -11,13 +13,53 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import RUN_FILE, matching_record, settings_identity
+from .errors import RunStopped
+from .records import RUN_FILE, matching_record, settings_identity, write_json
+
+
+logger = logging.getLogger(__name__)
 
 
 # Written into every folder this project creates: only folders holding it are ever deleted or replaced.
 MARKER_FILE = ".zerosiam-hf"
 # pid and host of the run writing a staging folder.
 LOCK_FILE = ".lock"
+# What a run wrote into a folder it published is listed in its marker; a folder published before that list existed
+# (or one with a run record and no marker) counts these names as the project's, and anything else as the user's.
+RUN_OUTPUTS = {
+    "run.json",
+    "eval.json",
+    "export.json",
+    "predictions.jsonl",
+    "predictions-base.jsonl",
+    "predictions-adapted.jsonl",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "README.md",
+    "training_args.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+}
+# The advice after a file-system error, by its errno: what makes the next try work.
+_OS_ADVICE = {
+    errno.ENOSPC: "free space on that disk or choose another --output_dir",
+    errno.EDQUOT: "free space within your quota or choose another --output_dir",
+    errno.EROFS: "choose an --output_dir on a file system you can write to",
+    errno.EACCES: "choose an --output_dir you can write to, or change that folder's permissions",
+    errno.EPERM: "choose an --output_dir you can write to, or change that folder's permissions",
+    errno.EEXIST: "a part of that path is a file, not a folder; choose another --output_dir",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another --output_dir",
+}
 
 
 @dataclass
@@ -28,7 +70,8 @@ class OutputArguments:
         default=False,
         metadata={
             "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
-            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped."
+            "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped, and a file no "
+            "run wrote there (your notes) is never deleted: such a folder is refused."
         },
     )
 
@@ -52,20 +95,71 @@ def staged_output(
     """
     main_process = state is None or state.is_main_process
     check_output_dir(output_dir, config, overwrite, record_file=record_file)
+    _refuse_to_replace_foreign_entries(output_dir, record_file)
     staging = staging_path(output_dir)
     if main_process:
-        open_staging(output_dir, config, overwrite, resume=resume, record_file=record_file)
+        try:
+            open_staging(output_dir, config, overwrite, resume=resume, record_file=record_file)
+        except OSError as error:  # nothing was written: a path through a file, a read-only or full disk
+            raise ValueError(f"--output_dir {output_dir}: {_os_problem(error, staging)}.") from None
     if state is not None:
         state.wait_for_everyone()
     try:
-        yield staging
+        try:
+            yield staging
+        except OSError as error:
+            if not _writing(error, staging):  # a model or data file that cannot be read is no output problem
+                raise
+            raise _failed_run(error, output_dir, staging, main_process) from None
+        if state is not None:  # no process still reads the staging folder (the adapter's finiteness) when it moves
+            state.wait_for_everyone()
         if main_process:
-            publish(staging, output_dir)
+            try:
+                publish(staging, output_dir)
+            except OSError as error:
+                problem = _os_problem(error, staging)
+                raise RunStopped(
+                    f"--output_dir {output_dir}: the finished run could not be published ({problem}); it is whole in "
+                    f"{staging}: move it to {output_dir} yourself, or run the command again with --overwrite true."
+                ) from None
         if state is not None:
             state.wait_for_everyone()
     finally:
         if main_process:
             close_staging(staging)
+
+
+def _os_problem(error: OSError, folder: Path) -> str:
+    """A file-system error in a few words: the path (or the `folder` written into, when a failed close names no
+    file), the cause and what to do about it."""
+    where = error.filename if error.filename is not None else f"into {folder}"
+    if Path(str(where)).name.startswith(folder.name + ".new-"):  # the staging folder's temporary name
+        where = folder.parent
+    cause = error.strerror or str(error)
+    return f"cannot write {where} ({cause}); {_OS_ADVICE.get(error.errno, 'check that path')}"
+
+
+def _writing(error: OSError, staging: Path) -> bool:
+    """Whether an error of a run's body comes from writing its output: a full or read-only disk, or a path in the
+    staging folder."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return error.filename is not None and Path(os.path.abspath(error.filename)).is_relative_to(staging.absolute())
+
+
+def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bool) -> RunStopped:
+    """The one line for a run that failed to write its staging folder, which is left complete or removed: a
+    complete checkpoint stays, to resume from; without one nothing of the run is worth keeping."""
+    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only a failed run needs it
+
+    checkpoint = latest_checkpoint(staging)
+    if checkpoint is not None:
+        then = f"{checkpoint} is kept: then run the same command with --resume_from_checkpoint true"
+    else:
+        if main_process:
+            _remove_owned(staging)
+        then = "nothing of this run was kept: then run the same command again"
+    return RunStopped(f"--output_dir {output_dir}: the run stopped, {_os_problem(error, staging)}; {then}.")
 
 
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file: str = RUN_FILE) -> None:
@@ -74,10 +168,12 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
     The same settings may be run again: the new run replaces the old one when it is published.
     """
     target = Path(output_dir)
-    if not target.exists() or overwrite:
+    if not target.exists():
         return
     if not target.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; choose a folder.")
+    if overwrite:
+        return
     if (target / record_file).is_file():
         if matching_record(output_dir, config, record_file) is None:
             raise ValueError(
@@ -89,6 +185,34 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
             f"--output_dir {output_dir} is not empty and holds no {record_file}; choose another folder or pass "
             "--overwrite true."
         )
+
+
+def _refuse_to_replace_foreign_entries(output_dir: str, record_file: str) -> None:
+    """A run's folder is replaced when the new run is published: refuse, naming them, when it holds anything no run
+    wrote (a user's notes, an evaluation of their own), since replacing it would delete them."""
+    target = Path(output_dir)
+    if not (target.is_dir() and (_owned(target) or (target / record_file).is_file())):
+        return  # nothing to replace, or a folder open_staging refuses as not the project's
+    foreign = foreign_entries(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--output_dir {output_dir} holds {shown}, which no run wrote there; a run never deletes what it did "
+            "not write, even with --overwrite true: move them out of the folder or choose another --output_dir."
+        )
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of a run's folder that no run wrote: those its marker's list of written files lacks (or, in a
+    folder without that list, those not named like a run's outputs); folders end with `/`."""
+    try:
+        written = json.loads((folder / MARKER_FILE).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):  # no marker, or one this project did not write
+        written = None
+    written = set(RUN_OUTPUTS if written is None else written) | {MARKER_FILE, LOCK_FILE}
+    return sorted(
+        entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir() if entry.name not in written
+    )
 
 
 def staging_path(output_dir: str) -> Path:
@@ -155,8 +279,12 @@ def _create_staging(staging: Path, config: dict | None) -> bool:
     """Create `staging` with its marker and lock in one rename; False when a folder with content is there already."""
     staging.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=staging.name + ".new-", dir=staging.parent))
-    (fresh / MARKER_FILE).write_text(json.dumps({"created_by": "zerosiam-hf", "config": config}, default=str))
-    _write_lock(fresh / LOCK_FILE)
+    try:
+        (fresh / MARKER_FILE).write_text(json.dumps({"created_by": "zerosiam-hf", "config": config}, default=str))
+        _write_lock(fresh / LOCK_FILE)
+    except BaseException:  # a full disk: no half-made folder stays behind
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     try:
         os.rename(fresh, staging)  # atomic; replaces an empty folder, fails on one with content
     except OSError:
@@ -208,9 +336,11 @@ def open_staging(
             return staging
         raise ValueError(f"--output_dir {output_dir}: another run took {staging} just now; choose another folder.")
     gone = f" (its process, pid {holder['pid']}, is gone)" if holder else ""
+    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only this message needs it
+
     how = (
         "resume it with --resume_from_checkpoint true or start over with --overwrite true"
-        if any(staging.glob("checkpoint-*"))
+        if latest_checkpoint(staging)
         else "it has no checkpoint to resume from: start over with --overwrite true, or move it away"
     )
     raise ValueError(f"--output_dir {output_dir}: {staging} holds an interrupted run{gone}; {how}.")
@@ -261,14 +391,41 @@ def close_staging(staging: Path) -> None:
 
 
 def publish(staging: Path, output_dir: str) -> None:
-    """Move a finished run from its staging folder to `output_dir`, replacing what was there only now."""
+    """Move a finished run from its staging folder to `output_dir`, replacing what was there only now.
+
+    The marker lists what the run wrote, so that replacing the folder later deletes exactly that.
+    """
     target = Path(output_dir)
+    marker = json.loads((staging / MARKER_FILE).read_text())
+    marker["files"] = sorted(set(os.listdir(staging)) - {LOCK_FILE})
+    write_json(staging / MARKER_FILE, marker)
     if target.exists():
         retired = _retired_path(output_dir)
-        _remove_owned(retired)
+        _remove_written(retired)
         target.rename(retired)
         staging.rename(target)
-        shutil.rmtree(retired)  # open_staging checked that it holds a run, not a user's files
+        _remove_written(retired)
     else:
         staging.rename(target)
     (target / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _remove_written(folder: Path) -> None:
+    """Delete what runs wrote in a replaced output folder, and the folder once nothing else is left in it; anything
+    else (a file a user added while the run went on; check_output_dir refused those there before) stays."""
+    if not folder.exists():
+        return
+    if not _owned(folder) and not any((folder / name).is_file() for name in RUN_OUTPUTS):
+        _refuse_foreign(folder)
+    foreign = set(foreign_entries(folder))
+    for entry in folder.iterdir():  # the marker too: a folder left holding a user's files is no longer the project's
+        if entry.name + ("/" if entry.is_dir() else "") in foreign:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if foreign:
+        logger.warning("kept %s in %s: no run wrote them; move them away.", ", ".join(sorted(foreign)), folder)
+    else:
+        shutil.rmtree(folder)

@@ -8,6 +8,8 @@ NUMERIC_INSTRUCTION = 'Solve the problem step by step, then give the final answe
 # Qwen2.5-Math's chain-of-thought instruction, which the entropy-minimization line of work (one-shot EM, EM-FT,
 # TTRL) evaluates with.
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# The instruction of data that is no named benchmark: the one whose answer format the checker's strict score reads.
+CHECKER_INSTRUCTIONS = {"numeric": NUMERIC_INSTRUCTION, "math": MATH_INSTRUCTION}
 
 
 @dataclass(frozen=True)

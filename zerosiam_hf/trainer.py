@@ -1,6 +1,8 @@
 """`ZeroSiamTrainer`: test-time adaptation of a causal LM's next-token distributions with a `transformers.Trainer`."""
 
 import json
+import os
+import shutil
 import signal
 from collections import defaultdict
 from pathlib import Path
@@ -11,7 +13,7 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
@@ -72,6 +74,8 @@ class ZeroSiamTrainer(Trainer):
         gold: gold answers by row index (`data.gold_answers`), needed to score the online protocol.
         checker: the benchmark's answer checker (`DataArguments.make_checker()`); GSM8K's numeric one by default.
     """
+
+    _checkpoint_scratch: str | None = None  # where the Trainer writes the checkpoint being saved (_save_checkpoint)
 
     def __init__(
         self,
@@ -171,14 +175,38 @@ class ZeroSiamTrainer(Trainer):
             )
         return output
 
+    def _get_output_dir(self, trial):
+        return self._checkpoint_scratch or super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
-        """The Trainer's checkpoint, plus the online records so far and the guard's counters."""
+        """The Trainer's checkpoint, plus the online records and the cost so far, written under a
+        temporary name and renamed when complete: a full disk or a kill leaves no half-written checkpoint-<step>.
+
+        The Trainer's own steps write into `<output_dir>/.tmp-checkpoint-<step>/` (through `_get_output_dir`), where
+        its rotation finds nothing older to delete; the older ones go only once the new one is in place.
+        """
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        scratch = run_dir / f".tmp-{name}"
+        self._checkpoint_scratch = str(scratch)
+        try:
+            if self.args.should_save:
+                # the guards' counters travel as the Trainer's callback state (trainer_state.json)
+                run_state = {"online_records": list(self.online_records.values()), "cost": self.cost}
+                write_json(scratch / name / RUN_STATE_FILE, run_state)
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        finally:
+            self._checkpoint_scratch = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states) into the scratch
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            # Written before the Trainer's files: a checkpoint with its trainer_state.json is then complete.
-            run_state = {"online_records": list(self.online_records.values()), "cost": self.cost}
-            write_json(folder / RUN_STATE_FILE, run_state)
-        super()._save_checkpoint(model, trial)
+            shutil.rmtree(run_dir / name, ignore_errors=True)  # the same step saved again (a resumed run's last)
+            os.rename(scratch / name, run_dir / name)
+            scratch.rmdir()
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, True)
 
     def _load_run_state(self, checkpoint: str) -> None:
         file = Path(checkpoint) / RUN_STATE_FILE
