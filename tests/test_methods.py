@@ -158,16 +158,18 @@ def test_ttrl_rewards_read_the_answers_never_the_gold():
         {"pred_flexible": "8", "correct_flexible": True},
         {"pred_flexible": None, "correct_flexible": True},
     ]
-    assert ttrl.rewards(trainer, records, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert ttrl.from_answers(trainer, records, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
     flipped = [{**r, "correct_flexible": not r["correct_flexible"]} for r in records]
-    assert ttrl.rewards(trainer, flipped, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert ttrl.from_answers(trainer, flipped, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------------------------- in the trainer
 @pytest.mark.parametrize("method", ["ttrl", "rent", "intuitor"])
 def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenizer, prompts, gold, method, monkeypatch):
     if method == "rent":  # the tiny model never writes `#### N`: let every answer count as answered
-        monkeypatch.setattr(type(METHODS["rent"]), "rewards", lambda self, t, records, k: torch.ones(len(records)) > 0)
+        monkeypatch.setattr(
+            type(METHODS["rent"]), "from_answers", lambda self, t, records, k: torch.ones(len(records)) > 0
+        )
     model = make_model(tokenizer)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = config(tmp_path, method=method, num_generations=3)

@@ -283,7 +283,7 @@ class ZeroSiamTrainer(Trainer):
         loss_mask = torch.zeros_like(is_answer)
         loss_mask[:, :-1] = is_answer[:, 1:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
-        rewards = self.method.rewards(self, scored, k) if scored is not None else None
+        rewards = self.method.from_answers(self, scored, k) if scored is not None else None
         if rewards is not None:
             batch["rewards"] = rewards.to(input_ids.device)
         return batch

@@ -52,8 +52,9 @@ class Method:
         """
         return nullcontext(), []
 
-    def rewards(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
-        """Sampling methods: rewards known from the answers alone ([N]), or None when the loss computes them."""
+    def from_answers(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
+        """Sampling methods: what the reward needs from the scored answers ([N]: TTRL's vote, RENT's has-an-answer),
+        read from their extracted answers only; None when the loss's statistics are all it needs."""
         return None
 
 

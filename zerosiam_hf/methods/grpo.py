@@ -116,9 +116,9 @@ class SamplingMethod(Method):
     samples = True
     options: ClassVar[dict] = {"num_generations": 4, "sampling_temperature": 1.0, "beta": 0.0}
 
-    def reward(self, stats: dict, precomputed: torch.Tensor | None) -> torch.Tensor:
-        """[N] rewards from per-answer statistics (`entropy`, `certainty`, means over the answer's tokens) or those
-        computed from the answers alone (`Method.rewards`)."""
+    def reward(self, stats: dict, from_answers: torch.Tensor | None) -> torch.Tensor:
+        """[N] rewards from per-answer statistics (`entropy`, `certainty`, means over the answer's tokens) and what
+        `Method.from_answers` read in the scored answers."""
         raise NotImplementedError
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:

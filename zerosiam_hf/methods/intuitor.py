@@ -15,5 +15,5 @@ class Intuitor(SamplingMethod):
     help = "GRPO on k sampled answers, reward the answer's self-certainty (mean KL(uniform || p))"
     options = {**SamplingMethod.options, "sampling_temperature": 0.9, "beta": 0.005}
 
-    def reward(self, stats, precomputed):
+    def reward(self, stats, from_answers):
         return stats["certainty"]

@@ -21,10 +21,10 @@ class Rent(SamplingMethod):
     online_only = True  # the no-answer penalty reads the answers as the online protocol extracts them
     options = {**SamplingMethod.options, "beta": 0.001}
 
-    def rewards(self, trainer, records, num_generations):
+    def from_answers(self, trainer, records, num_generations):
         # whether each sample has an answer in the asked-for form; gold-based fields are never read
         return torch.tensor([record["pred_strict"] is not None for record in records])
 
-    def reward(self, stats, precomputed):
-        has_answer = precomputed.to(stats["entropy"].device)
+    def reward(self, stats, from_answers):
+        has_answer = from_answers.to(stats["entropy"].device)
         return torch.where(has_answer, -stats["entropy"], torch.full_like(stats["entropy"], -NO_ANSWER_ENTROPY))

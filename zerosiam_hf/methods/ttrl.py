@@ -30,7 +30,7 @@ class TTRL(SamplingMethod):
     online_only = True  # the vote reads the answers as the online protocol extracts them
     options = {**SamplingMethod.options, "beta": 0.001}
 
-    def rewards(self, trainer, records, num_generations):
+    def from_answers(self, trainer, records, num_generations):
         # Only the extracted answers vote, through the benchmark's checker; the records' gold-based fields are
         # never read.
         rewards = []
@@ -39,5 +39,5 @@ class TTRL(SamplingMethod):
             rewards += vote_rewards(answers, trainer.checker.same_answer)
         return torch.tensor(rewards)
 
-    def reward(self, stats, precomputed):
-        return precomputed
+    def reward(self, stats, from_answers):
+        return from_answers
