@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
-from zerosiam_hf.losses import METHODS
+from zerosiam_hf.losses import HEADS
 from zerosiam_hf.quantization import drop_kernel_notice
 from zerosiam_hf.records import write_json
 from zerosiam_hf.speed import (
@@ -98,9 +98,9 @@ class SpeedArguments:
     online_rounds: int = field(default=1, metadata={"help": "Rounds of the online variants, taking turns."})
 
     def __post_init__(self):
-        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown = sorted(set(self.methods) - set(HEADS))
         if unknown:
-            raise ValueError(f"--methods takes {', '.join(METHODS)}; got {unknown}.")
+            raise ValueError(f"--methods takes {', '.join(HEADS)}; got {unknown}.")
         for name in ("tokens", "hidden", "vocab", "chunk_size", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -48,6 +48,10 @@ def test_adapt_writes_adapter_run_record_and_predictions(adapted_run):
     for package in ("torch", "transformers", "peft", "accelerate", "datasets"):
         assert run["versions"][package] == version(package)
     assert run["num_processes"] == 1 and run["results"]["steps"] == 3
+    # the tiny Llama's two layers, every attention projection, and a head the loss takes as it is
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert run["lora_modules"] == [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in projections]
+    assert run["model"]["head_transform"] == {"logit_scale": 1.0, "softcap": None}
     assert run["data"]["prompts_cut"] == 0
     online = run["results"]["online"]
     assert online["n"] == len(PROBLEMS)
@@ -78,6 +82,10 @@ def test_yaml_config_with_command_line_override(tiny_model_dir, problems_file, t
     assert run["per_device_train_batch_size"] == 2  # the flag of adapt_argv wins over the file's 3
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and not adapter["modules_to_save"]
+    record = json.loads((output_dir / "run.json").read_text())
+    assert record["lora_modules"] == [
+        f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
+    ]
     assert not (output_dir / "predictions.jsonl").exists()  # offline: nothing answered along the way
     assert json.loads((output_dir / "run.json").read_text())["results"]["online"] is None
 
@@ -100,9 +108,12 @@ BAD_DATA = {
         ("empty", [], "the file is empty; give a file with problems"),
         (None, ["--learning_rate=-1"], "--learning_rate must be >= 0, got -1"),
         (None, ["--alpha=-0.5"], "--alpha must be >= 0, got -0.5"),
-        (None, ["--method", "sgd"], "--method must be one of zerosiam, tent, come, none; got 'sgd'"),
-        (None, ["--signal", "logits"], "--signal must be one of response, prompt; got 'logits'"),
-        (None, ["--protocol", "batch"], "--protocol must be one of online, offline; got 'batch'"),
+        (None, ["--method", "sgd"], "argument --method: invalid choice: 'sgd' (choose from 'none', 'tent',"),
+        (None, ["--signal", "logits"], "argument --signal: invalid choice: 'logits' (choose from 'response',"),
+        (None, ["--protocol", "batch"], "argument --protocol: invalid choice: 'batch' (choose from 'online',"),
+        (None, ["--method", "tent", "--alpha", "2"], "--alpha is not an option of --method tent (its own options:"),
+        (None, ["--num_generations", "4"], "--num_generations is not an option of --method zerosiam"),
+        (None, ["--method", "em_ft", "--signal", "prompt"], "--method em_ft takes --signal response; got --signal"),
         (None, ["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
         (None, ["--learning_rate", "fast"], "invalid float value: 'fast'"),
         (None, ["--alpha", "nan"], "--alpha must be a finite number, got nan"),
@@ -286,7 +297,7 @@ def test_overwrite_refuses_a_folder_of_user_files(capsys, tiny_model_dir, proble
 def test_a_run_that_fails_after_staging_leaves_no_partial_folder(capsys, tiny_model_dir, problems_file, tmp_path):
     output_dir = tmp_path / "run"
     argv = adapt_argv(tiny_model_dir, problems_file, output_dir, "--lora_target_modules", "no_such_module")
-    assert_usage_error(capsys, partial(adapt.main, argv), "No modules were targeted for adaptation")
+    assert_usage_error(capsys, partial(adapt.main, argv), "no_such_module match no linear layer of LlamaForCausalLM")
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
 
 

@@ -40,7 +40,7 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
             assert record["config"]["ZeroSiamConfig"]["method"] == method
             assert record["config"]["ZeroSiamConfig"]["seed"] == seed
     table = (output_dir / "comparison.md").read_text()
-    lines = table.splitlines()
+    lines = table.split("\n\n")[0].splitlines()
     assert len(lines) == 4  # header, rule, none, zerosiam
     assert lines[2].startswith("| none | 2 | 6 |") and lines[3].startswith("| zerosiam | 2 | 6 |")
     for name in ("collapse_entropy.png", "collapse_logit_norm.png", "online_accuracy_flexible.png"):
@@ -53,6 +53,29 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
     monkeypatch.setattr(pipeline, "adapt", refuse)
     again = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
     assert again["rows"] == result["rows"]
+
+
+def test_compare_reports_what_each_method_spent_and_the_k_sample_accuracies(tiny_model_dir, problems_file, tmp_path):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cost", "--num_generations", "3")
+    argv[argv.index("--methods") + 1 : argv.index("--seeds")] = ["none", "tent", "rent"]
+    argv[argv.index("--seeds") + 1 : argv.index("--seeds") + 3] = ["0"]
+    result = compare.main(argv)
+    cost = {row["method"]: row for row in result["cost"]}
+    runs = {m: json.loads((tmp_path / "cost" / "runs" / f"{m}-seed0" / "run.json").read_text()) for m in cost}
+    for method, row in cost.items():
+        spent = runs[method]["results"]["cost"]
+        assert row["per_problem"]["generated_tokens"] == spent["generated_tokens"] / 6
+        assert row["relative"]["generated_tokens"] == pytest.approx(
+            spent["generated_tokens"] / runs["none"]["results"]["cost"]["generated_tokens"]
+        )
+    assert cost["none"]["per_problem"]["trained_tokens"] == 0 and cost["tent"]["per_problem"]["trained_tokens"] > 0
+    # three sampled answers a prompt, each as long as its first few tokens allow: more than one greedy answer
+    assert cost["rent"]["relative"]["generated_tokens"] > 1.5
+    (samples,) = result["samples"]
+    assert samples["method"] == "rent" and samples["k"] == 3 and 0 <= samples["maj_at_k"] <= 100
+    table = (tmp_path / "cost" / "comparison.md").read_text()
+    assert "Cost per problem (ratio to none)" in table and "| none | " in table.split("Cost per problem")[1]
+    assert "| rent | 3 |" in table
 
 
 def test_compare_synthetic_preset_draws_one_problem_set_per_seed(tiny_model_dir, problems_file, tmp_path):

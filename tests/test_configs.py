@@ -1,10 +1,13 @@
 """The shipped YAML configs parse into the scripts' arguments, and every model alias resolves."""
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+from zerosiam_hf import modeling
 from zerosiam_hf.cli import parse_args
 from zerosiam_hf.commands.compare import CompareArguments
 from zerosiam_hf.config import ZeroSiamConfig
@@ -68,3 +71,27 @@ def test_a_bad_user_alias_is_one_line(tmp_path, monkeypatch, files, expected):
 def test_alias_files_ship_inside_the_package():
     assert (SHIPPED_MODELS / "llama.yaml").is_file()
     assert not (Path(__file__).resolve().parent.parent / "configs" / "models").exists()
+
+
+def test_a_missing_gguf_package_names_its_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZEROSIAM_CACHE", str(tmp_path))
+    real = modeling.importlib.util.find_spec
+    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: None if "gguf" in name else real(name))
+    with pytest.raises(
+        ValueError, match=r"run `bash scripts/setup.sh --gemma \(or pip install 'zerosiam-hf\[gemma\]'\)`"
+    ):
+        modeling.materialize_gguf(resolve_model("gemma"))
+
+
+def test_a_gguf_that_cannot_be_assembled_is_one_line(monkeypatch, tmp_path):
+    def assemble(path):  # what the chunk package raises when a part is missing
+        raise FileNotFoundError("Missing chunk files: part03")
+
+    monkeypatch.setenv("ZEROSIAM_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "fake_chunks", types.SimpleNamespace(assemble=assemble))
+    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: types.SimpleNamespace(origin=__file__))
+    spec = {"alias": "chunked", "gguf_package": "fake_chunks", "gguf_file": "m.gguf", "gguf_assemble": True}
+    with pytest.raises(
+        ValueError, match=r"model 'chunked': its GGUF could not be assembled from fake_chunks \(Missing"
+    ):
+        modeling.materialize_gguf(spec)

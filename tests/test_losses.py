@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zerosiam_hf.losses import METHODS, entropy_from_logits, head_loss, masked_mean, symmetric_kl
+from zerosiam_hf.losses import HEADS, entropy_from_logits, head_logits, head_loss, masked_mean, symmetric_kl
 
 
 B, T, D, V = 3, 5, 16, 37
@@ -195,6 +195,74 @@ def test_chunked_matches_naive(method, kwargs, chunk_size, dtype):
     )
 
 
+# Granite-like scaling, Gemma-like soft-capping (a cap of 2 bends logits of this size well away from linear), both
+TRANSFORMS = [{"logit_scale": 0.25}, {"softcap": 2.0}, {"logit_scale": 3.0, "softcap": 2.0}]
+
+
+@pytest.mark.parametrize("method,kwargs", CASES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("chunk_size", [3, 64])
+def test_chunked_matches_naive_with_a_logit_transform(method, kwargs, transform, chunk_size):
+    # the naive path differentiates the transform with autograd; the chunked path applies its derivative by hand
+    inputs = make_inputs(bias=chunk_size == 3)
+    naive = run(method, inputs, chunk_size=0, **kwargs, **transform)
+    assert_same(naive, run(method, inputs, chunk_size=chunk_size, **kwargs, **transform), atol=1e-10, rtol=1e-10)
+    untransformed = run(method, inputs, chunk_size=0, **kwargs)
+    assert not torch.allclose(naive[1], untransformed[1])  # the transform does change the gradient
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_chunked_matches_naive_with_a_logit_transform_in_fp32(transform):
+    inputs = make_inputs(dtype=torch.float32, bias=True)
+    naive = run("zerosiam", inputs, chunk_size=0, **transform)
+    assert_same(naive, run("zerosiam", inputs, chunk_size=4, **transform), atol=2e-5, rtol=2e-5)
+
+
+def test_head_logits_by_hand():
+    hidden = torch.tensor([[[1.0, -2.0]]], dtype=torch.float64)
+    weight = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    raw = torch.tensor([[[3.0, -2.0, -1.0]]], dtype=torch.float64)
+    torch.testing.assert_close(head_logits(hidden, weight), raw)
+    torch.testing.assert_close(head_logits(hidden, weight, logit_scale=0.5), raw / 2)
+    torch.testing.assert_close(head_logits(hidden, weight, softcap=2.0), 2 * torch.tanh(raw / 2))
+    torch.testing.assert_close(head_logits(hidden, weight, logit_scale=0.5, softcap=2.0), 2 * torch.tanh(raw / 4))
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_logit_scale_equals_a_scaled_head(chunk_size):
+    # z * s = h @ (s W).T: a scale is the same loss as a head scaled by it, gradients included
+    inputs = make_inputs()
+    scaled = {**inputs, "lm_head_weight": inputs["lm_head_weight"] * 0.25}
+    assert_same(
+        run("zerosiam", scaled, chunk_size=chunk_size),
+        run("zerosiam", inputs, chunk_size=chunk_size, logit_scale=0.25),
+        atol=1e-12,
+        rtol=1e-10,
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_softcap_bounds_the_logits(chunk_size):
+    # logits of +-1e4 capped at 1: the clean logit norm is at most sqrt(V), and entropy stays finite
+    inputs = make_inputs()
+    inputs["lm_head_weight"] = inputs["lm_head_weight"] * 1e4
+    out, grad, _ = run("tent", inputs, chunk_size=chunk_size, softcap=1.0)
+    assert out.clean_logit_norm.item() <= math.sqrt(V)
+    assert out.entropy.item() > math.log(V) - 2.0  # all tokens within e^2 of each other in probability
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_default_transform_is_bit_identical(chunk_size):
+    # the committed records were made without the transform; its defaults must not touch a bit
+    inputs = make_inputs(dtype=torch.float32, bias=True)
+    plain = run("zerosiam", inputs, chunk_size=chunk_size)
+    explicit = run("zerosiam", inputs, chunk_size=chunk_size, logit_scale=1.0, softcap=None)
+    for name in DIAGNOSTICS:
+        assert torch.equal(getattr(plain[0], name), getattr(explicit[0], name))
+    assert torch.equal(plain[1], explicit[1]) and torch.equal(plain[2], explicit[2])
+
+
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_chunked_matches_naive_with_frozen_predictor(stop_gradient):
     inputs = make_inputs(predictor_grad=False)
@@ -242,7 +310,7 @@ def test_chunked_matches_naive_under_autocast(method, kwargs):
         torch.testing.assert_close(chunked[2], naive[2], atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEADS)
 def test_no_grad_gives_the_same_loss(method):
     inputs = make_inputs()
     with torch.no_grad():
@@ -251,7 +319,7 @@ def test_no_grad_gives_the_same_loss(method):
     torch.testing.assert_close(out.loss, run(method, inputs, chunk_size=0)[0].loss.detach())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEADS)
 @pytest.mark.parametrize("chunk_size", [0, 4])
 def test_empty_mask_gives_zero_loss_and_zero_grads(method, chunk_size):
     inputs = make_inputs()
@@ -284,6 +352,9 @@ def test_empty_mask_gives_zero_loss_and_zero_grads(method, chunk_size):
         ("tent", {}, {"num_classes": 3}, "unknown keyword arguments"),
         ("come", {}, {"num_clases": 3}, r"allowed: num_classes, norm_constraint"),
         ("come", {}, {"num_classes": 0}, "num_classes must be a positive int"),
+        ("tent", {}, {"logit_scale": 0.0}, "logit_scale must be a finite number > 0"),
+        ("tent", {}, {"logit_scale": float("nan")}, "logit_scale must be a finite number > 0"),
+        ("tent", {}, {"softcap": -30.0}, "softcap must be None or a finite number > 0"),
     ],
 )
 def test_bad_arguments_raise(method, changes, kwargs, match):

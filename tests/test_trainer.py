@@ -29,6 +29,7 @@ from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.errors import RunStopped
 from zerosiam_hf.generation import generate_completions, merged_lora, pad
+from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
 from zerosiam_hf.predictor import find_predictor
 
@@ -309,10 +310,18 @@ def canary_rows(layout: str) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "layout, signal",
-    [("gsm8k", "response"), ("gsm8k", "prompt"), ("math500", "response"), ("minerva_math", "response")],
+    "layout, signal, method",
+    [
+        ("gsm8k", "response", "zerosiam"),
+        ("gsm8k", "prompt", "zerosiam"),
+        ("math500", "response", "zerosiam"),
+        ("minerva_math", "response", "zerosiam"),
+        # every other method, with its own signal; the sampling ones vote (TTRL) and reward on the answers alone
+        *[("gsm8k", None, method) for method in METHODS if method != "zerosiam"],
+        ("math500", None, "ttrl"),
+    ],
 )
-def test_gold_answers_never_reach_the_model(tmp_path, monkeypatch, tokenizer, layout, signal):
+def test_gold_answers_never_reach_the_model(tmp_path, monkeypatch, tokenizer, layout, signal, method):
     rows = canary_rows(layout)
     (tmp_path / layout).mkdir()
     write_problems(tmp_path / layout / "test.jsonl", rows)
@@ -334,7 +343,7 @@ def test_gold_answers_never_reach_the_model(tmp_path, monkeypatch, tokenizer, la
         seen.extend((args[0] if args else kwargs["input"]).tolist())
 
     hook = model.get_input_embeddings().register_forward_pre_hook(record_embedding_input, with_kwargs=True)
-    config = make_config(tmp_path, signal=signal)
+    config = make_config(tmp_path, signal=signal, method=method)
     trainer = ZeroSiamTrainer(model, config, prompts, tokenizer, gold=gold, checker=checker)
     generate = trainer.model.generate
 

@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import sys
+from fractions import Fraction
 
 from .scoring import last_boxed, parse_gold, score_answer
 
@@ -33,6 +34,10 @@ class NumericChecker:
     def score(self, texts: list[str], golds: list) -> list[dict]:
         """Score each text against its gold."""
         return [score_answer(text, gold) for text, gold in zip(texts, golds)]
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers (`pred_flexible` values) are the same number."""
+        return Fraction(a) == Fraction(b)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -63,6 +68,11 @@ class MathChecker:
     def score(self, texts: list[str], golds: list[str]) -> list[dict]:
         """Score each text against its gold; an answer whose check times out or fails counts as wrong."""
         return [self._check(gold, text) for text, gold in zip(texts, golds)]
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers (`pred_flexible` values) are equal under math-verify, `a` taken as the gold
+        (so `1/2` and `0.5` agree); a check that times out says no."""
+        return bool(self._check(a, f"${b}$")["correct_flexible"])
 
     def _check(self, gold: str, text: str) -> dict:
         worker = self._start()

@@ -1,12 +1,11 @@
 """A comparison of adaptation methods over seeds (and benchmarks): the runs, one `pipeline.adapt_or_reuse` each, then
 markdown tables (one row per method; the paper's layout for several benchmarks) and PNG plots of the diagnostics."""
 
-import dataclasses
 import logging
 import statistics
 from pathlib import Path
 
-from .config import ZeroSiamConfig
+from .config import SharedRunConfig
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
 from .records import logged_series
@@ -30,7 +29,7 @@ def _last(record: dict, key: str) -> float | None:
 
 def _label(method: str, runs: list[dict]) -> str:
     ablation = runs[0]["config"]["ZeroSiamConfig"]["ablation"]
-    return method if ablation == "none" else f"{method} ({ablation})"
+    return method if ablation in (None, "none") else f"{method} ({ablation})"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -72,6 +71,88 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['method']} | {r['seeds']} | {r['n']} | {fmt(r['strict_mean'])} ± {fmt(r['strict_std'])} "
             f"| {fmt(r['flexible_mean'])} ± {fmt(r['flexible_std'])} | {fmt(r['final_entropy'], 3)} "
             f"| {fmt(r['final_logit_norm'], 1)} | {fmt(r['degenerate'], 3)} | {fmt(r['seconds'], 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+COSTS = (
+    ("generated_tokens", "generated tokens"),
+    ("trained_tokens", "forward-backward tokens"),
+    ("forward_tokens", "extra forward tokens"),
+    ("seconds", "seconds"),
+)
+
+
+def cost_rows(records: dict[str, list[dict]]) -> list[dict]:
+    """Per method, what it spent per problem (mean over its runs), and the same relative to `none`'s spend.
+
+    Tokens come from each run's `results.cost`; seconds are the run's adaptation wall time (answering included).
+    A run recorded before the cost was counted has none: its row reads n/a.
+    """
+
+    def per_problem(run: dict) -> dict | None:
+        cost = run["results"].get("cost")
+        if cost is None:
+            return None
+        spent = {key: cost[key] for key, _ in COSTS if key != "seconds"}
+        spent["seconds"] = run["timings"]["adapt_seconds"]
+        return {key: value / cost["problems"] for key, value in spent.items()}
+
+    rows = {}
+    for method, runs in records.items():
+        spent = [per_problem(run) for run in runs]
+        means = None if None in spent else {key: statistics.fmean(s[key] for s in spent) for key, _ in COSTS}
+        rows[method] = {"method": _label(method, runs), "per_problem": means}
+    baseline = rows.get("none", {}).get("per_problem")
+    for row in rows.values():
+        mine = row["per_problem"]
+        row["relative"] = (
+            None
+            if mine is None or baseline is None
+            else {key: mine[key] / baseline[key] if baseline[key] else None for key, _ in COSTS}
+        )
+    return list(rows.values())
+
+
+def cost_table(rows: list[dict]) -> str:
+    """Markdown for `cost_rows`: each cost per problem, with its ratio to `none` in brackets."""
+    lines = [
+        "| method | " + " | ".join(f"{name} / problem" for _, name in COSTS) + " |",
+        "|---|" + "---|" * len(COSTS),
+    ]
+    for r in rows:
+        cells = []
+        for key, _ in COSTS:
+            if r["per_problem"] is None:
+                cells.append("n/a")
+                continue
+            ratio = (r["relative"] or {}).get(key)
+            digits = 2 if key == "seconds" else 0
+            cells.append(f"{r['per_problem'][key]:.{digits}f}" + ("" if ratio is None else f" ({ratio:.2f}x)"))
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sample_rows(records: dict[str, list[dict]]) -> list[dict]:
+    """Sampling methods: first-sample, avg@k and maj@k accuracy (flexible), mean over runs."""
+    rows = []
+    for method, runs in records.items():
+        online = [r["results"]["online"] for r in runs]
+        if all("avg_at_k" in o for o in online):
+            k = runs[0]["config"]["ZeroSiamConfig"]["num_generations"]
+            row = {"method": _label(method, runs), "k": k}
+            for key in ("accuracy_flexible", "avg_at_k", "maj_at_k"):
+                row[key] = statistics.fmean(o[key] for o in online)
+            rows.append(row)
+    return rows
+
+
+def sample_table(rows: list[dict]) -> str:
+    """Markdown for `sample_rows`."""
+    lines = ["| method | k | first sample % | avg@k % | maj@k % |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['k']} | {r['accuracy_flexible']:.2f} | {r['avg_at_k']:.2f} | {r['maj_at_k']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -189,7 +270,7 @@ def run_all(
     methods: list[str],
     seeds: list[int],
     output_args: OutputArguments,
-    args: ZeroSiamConfig,
+    args: SharedRunConfig,
     output_dir: Path,
     suite: bool,
 ) -> dict[str, dict[str, list[dict]]]:
@@ -202,17 +283,19 @@ def run_all(
             for seed in seeds:
                 run_dir = _run_dir(output_dir, key if suite else None, method, seed)
                 logger.info("run %s", run_dir)
-                run_args = dataclasses.replace(args, method=method, seed=seed, output_dir=str(run_dir))
+                run_args = args.for_method(method, seed=seed, output_dir=str(run_dir))
                 record = adapt_or_reuse(model_args, seed_data[seed], output_args, run_args)
                 records.setdefault(key, {}).setdefault(method, []).append(record)
     return records
 
 
-def report(records: dict[str, dict[str, list[dict]]], suite: bool) -> tuple[dict, str]:
+def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list[str]) -> tuple[dict, str]:
     """The comparison's rows (for comparison.json) and its markdown (comparison.md)."""
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
+        by_method = {m: [run for runs in records.values() for run in runs[m]] for m in methods}
+        result["cost"], result["samples"] = cost_rows(by_method), sample_rows(by_method)
         paper = paper_table(keys)
         table = (
             "Online accuracy %, flexible (math-verify's own extraction; numeric: last number):\n\n"
@@ -221,11 +304,16 @@ def report(records: dict[str, dict[str, list[dict]]], suite: bool) -> tuple[dict
             + suite_table(result["accuracy_strict"], keys)
             + "\nFinal clean-branch entropy (nats) / share of degenerate answers:\n\n"
             + diagnostics_table(records)
+            + "\nCost per problem (ratio to none), over every benchmark and seed:\n\n"
+            + cost_table(result["cost"])
             + (f"\nReported by the paper ({PAPER_RESULTS['model']}; not measured here):\n\n{paper}" if paper else "")
         )
     else:
-        result = {"rows": summarize(next(iter(records.values())))}
-        table = markdown_table(result["rows"])
+        by_method = next(iter(records.values()))
+        result = {"rows": summarize(by_method), "cost": cost_rows(by_method), "samples": sample_rows(by_method)}
+        table = markdown_table(result["rows"]) + "\nCost per problem (ratio to none):\n\n" + cost_table(result["cost"])
+    if result["samples"]:
+        table += "\nSampling methods, online accuracy % (flexible):\n\n" + sample_table(result["samples"])
     return result, table
 
 

@@ -1,15 +1,21 @@
 """Configuration of a test-time adaptation run: the method, its signal, its protocol and the LoRA adapters."""
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
+from .methods import METHOD_OPTIONS, METHODS
 
-METHODS = ("zerosiam", "tent", "come", "none")
+
 SIGNALS = ("response", "prompt")
 PROTOCOLS = ("online", "offline")
 ABLATIONS = ("none", "no_stop_gradient", "frozen_identity_predictor", "frozen_random_predictor")
+# Options that only some methods take: None means "the method's default" (`Method.options`), and a value given to a
+# method that does not take the option is an error.
+_UNSET = None
 
 
 @dataclass
@@ -21,21 +27,22 @@ class ZeroSiamConfig(TrainingArguments):
     kept.
     """
 
-    method: str = field(
+    method: Literal[tuple(METHODS)] = field(
         default="zerosiam",
-        metadata={"help": f"Adaptation loss, one of {METHODS}. `none` runs the same pipeline with no update."},
+        metadata={"help": "Test-time method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."},
     )
-    alpha: float = field(
-        default=1.0, metadata={"help": "Weight of the symmetric KL between the online and the target branch."}
+    alpha: float | None = field(
+        default=_UNSET,
+        metadata={"help": "zerosiam: weight of the symmetric KL between the online and the target branch (1.0)."},
     )
-    signal: str = field(
-        default="response",
+    signal: Literal[SIGNALS] | None = field(
+        default=_UNSET,
         metadata={
-            "help": f"Positions that carry the loss, one of {SIGNALS}: the model's own greedy answer (teacher-forced) "
-            "or the prompt's next-token distributions."
+            "help": "Positions that carry the loss: the model's own answer (teacher-forced), or the prompt's "
+            "next-token distributions. Default: the method's own (response; tlm: prompt)."
         },
     )
-    protocol: str = field(
+    protocol: Literal[PROTOCOLS] = field(
         default="online",
         metadata={
             "help": f"One of {PROTOCOLS}. online: each batch is answered, scored, then used for one update. "
@@ -51,15 +58,57 @@ class ZeroSiamConfig(TrainingArguments):
     )
     # 1x, not the larger scales of the authors' vision code: Adam moves every entry of the d x d predictor by about
     # its learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart (README).
-    predictor_lr_scale: float = field(
-        default=1.0, metadata={"help": "The predictor learns at learning_rate * predictor_lr_scale."}
+    predictor_lr_scale: float | None = field(
+        default=_UNSET,
+        metadata={"help": "zerosiam: the predictor learns at learning_rate * predictor_lr_scale (1.0)."},
     )
-    ablation: str = field(
-        default="none",
+    ablation: Literal[ABLATIONS] | None = field(
+        default=_UNSET,
         metadata={
-            "help": f"ZeroSiam ablation, one of {ABLATIONS}: gradient through the target branch, or a predictor that "
-            "is frozen at the identity or at a random matrix."
+            "help": "zerosiam: gradient through the target branch, or a predictor that is frozen at the identity or "
+            "at a random matrix (none)."
         },
+    )
+    entropy_temperature: float | None = field(
+        default=_UNSET,
+        metadata={"help": "em_ft: the entropy is that of softmax(logits / entropy_temperature) (0.5)."},
+    )
+    tlm_threshold: float | None = field(
+        default=_UNSET,
+        metadata={
+            "help": "tlm: prompts whose mean NLL (log-perplexity) is above this threshold are trained on (3.0)."
+        },
+    )
+    tlm_weight: float | None = field(
+        default=_UNSET, metadata={"help": "tlm: lambda of the sample weight lambda * exp(NLL - threshold) (0.1)."}
+    )
+    slot_steps: int | None = field(
+        default=_UNSET, metadata={"help": "slot: optimizer steps on each prompt's delta before it is answered."}
+    )
+    slot_lr: float | None = field(default=_UNSET, metadata={"help": "slot: learning rate of the delta."})
+    em_inf_steps: int | None = field(
+        default=_UNSET, metadata={"help": "em_inf: optimizer steps on the logits at each decoding step."}
+    )
+    em_inf_lr: float | None = field(default=_UNSET, metadata={"help": "em_inf: learning rate on the logits."})
+    em_inf_kl_weight: float | None = field(
+        default=_UNSET, metadata={"help": "em_inf: weight of the KL to the original logits."}
+    )
+    em_inf_threshold: float | None = field(
+        default=_UNSET, metadata={"help": "em_inf: a decoding step whose entropy (nats) is below this is left as is."}
+    )
+    num_generations: int | None = field(
+        default=_UNSET,
+        metadata={"help": "ttrl, rent, intuitor: answers sampled per prompt (k); the first one is the prediction."},
+    )
+    sampling_temperature: float | None = field(
+        default=_UNSET,
+        metadata={
+            "help": "ttrl, rent, intuitor, em_inf: temperature of the sampled answers (1.0; intuitor 0.9, em_inf 0.1)."
+        },
+    )
+    beta: float | None = field(
+        default=_UNSET,
+        metadata={"help": "ttrl, rent, intuitor: weight of the KL to the base model (LoRA off) in the GRPO loss."},
     )
     loss_chunk_size: int = field(
         default=1024,
@@ -68,9 +117,13 @@ class ZeroSiamConfig(TrainingArguments):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Module names that receive LoRA adapters."},
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names that receive LoRA adapters; by default every linear layer of the model's attention "
+            "blocks (q_proj k_proj v_proj o_proj on Llama, qkv_proj o_proj on Phi-3); all-linear for every linear "
+            "layer but the output head."
+        },
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
     max_prompt_length: int = field(
@@ -132,6 +185,12 @@ class ZeroSiamConfig(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns for the loop."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer."})
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={
+            "help": "A resumed run restores the callbacks' state: the guards' counters travel with a checkpoint."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={
@@ -142,20 +201,22 @@ class ZeroSiamConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("method", self.method, METHODS)
-        _check_choice("signal", self.signal, SIGNALS)
+        _check_choice("method", self.method, tuple(METHODS))
         _check_choice("protocol", self.protocol, PROTOCOLS)
-        _check_choice("ablation", self.ablation, ABLATIONS)
-        if self.ablation != "none" and self.method != "zerosiam":
-            raise ValueError(
-                f"--ablation {self.ablation} applies to --method zerosiam only, got --method {self.method}."
-            )
-        for name in ("alpha", "learning_rate", "predictor_lr_scale", "lora_dropout"):
+        self._resolve_method_options()
+        _check_choice("ablation", self.ablation, ABLATIONS + (None,))
+        for name in ("learning_rate", "lora_dropout", *METHOD_OPTIONS):
+            value = getattr(self, name)
+            if value is None or isinstance(value, str):
+                continue
             # `nan < 0` is False: a NaN weight or rate would pass a sign check and poison every update.
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"--{name} must be a finite number, got {getattr(self, name)}.")
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+            if not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value}.")
+            if value < 0:
+                raise ValueError(f"--{name} must be >= 0, got {value}.")
+        for name in ("entropy_temperature", "sampling_temperature", "slot_steps", "em_inf_steps", "num_generations"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
         if not (math.isfinite(self.collapse_min_entropy) and self.collapse_min_entropy >= 0):
             raise ValueError(f"--collapse_min_entropy must be a finite number >= 0, got {self.collapse_min_entropy}.")
         if not 0 <= self.collapse_max_degenerate <= 1:
@@ -184,12 +245,64 @@ class ZeroSiamConfig(TrainingArguments):
                 f"got {self.num_train_epochs}."
             )
 
+    def _resolve_method_options(self) -> None:
+        """Refuse the options the method does not take, then fill in its defaults for those left unset."""
+        method = METHODS[self.method]
+        foreign = [name for name in METHOD_OPTIONS if getattr(self, name) is not None and name not in method.options]
+        if foreign:
+            takes = ", ".join(f"--{name}" for name in method.options) or "none"
+            raise ValueError(
+                f"--{foreign[0]} is not an option of --method {self.method} (its own options: {takes}); drop it."
+            )
+        for name, default in method.options.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.signal is None:
+            self.signal = method.signals[0] if method.signals else None
+        elif self.signal not in method.signals:
+            takes = ", ".join(method.signals) or "none (it trains nothing)"
+            raise ValueError(f"--method {self.method} takes --signal {takes}; got --signal {self.signal}.")
+        if method.samples and self.num_generations < 2:
+            raise ValueError(f"--method {self.method} compares k answers per prompt: --num_generations must be >= 2.")
+        if method.online_only and self.protocol != "online":
+            raise ValueError(f"--method {self.method} runs under --protocol online only; got {self.protocol}.")
+
+    def for_method(self, method: str, **changes) -> "ZeroSiamConfig":
+        """The same settings for a run of `method`: the method options it does not take are dropped, those it takes
+        kept, and its defaults fill the rest (a comparison runs every method from one set of flags)."""
+        spec = METHODS[method]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ZeroSiamConfig) if f.init}
+        values.update({name: None for name in METHOD_OPTIONS if name not in spec.options})
+        if values["signal"] not in spec.signals:
+            values["signal"] = None
+        return ZeroSiamConfig(**{**values, "method": method, **changes})
+
+    @property
+    def method_spec(self):
+        """The registered `Method` behind `method`."""
+        return METHODS[self.method]
+
     @property
     def trains(self) -> bool:
         """Whether this run updates any weight."""
-        return self.method != "none"
+        return METHODS[self.method].updates_weights
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+@dataclass
+class SharedRunConfig(ZeroSiamConfig):
+    """The settings of several runs that differ only in their method (compare.py): the method options stay as given,
+    and each run takes those of its method (`for_method`)."""
+
+    def _resolve_method_options(self) -> None:
+        pass
+
+    def check_methods(self, methods: list[str]) -> None:
+        """Refuse a method option that none of `methods` takes."""
+        for name in METHOD_OPTIONS:
+            if getattr(self, name) is not None and not any(name in METHODS[m].options for m in methods):
+                raise ValueError(f"--{name} is an option of none of --methods {' '.join(methods)}; drop it.")

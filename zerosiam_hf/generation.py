@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
 
 from .checkers import score_completions
 from .scoring import accuracy
@@ -103,19 +103,34 @@ def merged_lora(model):
             base.weight.data = original
 
 
+def sampling_config(config: GenerationConfig, temperature: float) -> GenerationConfig:
+    """`config` turned into plain sampling at `temperature`: no top-k or top-p cut, whatever the model ships."""
+    return GenerationConfig(**{**config.to_diff_dict(), "do_sample": True, "temperature": temperature, "top_k": 0})
+
+
 @torch.no_grad()
 def generate_batch(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig, logits_processor=None
 ) -> list[list[int]]:
-    """Greedy completions of one left-padded batch, each cut after its first end token."""
-    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    """Completions of one left-padded batch (greedy unless `config` samples), each cut after its first end token.
+
+    `logits_processor`: transformers `LogitsProcessor`s applied at every decoding step (a decoding-time method).
+    """
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=config,
+        logits_processor=LogitsProcessorList(logits_processor or []),
+    )
     generated = output[:, input_ids.shape[1] :]
     lengths = completion_mask(generated, config.eos_token_id).sum(dim=1).tolist()
     return [row[:length].tolist() for row, length in zip(generated, lengths)]
 
 
-def generate_batches(model, batches, config: GenerationConfig, *, merge_lora: bool = True) -> list[list[int]]:
-    """Greedy completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order.
+def generate_batches(
+    model, batches, config: GenerationConfig, *, merge_lora: bool = True, logits_processor=None
+) -> list[list[int]]:
+    """Completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order.
 
     The model answers in eval mode (with LoRA merged when `merge_lora`) and gets its train/eval mode back after.
     """
@@ -126,7 +141,9 @@ def generate_batches(model, batches, config: GenerationConfig, *, merge_lora: bo
     try:
         with merged_lora(model) if merge_lora else nullcontext():
             for input_ids, attention_mask in batches:
-                completions += generate_batch(model, input_ids.to(device), attention_mask.to(device), config)
+                completions += generate_batch(
+                    model, input_ids.to(device), attention_mask.to(device), config, logits_processor
+                )
     finally:
         model.train(was_training)
     return completions

@@ -7,7 +7,9 @@ import threading
 from contextlib import contextmanager
 
 import torch
+from accelerate.utils import reduce
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .errors import RunStopped
 
@@ -15,43 +17,48 @@ from .errors import RunStopped
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteGuard(TrainerCallback):
-    """Skips an update whose loss or gradient holds NaN or Inf, and stops the run after too many in a row.
+class NonFiniteGuard(TrainerCallback, ExportableState):
+    """Skips an update whose loss or gradient holds NaN or Inf, and stops the run after `max_in_a_row` in a row.
 
     Dropping every gradient (set to None) before the optimizer step makes the step a no-op: torch's optimizers
     leave a parameter without a gradient, and its state, untouched. The decision is reduced over processes, so
-    that every process skips the same updates and the replicas stay equal.
+    that every process skips the same updates and the replicas stay equal. Its counters travel with a checkpoint
+    as the Trainer's callback state (`ExportableState`).
     """
 
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.nonfinite_loss = None
+    def __init__(self, max_in_a_row: int = 5):
+        self.max_in_a_row = max_in_a_row
         self.skipped = 0
         self.in_a_row = 0
+        self._nonfinite_loss = None
+
+    def state(self) -> dict:
+        return {
+            "args": {"max_in_a_row": self.max_in_a_row},
+            "attributes": {"skipped": self.skipped, "in_a_row": self.in_a_row},
+        }
 
     def check_loss(self, loss: torch.Tensor) -> None:
         """Note a micro-batch whose loss is not finite (its gradient may still be); no host sync here."""
         bad = ~torch.isfinite(loss.detach()).all()
-        self.nonfinite_loss = bad if self.nonfinite_loss is None else self.nonfinite_loss | bad
+        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        model = trainer.accelerator.unwrap_model(trainer.model)
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         bad = torch.zeros((), device=args.device)
         checks = [torch.isfinite(p.grad).all().to(bad.device) for p in model.parameters() if p.grad is not None]
         if checks:
             bad = bad + (~torch.stack(checks).all()).float()
-        if self.nonfinite_loss is not None:
-            bad = bad + self.nonfinite_loss.float().to(bad.device)
-        self.nonfinite_loss = None
+        if self._nonfinite_loss is not None:
+            bad = bad + self._nonfinite_loss.float().to(bad.device)
+        self._nonfinite_loss = None
         # One reduction and one host sync per step, however many tensors there are.
-        if trainer.accelerator.reduce(bad, reduction="sum").item() == 0:
+        if reduce(bad, reduction="sum").item() == 0:
             self.in_a_row = 0
             return
         model.zero_grad(set_to_none=True)
         self.skipped += 1
         self.in_a_row += 1
-        if self.in_a_row >= args.max_skipped_updates:
+        if self.in_a_row >= self.max_in_a_row:
             raise RunStopped(
                 f"stopped at step {state.global_step + 1}: the last {self.in_a_row} updates had a NaN or Inf loss or "
                 "gradient and were skipped (--max_skipped_updates); the run diverged, try a lower --learning_rate."
@@ -67,8 +74,7 @@ class SignalStop(TrainerCallback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self):
         self.signum = None
         self.stopped_at = None
         self._previous = {}
@@ -97,44 +103,44 @@ class SignalStop(TrainerCallback):
         logger.warning("%s: finishing this step, then writing a checkpoint.", signal.Signals(signum).name)
 
     def on_step_end(self, args, state, control, **kwargs):
-        requested = torch.tensor(float(self.signum is not None), device=args.device)
-        if self.trainer.accelerator.num_processes > 1:
-            requested = self.trainer.accelerator.reduce(requested, reduction="sum")
+        requested = reduce(torch.tensor(float(self.signum is not None), device=args.device), reduction="sum")
         if requested.item() > 0 and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
 
 
-class CollapseGuard(TrainerCallback):
-    """Model recovery (SAR's, for LLMs): after a step whose batch shows collapse, reset LoRA, predictor and optimizer.
+class CollapseGuard(TrainerCallback, ExportableState):
+    """Model recovery (SAR's, for LLMs): decides, from a step's statistics that the trainer hands it, whether to reset
+    LoRA, predictor and optimizer, and counts the resets.
 
-    A batch shows collapse when the clean branch's mean entropy on it falls below `collapse_min_entropy`, or when the
-    share of its answers that are degenerate (no number, or a token loop) passes `collapse_max_degenerate`.
+    A batch shows collapse when the clean branch's mean entropy on it falls below `min_entropy`, or when the share of
+    its answers that are degenerate (no number, or a token loop) passes `max_degenerate`. It handles no Trainer
+    event: it is a callback so that its count travels with a checkpoint as the Trainer's callback state.
     """
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, min_entropy: float = 0.1, max_degenerate: float = 0.5):
+        self.min_entropy = min_entropy
+        self.max_degenerate = max_degenerate
         self.resets = 0
-        self._seen = {}
 
-    def _batch_mean(self, key: str) -> float | None:
-        values = self.trainer._metrics[key][self._seen.get(key, 0) :]
-        return sum(values) / len(values) if values else None
+    def state(self) -> dict:
+        return {
+            "args": {"min_entropy": self.min_entropy, "max_degenerate": self.max_degenerate},
+            "attributes": {"resets": self.resets},
+        }
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._seen = {key: len(values) for key, values in self.trainer._metrics.items()}
-
-    def on_step_end(self, args, state, control, **kwargs):
-        entropy, degenerate = self._batch_mean("collapse/entropy"), self._batch_mean("answers/degenerate")
-        low_entropy = entropy is not None and entropy < args.collapse_min_entropy
-        degenerate_answers = degenerate is not None and degenerate > args.collapse_max_degenerate
-        if low_entropy or degenerate_answers:
-            self.trainer._reset_to_initial()
-            self.resets += 1
-            logger.warning(
-                "step %d: collapse guard reset LoRA, predictor and optimizer (clean entropy %s, degenerate share %s).",
-                state.global_step,
-                "n/a" if entropy is None else f"{entropy:.3f}",
-                "n/a" if degenerate is None else f"{degenerate:.2f}",
-            )
+    def collapsed(self, step: int, entropy: float | None, degenerate: float | None) -> bool:
+        """Whether the step's batch shows collapse (then counted as a reset); None: the statistic was not measured."""
+        low_entropy = entropy is not None and entropy < self.min_entropy
+        degenerate_answers = degenerate is not None and degenerate > self.max_degenerate
+        if not (low_entropy or degenerate_answers):
+            return False
+        self.resets += 1
+        logger.warning(
+            "step %d: collapse guard reset LoRA, predictor and optimizer (clean entropy %s, degenerate share %s).",
+            step,
+            "n/a" if entropy is None else f"{entropy:.3f}",
+            "n/a" if degenerate is None else f"{degenerate:.2f}",
+        )
+        return True

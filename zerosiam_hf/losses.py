@@ -5,7 +5,8 @@ the frozen LM head (and, for ZeroSiam, the predictor) and returns the loss with 
 chunked implementation never holds the full [N, V] logits: it walks the selected positions in chunks, computes the
 gradient with respect to the logits in closed form while the chunk's logits are at hand, and keeps only the [N, d]
 gradient for the backward pass. `chunk_size=0` selects the naive reference (full logits, plain autograd) that the
-tests hold the chunked path to.
+tests hold the chunked path to. Both paths apply the model's own transform of its logits (scaling, soft-capping:
+`head_logits`), so the loss sees the distribution the model generates from.
 """
 
 import math
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 
-METHODS = ("zerosiam", "tent", "come")
+# The loss heads `head_loss` computes (the run methods that use them are in `methods/head.py`).
+HEADS = ("zerosiam", "tent", "come")
 _METHOD_KWARGS = {"zerosiam": (), "tent": (), "come": ("num_classes", "norm_constraint")}
 
 
@@ -53,6 +55,24 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / mask.sum().clamp(min=1)
 
 
+def head_logits(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The model's logits from the LM head's input: [..., d] -> [..., V], in at least fp32.
+
+    z = lm_head(h) * logit_scale, then, with `softcap`, z = softcap * tanh(z / softcap), the order and operations of
+    transformers' Granite (logit_scale = 1 / logits_scaling), Cohere (logit_scale) and Gemma 2/3
+    (final_logit_softcapping). The matmul runs in hidden's dtype, as in `head_loss`.
+    """
+    _check_transform(logit_scale, softcap)
+    return _transform(_linear(hidden, lm_head_weight, lm_head_bias), logit_scale, softcap)
+
+
 def head_loss(
     method: str,
     hidden: torch.Tensor,
@@ -64,6 +84,8 @@ def head_loss(
     stop_gradient: bool = True,
     chunk_size: int = 1024,
     lm_head_bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
     **method_kwargs,
 ) -> HeadLoss:
     """Test-time loss of `method` on the positions selected by `mask`, with diagnostics of the clean branch.
@@ -80,12 +102,15 @@ def head_loss(
             chunked path computes the gradients (for `hidden` and `predictor_weight`, those that require grad while
             grad mode is on) during the forward pass and supports one backward, not double backward.
         lm_head_bias: optional [V] bias of the LM head.
+        logit_scale, softcap: the model's transform of its logits, applied to every branch before the softmax (see
+            `head_logits`; `modeling.head_transform` reads them from a model's config). The defaults leave the
+            logits untouched, with no extra operation.
         **method_kwargs: COME only: `num_classes` (int, K of the opinion, default V) and `norm_constraint` (bool,
             default True); see below.
 
     The matmuls run in hidden's dtype (autocast's when it is on); softmax, entropy and KL in at least fp32.
 
-    Per selected position, with the clean logits z = lm_head(h):
+    Per selected position, with the clean logits z = lm_head(h) (transformed as above):
         - zerosiam: target z_t = z (detached unless stop_gradient=False), online z_o = lm_head(P(h)),
           loss = H(softmax(z_o)) + alpha * (KL(p_t||p_o) + KL(p_o||p_t)).
         - tent: loss = H(softmax(z)).
@@ -106,11 +131,15 @@ def head_loss(
         each a detached masked mean, and `clean_top1` ([N] argmax of the clean logits at the selected positions).
     """
     come = _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, method_kwargs)
+    _check_transform(logit_scale, softcap)
+    transform = {"logit_scale": logit_scale, "softcap": softcap}
     rows = hidden[mask]
     weight = lm_head_weight.detach()
     bias = None if lm_head_bias is None else lm_head_bias.detach()
     if chunk_size == 0:
-        loss_sum, stats, top1 = _naive_head(method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come)
+        loss_sum, stats, top1 = _naive_head(
+            method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come, transform
+        )
     else:
         grad_enabled = torch.is_grad_enabled()
         device_type = rows.device.type
@@ -127,6 +156,7 @@ def head_loss(
             norm_constraint=come["norm_constraint"],
             grad_rows=grad_enabled and rows.requires_grad,
             grad_predictor=grad_enabled and predictor_weight is not None and predictor_weight.requires_grad,
+            **transform,
         )
         loss_sum, stats, top1 = _ChunkedHeadLoss.apply(rows, predictor_weight, weight, bias, spec)
     count = max(rows.shape[0], 1)
@@ -148,8 +178,8 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, method_kwargs):
     """Raise ValueError for bad arguments; return COME's options with their defaults filled in."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
+    if method not in HEADS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, HEADS))}; got {method!r}.")
     unknown = sorted(set(method_kwargs) - set(_METHOD_KWARGS[method]))
     if unknown:
         allowed = ", ".join(_METHOD_KWARGS[method]) or "none"
@@ -190,6 +220,22 @@ def _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_si
     return come
 
 
+def _check_transform(logit_scale, softcap) -> None:
+    if not (math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"logit_scale must be a finite number > 0; got {logit_scale}.")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be None or a finite number > 0; got {softcap}.")
+
+
+def _transform(logits: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+    """The model's logit transform (see `head_logits`); the identity costs no operation."""
+    if logit_scale != 1.0:
+        logits = logits * logit_scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Logits of x ([N, d]) in the input dtype, returned in the statistics dtype: [N, V]."""
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype)).to(_stats_dtype(x.dtype))
@@ -207,11 +253,12 @@ def _opinion_entropy(logits: torch.Tensor, num_classes: int, norm_constraint: bo
     return -(log_belief.exp() * log_belief).sum(-1) - log_uncertainty.exp() * log_uncertainty
 
 
-def _naive_head(method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come):
+def _naive_head(method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come, transform):
     """Reference: full [N, V] logits and plain autograd. Returns (loss sum, [4] stat sums, [N] top-1)."""
-    clean = _linear(rows if method != "zerosiam" or not stop_gradient else rows.detach(), weight, bias)
+    clean_rows = rows if method != "zerosiam" or not stop_gradient else rows.detach()
+    clean = _transform(_linear(clean_rows, weight, bias), **transform)
     if method == "zerosiam":
-        online = _linear(rows @ predictor_weight.to(rows.dtype).T, weight, bias)
+        online = _transform(_linear(rows @ predictor_weight.to(rows.dtype).T, weight, bias), **transform)
         entropy = entropy_from_logits(online)
         align = symmetric_kl(clean, online)
         loss = entropy + alpha * align
@@ -239,12 +286,15 @@ class _ChunkSpec:
     norm_constraint: bool
     grad_rows: bool
     grad_predictor: bool
+    logit_scale: float = 1.0
+    softcap: float | None = None
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Chunked head: the gradient is computed during the forward pass, chunk by chunk, and only scaled in backward.
 
-    Peak extra memory is a few [chunk_size, V] buffers (two branches for ZeroSiam) plus the [N, d] gradient.
+    Peak extra memory is a few [chunk_size, V] buffers (two branches for ZeroSiam) plus the [N, d] gradient; one more
+    with `softcap`, for the derivative of the cap.
     """
 
     @staticmethod
@@ -290,12 +340,16 @@ def _chunked_head(rows, predictor_weight, weight, bias, spec: _ChunkSpec):
         logits_buf = torch.empty(branch_rows, weight.shape[0], dtype=stats_dtype, device=device)
         probs_buf = torch.empty_like(logits_buf)
         cast_buf = None if dtype == stats_dtype else torch.empty_like(logits_buf, dtype=dtype)
+        # the softmax overwrites the capped logits, so the cap's derivative is kept aside for the gradient
+        slope_buf = None if spec.softcap is None else torch.empty_like(logits_buf)
         for start in range(0, n, chunk):
             h = rows[start : start + chunk].to(dtype)
             k = h.shape[0]
             inputs = torch.cat([h, h @ predictor.T]) if zerosiam else h
             logits, probs = logits_buf[: inputs.shape[0]], probs_buf[: inputs.shape[0]]
             _logits_into(logits, inputs, weight, bias, cast_buf)
+            slope = None if slope_buf is None else slope_buf[: inputs.shape[0]]
+            _transform_(logits, spec.logit_scale, spec.softcap, slope)
             top1[start : start + k] = logits[:k].argmax(-1)
             norm = torch.linalg.vector_norm(logits[:k], dim=-1)
             loss, entropy, align, clean_entropy, grad = _chunk_loss(spec, logits, probs, norm, target_grad)
@@ -303,6 +357,7 @@ def _chunked_head(rows, predictor_weight, weight, bias, spec: _ChunkSpec):
             stats += torch.stack([entropy.sum(), align.sum(), clean_entropy.sum(), norm.sum()])
             if not (spec.grad_rows or spec.grad_predictor):
                 continue
+            _chain_transform_(grad, spec.logit_scale, slope)
             grad_inputs = _logit_grad_to_inputs(grad, weight, cast_buf)
             if not zerosiam:
                 grad_rows[start : start + k] = grad_inputs
@@ -328,6 +383,28 @@ def _logits_into(out, inputs, weight, bias, cast_buf):
         torch.addmm(bias, inputs, weight.T, out=target)
     if cast_buf is not None:
         out.copy_(target)
+
+
+def _transform_(logits, logit_scale, softcap, slope):
+    """In place, `_transform` of the raw logits [M, V]; with `softcap`, slope [M, V] becomes 1 - tanh(z / cap)^2."""
+    if logit_scale != 1.0:
+        logits.mul_(logit_scale)
+    if softcap is not None:
+        logits.div_(softcap).tanh_()
+        torch.mul(logits, logits, out=slope).neg_().add_(1)
+        logits.mul_(softcap)
+
+
+def _chain_transform_(grad, logit_scale, slope):
+    """In place, the gradient w.r.t. the transformed logits [M', V] becomes the one w.r.t. the raw logits.
+
+    `grad` holds the last M' rows of the chunk (ZeroSiam's online branch alone under stop-gradient), and so does the
+    end of `slope`.
+    """
+    if slope is not None:
+        grad.mul_(slope[slope.shape[0] - grad.shape[0] :])
+    if logit_scale != 1.0:
+        grad.mul_(logit_scale)
 
 
 def _logit_grad_to_inputs(grad_logits, weight, cast_buf):

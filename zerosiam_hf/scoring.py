@@ -79,14 +79,41 @@ def last_boxed(text: str) -> str | None:
 
 
 def accuracy(records: list[dict]) -> dict:
-    """Strict and flexible accuracy (%) over scored records, their count, and how many checks timed out."""
+    """Strict and flexible accuracy (%) over scored records, their count, and how many checks timed out; records of
+    a sampling method (k answers a prompt) add avg@k and maj@k (%, flexible)."""
     n = len(records)
     timeouts = sum(bool(r.get("check_timed_out")) for r in records)
     if n == 0:
         return {"n": 0, "accuracy_strict": None, "accuracy_flexible": None, "check_timeouts": 0}
-    return {
+    summary = {
         "n": n,
         "accuracy_strict": 100.0 * sum(r["correct_strict"] for r in records) / n,
         "accuracy_flexible": 100.0 * sum(r["correct_flexible"] for r in records) / n,
         "check_timeouts": timeouts,
     }
+    if all("avg_at_k" in r for r in records):
+        summary["avg_at_k"] = 100.0 * sum(r["avg_at_k"] for r in records) / n
+        summary["maj_at_k"] = 100.0 * sum(r["maj_at_k"] for r in records) / n
+    return summary
+
+
+def majority_vote(answers: list[str | None], same) -> str | None:
+    """The most frequent answer among one prompt's samples, answers that `same(a, b)` calls equal voting together;
+    ties go to the answer seen first, and a missing answer (None) never wins.
+
+    Each distinct answer is compared with the representatives found so far, so `same` is called at most k^2 / 2
+    times for k samples.
+    """
+    groups: list[list] = []  # [representative, votes]
+    for answer in answers:
+        if answer is None:
+            continue
+        for group in groups:
+            if answer == group[0] or same(group[0], answer):
+                group[1] += 1
+                break
+        else:
+            groups.append([answer, 1])
+    if not groups:
+        return None
+    return max(groups, key=lambda group: group[1])[0]  # max keeps the first of equal counts

@@ -17,13 +17,14 @@ from .checkers import NumericChecker, score_completions
 from .config import ZeroSiamConfig
 from .diagnostics import answer_diagnostics, top_token_dominance
 from .errors import RunStopped
-from .generation import generate_batches, greedy_config, pad
+from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, SignalStop
-from .losses import head_loss
-from .modeling import build_adapted_model
+from .methods import write_method_settings
+from .methods.base import final_hidden_states
+from .modeling import build_adapted_model, check_head_input, head_transform
 from .predictor import PREDICTOR_NAME, find_predictor
 from .records import append_jsonl, write_json, write_jsonl
-from .scoring import accuracy
+from .scoring import accuracy, majority_vote
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -43,14 +44,17 @@ class PromptCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "index": index}
 
 
-class _EpisodeEnd(TrainerCallback):
-    """After each optimizer step of an episodic run: answer the batch with the adapted weights, then reset."""
+class _StepHooks(TrainerCallback):
+    """The trainer's own step events: marks where a step's statistics start, and ends each step (`_end_step`)."""
 
     def __init__(self, trainer: "ZeroSiamTrainer"):
         self.trainer = trainer
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._step_start = {key: len(values) for key, values in self.trainer._metrics.items()}
+
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._end_episode()
+        self.trainer._end_step()
 
 
 class ZeroSiamTrainer(Trainer):
@@ -106,22 +110,32 @@ class ZeroSiamTrainer(Trainer):
         self.checker = checker or NumericChecker()
         self.online_records: dict[int, dict] = {}
         self._metrics = defaultdict(list)
-        self._lm_head = model.get_output_embeddings()
-        self._predictor = find_predictor(model) if args.method == "zerosiam" else None
+        self.method = args.method_spec
+        self.lm_head = model.get_output_embeddings()
+        # the methods read the model's logits as its head makes them (soft-cap, scale); an architecture whose head
+        # they cannot reproduce is refused here, before anything is generated
+        self.head_transform = head_transform(model.get_base_model().config)
+        if args.trains or self.method.forwards_prompt:
+            check_head_input(model, self.head_transform)
+        self.predictor = find_predictor(model) if self.method.trains == "lora+predictor" else None
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
-        self._head_checked = False
+        if args.sampling_temperature is not None:  # the methods that sample their answers
+            self._generation_config = sampling_config(self._generation_config, args.sampling_temperature)
+        # What the run spent, for the cost columns of a comparison: tokens generated (every sample), tokens through
+        # a forward and backward pass of the backbone, and tokens through an extra forward without backward.
+        self.cost = {"generated_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
         self._pending_episode = None
-        self._nonfinite_guard = NonFiniteGuard(self)
-        self._signal_stop = SignalStop(self)
-        self.add_callback(self._nonfinite_guard)
+        self._step_start = {}
+        self._signal_stop = SignalStop()
+        # The guards keep their counters as callback state, which a resumed Trainer restores into new instances:
+        # they are looked up where used (`_guard`), never held.
+        self.add_callback(NonFiniteGuard(args.max_skipped_updates))
         self.add_callback(self._signal_stop)
-        self._collapse_guard = CollapseGuard(self) if args.collapse_guard else None
+        self.add_callback(_StepHooks(self))
+        if args.collapse_guard:
+            self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        if args.episodic:
-            self.add_callback(_EpisodeEnd(self))
-        if self._collapse_guard is not None:
-            self.add_callback(self._collapse_guard)
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -162,12 +176,7 @@ class ZeroSiamTrainer(Trainer):
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             # Written before the Trainer's files: a checkpoint with its trainer_state.json is then complete.
-            run_state = {
-                "online_records": list(self.online_records.values()),
-                "skipped_updates": self._nonfinite_guard.skipped,
-                "skipped_in_a_row": self._nonfinite_guard.in_a_row,
-                "resets": None if self._collapse_guard is None else self._collapse_guard.resets,
-            }
+            run_state = {"online_records": list(self.online_records.values()), "cost": self.cost}
             write_json(folder / RUN_STATE_FILE, run_state)
         super()._save_checkpoint(model, trial)
 
@@ -180,10 +189,13 @@ class ZeroSiamTrainer(Trainer):
             )
         run_state = json.loads(file.read_text())
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
-        self._nonfinite_guard.skipped = run_state["skipped_updates"]
-        self._nonfinite_guard.in_a_row = run_state["skipped_in_a_row"]
-        if self._collapse_guard is not None:
-            self._collapse_guard.resets = run_state["resets"] or 0
+        self.cost = dict(run_state.get("cost") or self.cost)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            write_method_settings(output_dir or self.args.output_dir, self.args)
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -205,12 +217,13 @@ class ZeroSiamTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------- one step
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """One answered batch; `method="none"` answers and scores it and skips the update."""
+        """One answered batch; a method that updates no weight (`none`, `slot`, `em_inf`) answers and scores it and
+        skips the update."""
         if not self.args.trains:
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._nonfinite_guard.check_loss(loss)
+        self._guard(NonFiniteGuard).check_loss(loss)
         return loss
 
     def _prepare_inputs(self, inputs: dict) -> dict:
@@ -218,15 +231,20 @@ class ZeroSiamTrainer(Trainer):
         inputs = super()._prepare_inputs(inputs)
         prompt_ids, prompt_mask, index = inputs["input_ids"], inputs["attention_mask"], inputs["index"]
         online, episodic = self.args.protocol == "online", self.args.episodic
-        completions = None
+        completions, scored = None, None
         if self.args.signal == "response" or (online and not episodic):
             completions = self._generate(prompt_ids, prompt_mask)
         if online and not episodic:
-            self._record(index, completions)
+            scored = self._record(index, completions)
         elif online:
             self._pending_episode = (prompt_ids, prompt_mask, index)
+        if not self.args.trains:
+            return inputs
         if self.args.signal == "prompt":
             return {"input_ids": prompt_ids, "attention_mask": prompt_mask, "loss_mask": prompt_mask.bool()}
+        k = self.args.num_generations if self.method.samples else 1
+        if k > 1:
+            prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
         completion_ids, completion_mask = pad(
             completions, self.processing_class.pad_token_id, side="right", device=prompt_ids.device
         )
@@ -236,85 +254,99 @@ class ZeroSiamTrainer(Trainer):
         is_answer = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1).bool()
         loss_mask = torch.zeros_like(is_answer)
         loss_mask[:, :-1] = is_answer[:, 1:]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        rewards = self.method.rewards(self, scored, k) if scored is not None else None
+        if rewards is not None:
+            batch["rewards"] = rewards.to(input_ids.device)
+        return batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One backbone forward; the loss head reads its final hidden states (see `losses.head_loss`)."""
-        attention_mask = inputs["attention_mask"]
-        # Positions count real tokens only, as generate() counts them under left padding.
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=True,
-            logits_to_keep=1,  # the loss head computes its own logits, chunk by chunk
-            use_cache=False,
-        )
-        hidden = outputs.hidden_states[-1]
-        if not self._head_checked:
-            self._check_hidden_is_head_input(hidden, outputs.logits)
-        result = head_loss(
-            self.args.method,
-            hidden,
-            self._lm_head.weight,
-            inputs["loss_mask"],
-            predictor_weight=None if self._predictor is None else self._predictor.weight,
-            alpha=self.args.alpha,
-            stop_gradient=self.args.ablation != "no_stop_gradient",
-            chunk_size=self.args.loss_chunk_size,
-            lm_head_bias=self._lm_head.bias,
-        )
-        self._log_loss_metrics(result)
-        return (result.loss, outputs) if return_outputs else result.loss
+        """The method's loss of the batch (see `methods`); the model outputs are not kept, so they come back None."""
+        self.cost["trained_tokens"] += int(inputs["attention_mask"].sum())
+        loss = self.method.loss(self, model, inputs)
+        return (loss, None) if return_outputs else loss
 
-    # ----------------------------------------------------------------------------------------------- helpers
-    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
-        """Greedy answers from the clean branch, in chunks of `generation_batch_size` prompts."""
-        size = self.args.generation_batch_size or len(prompt_ids)
-        batches = (
-            (prompt_ids[start : start + size], prompt_mask[start : start + size])
-            for start in range(0, len(prompt_ids), size)
-        )
-        return generate_batches(
-            self.accelerator.unwrap_model(self.model),
-            batches,
-            self._generation_config,
-            merge_lora=self.args.merge_adapter_for_generation,
-        )
+    # ----------------------------------------------------------------------------------------------- for the methods
+    def final_hidden_states(self, model, inputs: dict) -> torch.Tensor:
+        """[B, T, d] final hidden states (the LM head's input) of one backbone forward over `inputs`."""
+        return final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])[1]
 
-    def _check_hidden_is_head_input(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
-        """The loss needs the LM head's input; fail loudly for an architecture whose last hidden state is not it."""
+    def log_head_metrics(self, result) -> None:
+        """The loss head's diagnostics (`losses.HeadLoss`), averaged over processes."""
+        metrics = {
+            "loss/entropy": result.entropy,
+            "loss/align": result.align,
+            "collapse/entropy": result.clean_entropy,
+            "collapse/logit_norm": result.clean_logit_norm,
+            "collapse/dominance": top_token_dominance(result.clean_top1),
+        }
+        if self.predictor is not None:
+            metrics["collapse/predictor_drift"] = self.predictor.drift()
+        self.log_metrics_step(metrics)
+
+    def log_metrics_step(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Per-batch scalar diagnostics, averaged over processes, logged at the step's end."""
         with torch.no_grad():
-            expected = self._lm_head(hidden[:, -1:]).float()
-            if not torch.allclose(expected, logits.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError(
-                    f"{type(self.accelerator.unwrap_model(self.model).base_model.model).__name__}: the last hidden "
-                    "state is not the LM head's input, so the ZeroSiam loss cannot be computed for this architecture."
-                )
-        self._head_checked = True
-
-    def _log_loss_metrics(self, result) -> None:
-        with torch.no_grad():
-            metrics = {
-                "loss/entropy": result.entropy,
-                "loss/align": result.align,
-                "collapse/entropy": result.clean_entropy,
-                "collapse/logit_norm": result.clean_logit_norm,
-                "collapse/dominance": top_token_dominance(result.clean_top1),
-            }
-            if self._predictor is not None:
-                metrics["collapse/predictor_drift"] = self._predictor.drift()
-            values = torch.stack([value.float().reshape(()) for value in metrics.values()])
+            values = torch.stack([torch.as_tensor(value).float().reshape(()).cpu() for value in metrics.values()])
             # Plain gather: every process contributes one row of per-batch means, with nothing to de-duplicate.
-            values = self.accelerator.gather(values[None]).mean(dim=0)
+            values = self.accelerator.gather(values[None].to(self.args.device)).mean(dim=0)
         for key, value in zip(metrics, values.tolist()):
             self._metrics[key].append(value)
 
-    def _record(self, index: torch.Tensor, completions: list[list[int]]) -> None:
-        """Score a batch's answers as the online predictions, gathered from every process."""
-        scored = score_completions(self.checker, self.processing_class, index.tolist(), completions, self.gold)
-        local = [({**r, "updates_before": self.state.global_step}, ids) for r, ids in zip(scored, completions)]
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+        """The method's answers (greedy from the clean branch, or `num_generations` samples per prompt, one prompt's
+        samples together), in chunks of `generation_batch_size` prompts."""
+        model = self.accelerator.unwrap_model(self.model)
+        size = self.args.generation_batch_size or len(prompt_ids)
+        k = self.args.num_generations if self.method.samples else 1
+        completions = []
+        for start in range(0, len(prompt_ids), size):
+            ids, mask = prompt_ids[start : start + size], prompt_mask[start : start + size]
+            context, processors = self.method.decoding(model, self.args, ids, mask)
+            if self.method.forwards_prompt:
+                self.cost["forward_tokens"] += int(mask.sum())
+            if k > 1:
+                ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+            with context:
+                completions += generate_batches(
+                    model,
+                    [(ids, mask)],
+                    self._generation_config,
+                    merge_lora=self.args.merge_adapter_for_generation,
+                    logits_processor=processors,
+                )
+        self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
+        return completions
+
+    def _record(self, index: torch.Tensor, completions: list[list[int]]) -> list[dict]:
+        """Score a batch's answers as the online predictions, gathered from every process, and return this
+        process's scored answers (every sample, prompt-major).
+
+        A sampling method's prediction is its first sample; the record adds `avg_at_k` (the share of the k samples
+        that are right, flexible) and `maj_at_k` (whether the majority answer is right), the vote going through the
+        benchmark's checker as TTRL's does.
+        """
+        k = self.args.num_generations if self.method.samples else 1
+        indices = index.repeat_interleave(k).tolist()
+        scored = score_completions(self.checker, self.processing_class, indices, completions, self.gold)
+        step = self.state.global_step
+        local = []
+        for start in range(0, len(scored), k):
+            group = scored[start : start + k]
+            record = {**group[0], "updates_before": step}
+            if k > 1:
+                answers = [r["pred_flexible"] for r in group]
+                majority = majority_vote(answers, self.checker.same_answer)
+                winner = next((r for r in group if r["pred_flexible"] == majority), None)
+                record.update(
+                    samples=k,
+                    sample_answers=answers,
+                    avg_at_k=sum(r["correct_flexible"] for r in group) / k,
+                    maj_at_k=bool(winner and winner["correct_flexible"]),
+                    majority_answer=majority,
+                )
+            local.append((record, completions[start]))
         gathered = gather_object(local)
         fresh = [(r, ids) for r, ids in gathered if r["index"] not in self.online_records]
         for record, _ in fresh:
@@ -330,18 +362,33 @@ class ZeroSiamTrainer(Trainer):
                 "online/accuracy_flexible": running["accuracy_flexible"],
             }
         )
+        return scored
 
     def _metrics_update(self, values: dict) -> None:
         for key, value in values.items():
             self._metrics[key].append(value)
 
-    def _end_episode(self) -> None:
-        """Episodic protocol: answer the last batch with the updated weights, then restore the initial state."""
-        if self._pending_episode is not None:
-            prompt_ids, prompt_mask, index = self._pending_episode
-            self._record(index, self._generate(prompt_ids, prompt_mask))
-            self._pending_episode = None
-        self._reset_to_initial()
+    def _guard(self, kind: type):
+        """The registered callback of type `kind`, or None."""
+        return next((callback for callback in self.callback_handler.callbacks if isinstance(callback, kind)), None)
+
+    def _end_step(self) -> None:
+        """After each optimizer step, in this order: an episodic run answers the batch with the updated weights and
+        restores the initial state; the collapse guard reads the step's statistics and restores it on collapse."""
+        if self.args.episodic:
+            if self._pending_episode is not None:
+                prompt_ids, prompt_mask, index = self._pending_episode
+                self._record(index, self._generate(prompt_ids, prompt_mask))
+                self._pending_episode = None
+            self._reset_to_initial()
+        guard = self._guard(CollapseGuard)
+        if guard is not None:
+            step_mean = {}
+            for key in ("collapse/entropy", "answers/degenerate"):
+                values = self._metrics[key][self._step_start.get(key, 0) :]
+                step_mean[key] = sum(values) / len(values) if values else None
+            if guard.collapsed(self.state.global_step, step_mean["collapse/entropy"], step_mean["answers/degenerate"]):
+                self._reset_to_initial()
 
     def _reset_to_initial(self) -> None:
         """Put LoRA and the predictor back to their initial values and forget the optimizer's state."""
@@ -356,10 +403,16 @@ class ZeroSiamTrainer(Trainer):
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
         if self.args.trains:
-            logs["guard/skipped_updates"] = self._nonfinite_guard.skipped
-        if self._collapse_guard is not None:
-            logs["guard/resets"] = self._collapse_guard.resets
+            logs["guard/skipped_updates"] = self._guard(NonFiniteGuard).skipped
+        if self.args.collapse_guard:
+            logs["guard/resets"] = self._guard(CollapseGuard).resets
         super().log(logs, start_time)
+
+    def total_cost(self) -> dict[str, int]:
+        """The tokens spent (`cost`), summed over processes; every process must call it."""
+        counts = torch.tensor(list(self.cost.values()), dtype=torch.long, device=self.args.device)
+        counts = self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
+        return dict(zip(self.cost, counts.tolist()))
 
     def online_results(self) -> tuple[dict, list[dict]]:
         """Accuracy of the answers given along the way, and the scored records in dataset order."""

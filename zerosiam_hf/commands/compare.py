@@ -33,8 +33,9 @@ from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.comparison import dataset_key, plot, report, run_all
-from zerosiam_hf.config import METHODS, ZeroSiamConfig
+from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
+from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
 from zerosiam_hf.records import config_dict, versions, write_json, write_jsonl
 from zerosiam_hf.staging import OutputArguments, check_output_dir
@@ -50,7 +51,8 @@ class CompareArguments:
     """Which methods and seeds to compare, and on what."""
 
     methods: list[str] = field(
-        default_factory=lambda: ["none", "tent", "come", "zerosiam"], metadata={"help": f"Methods, from {METHODS}."}
+        default_factory=lambda: ["none", "tent", "come", "zerosiam"],
+        metadata={"help": f"Methods, from {tuple(METHODS)}."},
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds, one run each per method."})
     datasets: list[str] | None = field(
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Run every method x seed (x benchmark) and write the comparison."""
     # ------------------------------------------------------------------------------------------------ arguments
     model_args, data_args, compare_args, output_args, args = parse_args(
-        (ModelArguments, DataArguments, CompareArguments, OutputArguments, ZeroSiamConfig), argv
+        (ModelArguments, DataArguments, CompareArguments, OutputArguments, SharedRunConfig), argv
     )
+    args.check_methods(compare_args.methods)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------------------------------------ report
     plots = plot(records, output_dir)
-    result, table = report(records, suite)
+    result, table = report(records, suite, compare_args.methods)
     (output_dir / "comparison.md").write_text(table)
     write_json(
         output_dir / "comparison.json",

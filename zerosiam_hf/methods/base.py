@@ -1,0 +1,72 @@
+"""What every test-time method declares, and the hooks the trainer calls."""
+
+from contextlib import nullcontext
+from typing import Any, ClassVar
+
+import torch
+
+
+class Method:
+    """One test-time method. A subclass declares what the method trains, which tokens carry its signal, how many
+    answers it samples per prompt, when it resets and which options it takes; it implements its loss (or its
+    decoding hook). Instances hold no state: the trainer passes itself to every hook.
+
+    Class attributes:
+        name: the `--method` value.
+        help: one line for `--help` and the docs.
+        trains: "lora", "lora+predictor", "delta" (a per-prompt vector, never saved) or "nothing".
+        signals: the `--signal` values it takes, its default first; empty when no loss reads the model's tokens.
+        resets: "never", or "prompt" when its trained state starts afresh for every prompt (the protocol's
+            `--episodic` reset comes on top, for the methods that train weights).
+        samples: True when it answers each prompt `--num_generations` times, sampled.
+        forwards_prompt: True when its decoding hook runs one more backbone forward over each prompt (SLOT).
+        online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
+        options: its own options (fields of `ZeroSiamConfig`) and their defaults; any other method-specific option
+            given with it is an error.
+    """
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    trains: ClassVar[str] = "lora"
+    signals: ClassVar[tuple[str, ...]] = ("response", "prompt")
+    resets: ClassVar[str] = "never"
+    samples: ClassVar[bool] = False
+    online_only: ClassVar[bool] = False
+    forwards_prompt: ClassVar[bool] = False
+    options: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def updates_weights(self) -> bool:
+        """Whether the trainer takes optimizer steps for it."""
+        return self.trains in ("lora", "lora+predictor")
+
+    def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
+        """The loss of one batch built by the trainer's `_prepare_inputs`; methods that train nothing have none."""
+        raise NotImplementedError(f"--method {self.name} has no training loss.")
+
+    def decoding(self, model, args, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """A context for the generation of these prompts' answers and logits processors to apply while decoding:
+        `(context manager, list of LogitsProcessor)`. Plain decoding by default.
+
+        `model` is the (unwrapped) model that answers, `args` the run's config (for the method's options).
+        """
+        return nullcontext(), []
+
+    def rewards(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
+        """Sampling methods: rewards known from the answers alone ([N]), or None when the loss computes them."""
+        return None
+
+
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """One backbone forward: the model's outputs (logits at the last position only) and [B, T, d] final hidden
+    states, the LM head's input. Positions count real tokens only, as generate() counts them under left padding."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        logits_to_keep=1,  # the methods compute their own logits, chunk by chunk
+        use_cache=False,
+    )
+    return outputs, outputs.hidden_states[-1]

@@ -1,0 +1,30 @@
+"""RENT (satrams/rent-rl): GRPO whose reward is minus the mean token entropy of the response.
+
+Matched to `RayPPOTrainer.fit` in verl/trainer/ppo/ray_trainer.py (the `minimize_entropy` branch, ~L1005-1050) and
+`entropy_from_logits` in verl/utils/torch_functional.py: the entropy of softmax(logits / rollout temperature) per
+response token, averaged over the response's tokens; with `base_format` on (the README's command) a response whose
+answer cannot be extracted gets the constant entropy `entropy_base` = 7.0 instead, so reward -7. Here "extracted" is
+the benchmark's strict form (the last \\boxed{} for math, `#### N` for GSM8K), the form the prompt asks for.
+"""
+
+import torch
+
+from .grpo import SamplingMethod
+
+
+NO_ANSWER_ENTROPY = 7.0  # RENT's entropy_base
+
+
+class Rent(SamplingMethod):
+    name = "rent"
+    help = "GRPO on k sampled answers, reward minus the answer's mean token entropy (-7 without an answer)"
+    online_only = True  # the no-answer penalty reads the answers as the online protocol extracts them
+    options = {**SamplingMethod.options, "beta": 0.001}
+
+    def rewards(self, trainer, records, num_generations):
+        # whether each sample has an answer in the asked-for form; gold-based fields are never read
+        return torch.tensor([record["pred_strict"] is not None for record in records])
+
+    def reward(self, stats, precomputed):
+        has_answer = precomputed.to(stats["entropy"].device)
+        return torch.where(has_answer, -stats["entropy"], torch.full_like(stats["entropy"], -NO_ANSWER_ENTROPY))

@@ -1,0 +1,43 @@
+"""TTRL (PRIME-RL/TTRL): GRPO whose reward is agreement with the majority-voted answer of the k samples.
+
+Matched to `test_time_train_metrics` in verl/verl/utils/reward_score/ttrl/ttt_metrics.py and the reward it calls
+(`qwen_reward_fn` in ttrl/qwen/qwen_eval.py): the label is `Counter(extracted answers).most_common(1)`, so ties go to
+the answer seen first, and each sample gets 1.0 if `grade_answer(its answer, label)` holds, else 0.0. TTRL counts
+votes by exact (normalised) string and only the reward uses math equivalence; here the benchmark's checker does both,
+so 1/2 and 0.5 are one vote. TTRL's extractor returns "" for a response without an answer, and "" can win its vote;
+here a missing answer is None, never wins and is never rewarded.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..scoring import majority_vote
+from .grpo import SamplingMethod
+
+
+def vote_rewards(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[float]:
+    """TTRL's reward per sample: 1.0 if its answer agrees with the majority answer under `same`, else 0.0."""
+    label = majority_vote(answers, same)
+    if label is None:
+        return [0.0] * len(answers)
+    return [1.0 if answer is not None and (answer == label or same(label, answer)) else 0.0 for answer in answers]
+
+
+class TTRL(SamplingMethod):
+    name = "ttrl"
+    help = "GRPO on k sampled answers, reward 1 for agreeing with their majority answer"
+    online_only = True  # the vote reads the answers as the online protocol extracts them
+    options = {**SamplingMethod.options, "beta": 0.001}
+
+    def rewards(self, trainer, records, num_generations):
+        # Only the extracted answers vote, through the benchmark's checker; the records' gold-based fields are
+        # never read.
+        rewards = []
+        for start in range(0, len(records), num_generations):
+            answers = [record["pred_flexible"] for record in records[start : start + num_generations]]
+            rewards += vote_rewards(answers, trainer.checker.same_answer)
+        return torch.tensor(rewards)
+
+    def reward(self, stats, precomputed):
+        return precomputed
