@@ -289,12 +289,11 @@ def run_all(
     return records
 
 
-def report(records: dict[str, dict[str, list[dict]]], suite: bool) -> tuple[dict, str]:
+def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list[str]) -> tuple[dict, str]:
     """The comparison's rows (for comparison.json) and its markdown (comparison.md)."""
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
-        methods = list(next(iter(records.values())))
         by_method = {m: [run for runs in records.values() for run in runs[m]] for m in methods}
         result["cost"], result["samples"] = cost_rows(by_method), sample_rows(by_method)
         paper = paper_table(keys)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 _COMMANDS = Path(__file__).resolve().parent / "commands"
+_LAUNCHERS = ("accelerate.commands.accelerate_cli", "accelerate.commands.launch")  # python -m <module> launch ...
 
 
 def _parent_command() -> list[str]:
@@ -33,10 +34,7 @@ def _accelerate_launch(script: str) -> list[str] | None:
     accelerate starts the script as a child (torchrun-style launches too: the launcher's agent runs in its process),
     so the parent's command line holds the launcher's flags as the user typed them."""
     parent = _parent_command()
-    start = next(
-        (i for i, word in enumerate(parent) if Path(word).name == "accelerate" or word.startswith("accelerate.")),
-        None,
-    )
+    start = next((i for i, word in enumerate(parent) if Path(word).name == "accelerate" or word in _LAUNCHERS), None)
     if start is None:
         return None
     rest = parent[start + 1 :]

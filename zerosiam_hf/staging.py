@@ -91,7 +91,8 @@ def staged_output(
     release the lock in every case (an interrupted run's files stay in the staging folder, to resume or drop).
 
     Over several processes pass accelerate's `state`: the main process opens, publishes and closes, and all of them
-    wait for it between those steps.
+    wait for each other around those steps (a process still reading the staging folder when the main one publishes
+    it would find it gone).
     """
     main_process = state is None or state.is_main_process
     check_output_dir(output_dir, config, overwrite, record_file=record_file)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------------------------------------ report
     plots = plot(records, output_dir)
-    result, table = report(records, suite)
+    result, table = report(records, suite, compare_args.methods)
     (output_dir / "comparison.md").write_text(table)
     write_json(
         output_dir / "comparison.json",
