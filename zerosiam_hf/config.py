@@ -57,7 +57,8 @@ class ZeroSiamConfig(TrainingArguments):
         },
     )
     # 1x, not the larger scales of the authors' vision code: Adam moves every entry of the d x d predictor by about
-    # its learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart (README).
+    # its learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart
+    # (docs/results/defaults.md).
     predictor_lr_scale: float | None = field(
         default=_UNSET,
         metadata={"help": "zerosiam: the predictor learns at learning_rate * predictor_lr_scale (1.0)."},
@@ -135,7 +136,9 @@ class ZeroSiamConfig(TrainingArguments):
     )
     merge_adapter_for_generation: bool = field(
         default=True,
-        metadata={"help": "Merge LoRA into the base weights while generating (faster), unmerging before the update."},
+        metadata={
+            "help": "Generate through temporary weights with LoRA folded in (faster); the base tensors never change."
+        },
     )
     max_skipped_updates: int = field(
         default=5,
@@ -151,8 +154,9 @@ class ZeroSiamConfig(TrainingArguments):
             "(see collapse_min_entropy, collapse_max_degenerate); counted as guard/resets."
         },
     )
-    # Chosen on the synthetic development set (generator seed 100, README): runs that stayed useful kept every batch
-    # above 0.48 nats and at most 1 of 4 answers degenerate; Tent collapsing at lr 2e-3 fell to 0.05 nats and 3 of 4.
+    # Chosen on the synthetic development set (generator seed 100, docs/results/collapse-guard.md): runs that stayed
+    # useful kept every batch above 0.48 nats and at most 1 of 4 answers degenerate; Tent collapsing at lr 2e-3 fell
+    # to 0.05 nats and 3 of 4.
     collapse_min_entropy: float = field(
         default=0.1,
         metadata={

@@ -17,7 +17,7 @@ class Predictor(nn.Linear):
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:
-        """Put the weight back to the identity (the episodic reset)."""
+        """Set the weight to the identity, where both branches agree (the episodic reset restores a copy instead)."""
         self.weight.copy_(torch.eye(self.in_features, dtype=self.weight.dtype, device=self.weight.device))
 
     def drift(self) -> torch.Tensor:
