@@ -64,7 +64,7 @@ def test_a_bad_user_alias_is_one_line(tmp_path, monkeypatch, files, expected):
         (tmp_path / name).write_text(text)
     monkeypatch.setenv("ZEROSIAM_MODELS_DIR", str(folder))
     with pytest.raises(ValueError) as error:
-        ModelArguments(model="mine")
+        resolve_model("mine")
     assert str(error.value).startswith(expected.format(folder=tmp_path)) and "\n" not in str(error.value)
 
 

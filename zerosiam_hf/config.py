@@ -7,6 +7,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from .generation import GenerationArguments
 from .methods import METHOD_OPTIONS, METHODS
 
 
@@ -16,6 +17,13 @@ ABLATIONS = ("none", "no_stop_gradient", "frozen_identity_predictor", "frozen_ra
 # Options that only some methods take: None means "the method's default" (`Method.options`), and a value given to a
 # method that does not take the option is an error.
 _UNSET = None
+
+
+def _generation_field(name: str):
+    """A generation setting as `GenerationArguments` declares it (default and help): its one home, which the
+    answering commands (evaluate, calibrate_synthetic) parse and an adaptation run shares."""
+    declared = GenerationArguments.__dataclass_fields__[name]
+    return field(default=declared.default, metadata=declared.metadata)
 
 
 @dataclass
@@ -126,10 +134,8 @@ class ZeroSiamConfig(TrainingArguments):
             "layer but the output head."
         },
     )
-    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per answer."})
-    max_prompt_length: int = field(
-        default=512, metadata={"help": "Prompts longer than this many tokens are cut from the left."}
-    )
+    max_new_tokens: int = _generation_field("max_new_tokens")
+    max_prompt_length: int = _generation_field("max_prompt_length")
     generation_batch_size: int | None = field(
         default=None,
         metadata={"help": "Prompts per generate() call; defaults to per_device_train_batch_size."},

@@ -16,8 +16,8 @@ from .scoring import accuracy
 
 @dataclass
 class GenerationArguments:
-    """How the commands that only answer (evaluate, calibrate_synthetic) generate. An adaptation run takes
-    max_new_tokens and max_prompt_length from `ZeroSiamConfig`, with the same defaults, and its batch size from
+    """How the commands that only answer (evaluate, calibrate_synthetic) generate. `ZeroSiamConfig` declares its
+    max_new_tokens and max_prompt_length from these fields; an adaptation run's batch size is its
     generation_batch_size (default: per_device_train_batch_size)."""
 
     batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call."})

@@ -71,7 +71,6 @@ class ModelArguments:
             raise ValueError(
                 "--load_in_4bit needs bitsandbytes, which is not installed: pip install 'zerosiam-hf[quant]'."
             )
-        resolve_model(self.model)  # an unknown alias is reported now, before any data or weights load
 
 
 def _alias_files() -> dict:

@@ -30,6 +30,7 @@ from .modeling import (
     load_model_and_tokenizer,
     lora_modules,
     nonfinite_tensors,
+    resolve_model,
 )
 from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
 from .staging import OutputArguments, staged_output, staging_path
@@ -63,6 +64,7 @@ def adapt(
     """
     command = command or sys.argv
     resume_hint = resume_hint or resume_command(command)
+    resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
     state = PartialState()
     if not _has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
         args.dataloader_pin_memory = False
@@ -275,6 +277,7 @@ def evaluate(
 ) -> dict:
     """Answer the problems with the base model and/or the adapter `args.adapter` on it, score them, and write
     `eval.json` and `predictions-<variant>.jsonl` into an output folder that appears whole; return the record."""
+    resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
     if args.adapter is not None:
         check_adapter(args.adapter)
     config = config_dict(model_args, data_args, generation, output_args, args)

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataArguments, CompareArguments, OutputArguments, SharedRunConfig), argv
     )
     args.check_methods(compare_args.methods)
+    resolve_model(model_args.model)  # an unknown model is one line before any problem file is written
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
