@@ -3,9 +3,12 @@ code. Helper functions are in helpers.py."""
 
 import pytest
 import torch
+from datasets import Dataset
 from helpers import PROBLEMS, adapt_argv, make_model, make_tokenizer, write_problems
 
+from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.commands import adapt
+from zerosiam_hf.data import build_prompts, gold_answers
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +19,27 @@ def tiny_model_dir(tmp_path_factory) -> str:
     make_model(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    """The helpers' problems as `load_problems` returns them: question, answer and index."""
+    return Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
+
+
+@pytest.fixture(scope="module")
+def prompts(problems, tokenizer):
+    return build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
+
+
+@pytest.fixture(scope="module")
+def gold(problems):
+    return gold_answers(problems, NumericChecker())
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from datasets import Dataset
-from helpers import PROBLEMS, make_model, make_tokenizer
+from helpers import PROBLEMS, make_config, make_model
 
 from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.config import SharedRunConfig
-from zerosiam_hf.data import build_prompts, gold_answers
 from zerosiam_hf.generation import generate_batches
 from zerosiam_hf.methods import METHODS, read_method_settings
 from zerosiam_hf.methods.base import final_hidden_states
@@ -20,40 +18,6 @@ from zerosiam_hf.methods.em_inf import EntropyMinimizationLogitsProcessor
 from zerosiam_hf.methods.grpo import group_advantages, grpo_loss, per_answer_mean, token_statistics
 from zerosiam_hf.methods.slot import add_delta, optimize_delta
 from zerosiam_hf.scoring import majority_vote
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def problems():
-    return Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
-
-
-@pytest.fixture(scope="module")
-def prompts(problems, tokenizer):
-    return build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
-
-
-@pytest.fixture(scope="module")
-def gold(problems):
-    return gold_answers(problems, NumericChecker())
-
-
-def config(tmp_path, **overrides) -> ZeroSiamConfig:
-    settings = {
-        "output_dir": str(tmp_path / "run"),
-        "per_device_train_batch_size": 2,
-        "max_new_tokens": 6,
-        "learning_rate": 1e-2,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "seed": 0,
-        "use_cpu": True,
-    }
-    return ZeroSiamConfig(**{**settings, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------- registry
@@ -79,13 +43,13 @@ def test_every_method_declares_itself():
 )
 def test_an_option_the_method_does_not_take_is_one_line(tmp_path, overrides, message):
     with pytest.raises(ValueError) as error:
-        config(tmp_path, **overrides)
+        make_config(tmp_path, **overrides)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_each_method_gets_its_defaults_and_a_comparison_hands_each_its_own(tmp_path):
-    assert config(tmp_path, method="rent").num_generations == 4
-    assert config(tmp_path, method="zerosiam").alpha == 1.0 and config(tmp_path, method="tent").alpha is None
+    assert make_config(tmp_path, method="rent").num_generations == 4
+    assert make_config(tmp_path, method="zerosiam").alpha == 1.0 and make_config(tmp_path, method="tent").alpha is None
     shared = SharedRunConfig(output_dir=str(tmp_path), report_to="none", alpha=0.5, num_generations=3)
     assert shared.for_method("zerosiam").alpha == 0.5 and shared.for_method("zerosiam").num_generations is None
     assert shared.for_method("ttrl").num_generations == 3 and shared.for_method("ttrl").alpha is None
@@ -172,7 +136,7 @@ def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenize
         )
     model = make_model(tokenizer)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = config(tmp_path, method=method, num_generations=3)
+    args = make_config(tmp_path, method=method, num_generations=3)
     trainer = ZeroSiamTrainer(model, args, prompts, tokenizer, gold=gold)
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
@@ -196,14 +160,16 @@ def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenize
 def test_equal_rewards_leave_lora_unchanged(tmp_path, tokenizer, prompts, gold, monkeypatch):
     rent = METHODS["rent"]
     monkeypatch.setattr(type(rent), "reward", lambda self, stats, pre: torch.ones_like(stats["entropy"]))
-    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="rent"), prompts, tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(
+        make_model(tokenizer), make_config(tmp_path, method="rent"), prompts, tokenizer, gold=gold
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
 
 
 def test_the_kl_to_the_base_model_is_zero_at_first_then_grows(tmp_path, tokenizer, prompts, gold):
-    args = config(tmp_path, method="intuitor", beta=0.5, num_generations=2)
+    args = make_config(tmp_path, method="intuitor", beta=0.5, num_generations=2)
     trainer = ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer, gold=gold)
     trainer.train()
     kl = [entry["loss/kl"] for entry in trainer.state.log_history if "loss/kl" in entry]
@@ -212,7 +178,9 @@ def test_the_kl_to_the_base_model_is_zero_at_first_then_grows(tmp_path, tokenize
 
 
 def test_rent_without_any_answer_has_no_signal(tmp_path, tokenizer, prompts, gold):
-    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="rent"), prompts, tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(
+        make_model(tokenizer), make_config(tmp_path, method="rent"), prompts, tokenizer, gold=gold
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     steps = [entry for entry in trainer.state.log_history if "reward/mean" in entry]
@@ -224,7 +192,7 @@ def test_rent_without_any_answer_has_no_signal(tmp_path, tokenizer, prompts, gol
 def test_tlm_trains_lora_on_prompt_tokens_only(tmp_path, tokenizer, prompts, gold, monkeypatch):
     model = make_model(tokenizer)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = ZeroSiamTrainer(model, config(tmp_path, method="tlm"), prompts, tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(model, make_config(tmp_path, method="tlm"), prompts, tokenizer, gold=gold)
     assert trainer.args.signal == "prompt"
     seen = []
     loss = type(trainer.method).loss
@@ -246,12 +214,16 @@ def test_tlm_trains_lora_on_prompt_tokens_only(tmp_path, tokenizer, prompts, gol
 
 
 def test_slot_changes_no_parameter_and_answers_each_prompt_with_its_own_delta(tmp_path, tokenizer, prompts, gold):
-    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="slot"), prompts, tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(
+        make_model(tokenizer), make_config(tmp_path, method="slot"), prompts, tokenizer, gold=gold
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # byte-identical
     _, records = trainer.online_results()
-    plain = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path / "none", method="none"), prompts, tokenizer, gold)
+    plain = ZeroSiamTrainer(
+        make_model(tokenizer), make_config(tmp_path / "none", method="none"), prompts, tokenizer, gold
+    )
     plain.train()
     assert [r["completion"] for r in records] != [r["completion"] for r in plain.online_results()[1]]
     # The first prompt answered alone, its delta fitted by hand: the same answer as in its batch of two.
@@ -276,7 +248,9 @@ def test_em_inf_changes_no_parameter_and_optimises_every_decoding_step(
         "__call__",
         lambda self, i, s: calls.append(s.shape) or original(self, i, s),
     )
-    trainer = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, method="em_inf"), prompts, tokenizer, gold=gold)
+    trainer = ZeroSiamTrainer(
+        make_model(tokenizer), make_config(tmp_path, method="em_inf"), prompts, tokenizer, gold=gold
+    )
     assert trainer._generation_config.do_sample and trainer._generation_config.temperature == 0.1  # EM_PT's
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -290,9 +264,9 @@ def test_em_inf_changes_no_parameter_and_optimises_every_decoding_step(
 @pytest.mark.parametrize("method", ["em_ft", "tlm", "slot", "em_inf", "ttrl", "rent", "intuitor"])
 def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold, method):
     settings = {"method": method, "save_steps": 1, "save_total_limit": None}
-    whole = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, **settings), prompts, tokenizer, gold=gold)
+    whole = ZeroSiamTrainer(make_model(tokenizer), make_config(tmp_path, **settings), prompts, tokenizer, gold=gold)
     whole.train()
-    resumed = ZeroSiamTrainer(make_model(tokenizer), config(tmp_path, **settings), prompts, tokenizer, gold=gold)
+    resumed = ZeroSiamTrainer(make_model(tokenizer), make_config(tmp_path, **settings), prompts, tokenizer, gold=gold)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
     assert resumed.online_results() == whole.online_results()  # sampled answers too: the RNG state is restored
     assert all(torch.equal(p, dict(whole.model.named_parameters())[n]) for n, p in resumed.model.named_parameters())
@@ -300,7 +274,7 @@ def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, toke
 
 
 def test_a_decoding_method_reloads_from_its_saved_settings(tmp_path, tokenizer, prompts, gold):
-    args = config(tmp_path, method="slot", slot_steps=2)
+    args = make_config(tmp_path, method="slot", slot_steps=2)
     trainer = ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer, gold=gold)
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))

@@ -15,7 +15,6 @@ from helpers import (
     greedy,
     make_config,
     make_model,
-    make_tokenizer,
     reload_in_fresh_process,
     step_logs,
     trainable,
@@ -25,7 +24,6 @@ from transformers import TrainerCallback, TrainingArguments
 
 from zerosiam_hf import PREDICTOR_NAME, ZeroSiamConfig, ZeroSiamTrainer, build_adapted_model, load_adapted_model
 from zerosiam_hf import trainer as trainer_module
-from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
 from zerosiam_hf.errors import RunStopped
 from zerosiam_hf.generation import generate_completions, merged_lora, pad
@@ -36,27 +34,6 @@ from zerosiam_hf.predictor import find_predictor
 
 LOSS_KEYS = ("loss/entropy", "loss/align", "collapse/entropy", "collapse/logit_norm")
 STEPS = 3  # six problems, two a step
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def problems():
-    """The conftest problems as `load_problems` returns them: question, answer and index."""
-    return Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
-
-
-@pytest.fixture(scope="module")
-def prompts(problems, tokenizer):
-    return build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
-
-
-@pytest.fixture(scope="module")
-def gold(problems):
-    return gold_answers(problems, NumericChecker())
 
 
 def make_trainer(tmp_path, tokenizer, prompts, gold, model=None, **overrides) -> ZeroSiamTrainer:
