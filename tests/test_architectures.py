@@ -87,7 +87,7 @@ def make_family_model(family: str, tokenizer, seed: int = 0):
         "intermediate_size": 32,
         "num_hidden_layers": LAYERS,
         "num_attention_heads": 2,
-        "max_position_embeddings": 256,
+        "max_position_embeddings": 1024,  # the default 512-token prompt cut plus answers must fit
         "initializer_range": 0.5,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
