@@ -256,21 +256,21 @@ def numeric_same(a: str, b: str) -> bool:
 def test_majority_vote_by_string_and_rewards():
     answers = ["5", "3", "5", None, "3", "5"]
     assert majority_vote(answers, str.__eq__) == "5"
-    assert vote_rewards(answers, str.__eq__) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert vote_rewards(answers, "5", str.__eq__) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
 
 
 def test_majority_vote_groups_equal_answers_and_breaks_ties_by_first_seen():
     assert majority_vote(["1/2", "0.5", "3", "3"], numeric_same) == "1/2"
-    assert vote_rewards(["1/2", "0.5", "3", "3"], numeric_same) == [1.0, 1.0, 0.0, 0.0]
+    assert vote_rewards(["1/2", "0.5", "3", "3"], "1/2", numeric_same) == [1.0, 1.0, 0.0, 0.0]
     assert majority_vote(["3", "1/2", "0.5", "3"], numeric_same) == "3"
     assert majority_vote(["1/2", "0.5", "3", "3"], str.__eq__) == "3"
 
 
 def test_missing_answers_never_win():
     assert majority_vote([None, None, None, "4"], str.__eq__) == "4"
-    assert vote_rewards([None, None, None, "4"], str.__eq__) == [0.0, 0.0, 0.0, 1.0]
+    assert vote_rewards([None, None, None, "4"], "4", str.__eq__) == [0.0, 0.0, 0.0, 1.0]
     assert majority_vote([None, None], str.__eq__) is None
-    assert vote_rewards([None, None], str.__eq__) == [0.0, 0.0]
+    assert vote_rewards([None, None], None, str.__eq__) == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------- RENT and Intuitor: rewards from the statistics

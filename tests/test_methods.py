@@ -116,15 +116,22 @@ def test_majority_vote_groups_equal_answers_and_never_elects_none():
 def test_ttrl_rewards_read_the_answers_never_the_gold():
     ttrl = METHODS["ttrl"]
     trainer = type("T", (), {"checker": NumericChecker()})()
+    answers = ["7", "7.0", "8", None]
     records = [
-        {"pred_flexible": "7", "correct_flexible": False},
-        {"pred_flexible": "7.0", "correct_flexible": False},
-        {"pred_flexible": "8", "correct_flexible": True},
-        {"pred_flexible": None, "correct_flexible": True},
+        {"pred_flexible": answer, "correct_flexible": correct, "majority_answer": "7"}
+        for answer, correct in zip(answers, [False, False, True, True])
     ]
     assert ttrl.from_answers(trainer, records, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
     flipped = [{**r, "correct_flexible": not r["correct_flexible"]} for r in records]
     assert ttrl.from_answers(trainer, flipped, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_ttrl_rewards_use_the_recorded_vote_instead_of_voting_again():
+    # `_record` votes once per prompt and stores the result on every sample; a label that is not the
+    # majority proves the reward reads it rather than counting the answers a second time.
+    trainer = type("T", (), {"checker": NumericChecker()})()
+    records = [{"pred_flexible": a, "majority_answer": "8"} for a in ["7", "7.0", "8", None]]
+    assert METHODS["ttrl"].from_answers(trainer, records, 4).tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------------------------- in the trainer

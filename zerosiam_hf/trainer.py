@@ -366,6 +366,8 @@ class ZeroSiamTrainer(Trainer):
             if k > 1:
                 answers = [r["pred_flexible"] for r in group]
                 majority = majority_vote(answers, self.checker.same_answer)
+                for sample in group:  # one vote per prompt: TTRL's reward reads it from here
+                    sample["majority_answer"] = majority
                 winner = next((r for r in group if r["pred_flexible"] == majority), None)
                 record.update(
                     samples=k,

@@ -12,13 +12,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..scoring import majority_vote
 from .grpo import SamplingMethod
 
 
-def vote_rewards(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[float]:
-    """TTRL's reward per sample: 1.0 if its answer agrees with the majority answer under `same`, else 0.0."""
-    label = majority_vote(answers, same)
+def vote_rewards(answers: Sequence[str | None], label: str | None, same: Callable[[str, str], bool]) -> list[float]:
+    """TTRL's reward per sample: 1.0 if its answer agrees with `label`, the group's majority answer, under `same`,
+    else 0.0."""
     if label is None:
         return [0.0] * len(answers)
     return [1.0 if answer is not None and (answer == label or same(label, answer)) else 0.0 for answer in answers]
@@ -31,12 +30,13 @@ class TTRL(SamplingMethod):
     options = {**SamplingMethod.options, "beta": 0.001}
 
     def from_answers(self, trainer, records, num_generations):
-        # Only the extracted answers vote, through the benchmark's checker; the records' gold-based fields are
-        # never read.
+        # The trainer's record of the batch already holds each group's vote (`majority_answer`, the extracted answers
+        # voting through the benchmark's checker), so the vote runs once; the gold-based fields are never read.
         rewards = []
         for start in range(0, len(records), num_generations):
-            answers = [record["pred_flexible"] for record in records[start : start + num_generations]]
-            rewards += vote_rewards(answers, trainer.checker.same_answer)
+            group = records[start : start + num_generations]
+            answers = [record["pred_flexible"] for record in group]
+            rewards += vote_rewards(answers, group[0]["majority_answer"], trainer.checker.same_answer)
         return torch.tensor(rewards)
 
     def reward(self, stats, from_answers):
