@@ -75,9 +75,15 @@ def write_json(path: Path, payload) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def _temporary(path: Path) -> Path:
+    # One name per process: processes writing the same file at once (compare.py workers sharing a folder) each
+    # rename a whole file of their own.
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
 def _jsonl_line(row: dict) -> str:
@@ -88,7 +94,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
     """Write one JSON object a line through a temporary file and a rename; an interrupted write keeps the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             for row in rows:

@@ -1,0 +1,344 @@
+"""The GPU check (scripts/gpu_check.py): what ZeroSiam costs at real shapes, on a machine with only torch,
+transformers, peft and accelerate (no datasets, no hub, no network).
+
+Models are built from their configs with random weights, which cost the same time and memory as trained ones; with
+random weights an answer never stops early, so every generated answer has its full length. Sections:
+
+- `loss_head`: the loss head alone (Tent and ZeroSiam, naive and chunked) at Llama-3.1-8B's head, time and peak;
+- `online_step`: one step of the online protocol at the paper's settings (answer a batch greedily, then one update
+  of LoRA and the predictor on prompt + answer), against generation alone;
+- `generation`: static batching (`generate`) against transformers' continuous batching (`generate_batch`);
+- `long_answers`: one update's time and peak memory against answer length and batch, with and without gradient
+  checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against.
+
+`PLANS["gpu"]` sizes the check for one H200 (about 3 minutes); `PLANS["tiny"]` runs the same code at toy shapes on
+a CPU in the tests, so the check cannot rot. The JSON is rewritten after each section: a run cut short keeps what it
+measured.
+"""
+
+import gc
+import json
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import accelerate
+import peft
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from .losses import head_loss
+from .methods.base import final_hidden_states
+from .predictor import attach_predictor, find_predictor
+from .speed import measure_peak, time_round_robin
+
+
+# Llama-architecture shapes. Llama-3.1-8B's rope scaling is left out: it changes no shape and no cost.
+SHAPES = {
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+    ),
+    "smollm2-135m": dict(  # the embedded default model
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    ),
+}
+# The project's default LoRA: rank 8, alpha 16, on the attention block's linear layers (modeling.lora_target_modules).
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+
+PLANS = {
+    "gpu": {
+        "loss_head": {"shape": "llama-3.1-8b", "tokens": 8192, "dtype": "bfloat16", "chunk_size": 1024, "repeats": 5},
+        "online_step": {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batch": 8, "prompt": 512, "answer": 512},
+        "generation": [
+            {"shape": "smollm2-135m", "dtype": "float32", "batches": [16, 64], "prompt": 128, "answer": 256},
+            {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [16, 64], "prompt": 128, "answer": 256},
+        ],
+        "long_answers": [
+            {"shape": "smollm2-135m", "dtype": "float32", "batches": [1, 4], "answers": [256, 1024, 3072]},
+            {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [1, 4], "answers": [1024, 3072]},
+        ],
+    },
+    "tiny": {
+        "loss_head": {"shape": "tiny", "tokens": 64, "dtype": "float32", "chunk_size": 16, "repeats": 2},
+        "online_step": {"shape": "tiny", "dtype": "float32", "batch": 2, "prompt": 8, "answer": 8},
+        "generation": [{"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8}],
+        "long_answers": [{"shape": "tiny", "dtype": "float32", "batches": [1, 2], "answers": [8, 16]}],
+    },
+}
+PROMPT_TOKENS = 128  # the prompt before each long answer
+CHUNK_SIZE = 1024  # the loss head's default chunk (--loss_chunk_size)
+
+
+def run_check(plan: str, output: str | Path, device: str | None = None, sections: list[str] | None = None) -> dict:
+    """Run the plan's sections in order, rewriting the JSON at `output` after each, and return the result."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steps = PLANS[plan]
+    result = {"plan": plan, "environment": environment(device), "sections": {}}
+    for name in sections or list(steps):
+        start = time.perf_counter()
+        result["sections"][name] = SECTIONS[name](steps[name], device)
+        result["sections"][name]["seconds"] = time.perf_counter() - start
+        _write(output, result)
+    return result
+
+
+def environment(device: str) -> dict:
+    info = {
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------- sections
+def loss_head_section(step: dict, device: str) -> dict:
+    """Tent and ZeroSiam, naive (chunk 0) and chunked, at one model's head: median time and peak above the inputs."""
+    shape = SHAPES[step["shape"]]
+    setting = {
+        "device": device,
+        "tokens": step["tokens"],
+        "hidden": shape["hidden_size"],
+        "vocab": shape["vocab_size"],
+        "dtype": step["dtype"],
+        "seed": 0,
+        "threads": 0,
+    }
+    variants = [(m, c) for m in ("tent", "zerosiam") for c in (0, step["chunk_size"])]
+    timings = time_round_robin(setting, variants, warmup=1, repeats=step["repeats"])
+    rows = []
+    for (method, chunk_size), timing in zip(variants, timings):
+        row = {"method": method, "chunk_size": chunk_size, "time_ms": timing["time_ms"]}
+        if device.startswith("cuda"):
+            row.update(measure_peak(setting, method, chunk_size))
+        rows.append(row)
+    return {**step, "rows": rows}
+
+
+def online_step_section(step: dict, device: str) -> dict:
+    """Generation alone against generation followed by one update (ZeroSiam, then Tent) on the same batch."""
+    model, predictor, optimizer = adapted_model(step["shape"], step["dtype"], device)
+    prompts = random_prompts(step["shape"], step["batch"], step["prompt"], device)
+    generate = partial(greedy, model, prompts, step["answer"])
+    ids = generate()  # warm-up, and the answers every update trains on
+    update(model, predictor, optimizer, ids, step["prompt"], "zerosiam")  # the optimiser state exists from here
+    rows = {"generate": _timed(generate, device)[0]}
+    for method in ("zerosiam", "tent"):
+        rows[f"update_{method}"] = _timed(
+            partial(update, model, predictor, optimizer, ids, step["prompt"], method), device
+        )[0]
+    gen = rows["generate"]["time_s"]
+    ratios = {
+        f"(generate + update_{m}) / generate": (gen + rows[f"update_{m}"]["time_s"]) / gen
+        for m in ("zerosiam", "tent")
+    }
+    del model, predictor, optimizer
+    _free()
+    return {**step, "rows": rows, "ratios": ratios}
+
+
+def generation_section(steps: list[dict], device: str) -> dict:
+    """Tokens per second of `generate` (static batches) and `generate_batch` (continuous batching), greedy."""
+    rows = []
+    for step in steps:
+        model = build_model(step["shape"], step["dtype"], device)
+        for batch in step["batches"]:
+            prompts = random_prompts(step["shape"], batch, step["prompt"], device)
+            for backend in ("static", "continuous"):
+                row = {"shape": step["shape"], "dtype": step["dtype"], "batch": batch, "backend": backend}
+                try:
+                    run = partial(_generate, model, prompts, step["answer"], backend)
+                    run()  # warm-up (continuous batching also sizes its cache here)
+                    measured, tokens = _timed(run, device)
+                    row.update(measured, tokens=tokens, tokens_per_s=tokens / measured["time_s"])
+                except Exception as error:  # an API this transformers lacks: recorded, the check goes on
+                    row["error"] = f"{type(error).__name__}: {error}"[:300]
+                rows.append(row)
+        del model
+        _free()
+    return {"steps": steps, "rows": rows}
+
+
+def long_answers_section(steps: list[dict], device: str) -> dict:
+    """One ZeroSiam update on PROMPT_TOKENS + answer tokens, per batch and answer length, checkpointing off and on."""
+    rows, held = [], []
+    for step in steps:
+        model, predictor, optimizer = adapted_model(step["shape"], step["dtype"], device)
+        for checkpointing in (False, True):
+            if checkpointing:
+                # transformers 5.24 renames it; the bare GPU image may hold an older one
+                enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+                enable({"use_reentrant": False})  # the kwargs come first under either name
+            for batch in step["batches"]:
+                for answer in step["answers"]:
+                    row = {"shape": step["shape"], "dtype": step["dtype"], "batch": batch, "answer": answer}
+                    row["gradient_checkpointing"] = checkpointing
+                    ids = random_prompts(step["shape"], batch, PROMPT_TOKENS + answer, device)
+                    step_once = partial(update, model, predictor, optimizer, ids, PROMPT_TOKENS, "zerosiam")
+                    try:
+                        step_once()  # warm-up
+                        row.update(_timed(step_once, device)[0])
+                    except torch.OutOfMemoryError:  # a point past the card is a finding, not a failure
+                        row["out_of_memory"] = True
+                        optimizer.zero_grad(set_to_none=True)
+                        _free()
+                    rows.append(row)
+        held.append({"shape": step["shape"], "dtype": step["dtype"], **_model_bytes(model, optimizer)})
+        del model, predictor, optimizer
+        _free()
+    return {"steps": steps, "prompt": PROMPT_TOKENS, "rows": rows, "held": held}
+
+
+SECTIONS = {
+    "loss_head": loss_head_section,
+    "online_step": online_step_section,
+    "generation": generation_section,
+    "long_answers": long_answers_section,
+}
+
+
+# --------------------------------------------------------------------------------------------------------- pieces
+def build_model(shape: str, dtype: str, device: str) -> LlamaForCausalLM:
+    """A random-weight Llama of `shape`, initialised on `device` (an 8B model initialises in seconds on a GPU)."""
+    config = LlamaConfig(**SHAPES[shape], pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.config.use_cache = False
+    return model.eval()
+
+
+def adapted_model(shape: str, dtype: str, device: str):
+    """The model with the project's default LoRA and a ZeroSiam predictor, and AdamW over both, as adapt.py trains."""
+    model = build_model(shape, dtype, device)
+    attach_predictor(model)
+    model = get_peft_model(model, LoraConfig(**LORA, modules_to_save=["zerosiam_predictor"]))
+    predictor = find_predictor(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    return model, predictor, optimizer
+
+
+def random_prompts(shape: str, batch: int, length: int, device: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch * 100003 + length)
+    # ids from 3 on: 0-2 are the pad, bos and eos of the configs above
+    return torch.randint(3, SHAPES[shape]["vocab_size"], (batch, length), generator=generator).to(device)
+
+
+def greedy(model, prompts: torch.Tensor, answer: int) -> torch.Tensor:
+    """Prompts + `answer` greedy tokens each (EOS suppressed, so every answer has its full length)."""
+    config = GenerationConfig(
+        max_new_tokens=answer, min_new_tokens=answer, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
+    with torch.no_grad():
+        return model.generate(
+            input_ids=prompts, attention_mask=torch.ones_like(prompts), generation_config=config, use_cache=True
+        )
+
+
+def _generate(model, prompts: torch.Tensor, answer: int, backend: str) -> int:
+    """Generate with `backend` and return the number of new tokens."""
+    if backend == "static":
+        return int(greedy(model, prompts, answer)[:, prompts.shape[1] :].numel())
+    # greedy from random weights seldom meets EOS; the rate counts the tokens each backend really made
+    config = GenerationConfig(max_new_tokens=answer, do_sample=False, pad_token_id=0, eos_token_id=2)
+    with torch.no_grad():
+        outputs = model.generate_batch(inputs=prompts.tolist(), generation_config=config)
+    return sum(len(output.generated_tokens) for output in outputs.values())
+
+
+def update(model, predictor, optimizer, ids: torch.Tensor, prompt_length: int, method: str) -> None:
+    """One optimiser step of `method`'s loss on the answer positions of `ids` (prompt first), as the trainer does."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    mask = torch.ones_like(ids)
+    _, hidden = final_hidden_states(model, ids, mask)
+    loss_mask = torch.zeros_like(ids, dtype=torch.bool)
+    loss_mask[:, prompt_length - 1 : -1] = True  # the positions that predict answer tokens
+    head = model.get_output_embeddings()
+    loss = head_loss(
+        method,
+        hidden,
+        head.weight,
+        loss_mask,
+        predictor_weight=predictor.weight if method == "zerosiam" else None,
+        chunk_size=CHUNK_SIZE,
+    ).loss
+    loss.backward()
+    optimizer.step()
+    model.eval()
+
+
+def _timed(fn, device: str) -> tuple[dict, object]:
+    """Wall time of one call and, on a GPU, the peak allocated memory during it and the memory held before it; and
+    the call's result."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    row = {"time_s": time.perf_counter() - start}
+    if cuda:
+        row.update(held_gib=held / 2**30, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    return row, result
+
+
+def _model_bytes(model, optimizer) -> dict:
+    """What the model holds: frozen and trainable parameter bytes and the optimiser state's bytes."""
+    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    return {"frozen_gib": frozen / 2**30, "trainable_gib": trainable / 2**30, "optimizer_state_gib": state / 2**30}
+
+
+def _free() -> None:
+    """Return what the last section's models held to the device, so that each section's peak is its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _write(output: str | Path, result: dict) -> None:
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
