@@ -17,6 +17,7 @@ measured.
 """
 
 import gc
+import inspect
 import json
 import platform
 import time
@@ -74,24 +75,25 @@ SHAPES = {
 # The project's default LoRA: rank 8, alpha 16, on the attention block's linear layers (modeling.lora_target_modules).
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
+# Sections run in this order: the memory points first, the generation backends (the least certain to finish) last.
 PLANS = {
     "gpu": {
-        "loss_head": {"shape": "llama-3.1-8b", "tokens": 8192, "dtype": "bfloat16", "chunk_size": 1024, "repeats": 5},
-        "online_step": {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batch": 8, "prompt": 512, "answer": 512},
-        "generation": [
-            {"shape": "smollm2-135m", "dtype": "float32", "batches": [16, 64], "prompt": 128, "answer": 256},
-            {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [16, 64], "prompt": 128, "answer": 256},
-        ],
         "long_answers": [
             {"shape": "smollm2-135m", "dtype": "float32", "batches": [1, 4], "answers": [256, 1024, 3072]},
             {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [1, 4], "answers": [1024, 3072]},
         ],
+        "online_step": {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batch": 8, "prompt": 512, "answer": 512},
+        "loss_head": {"shape": "llama-3.1-8b", "tokens": 8192, "dtype": "bfloat16", "chunk_size": 1024, "repeats": 5},
+        "generation": [
+            {"shape": "smollm2-135m", "dtype": "float32", "batches": [16, 64], "prompt": 128, "answer": 256},
+            {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [16, 64], "prompt": 128, "answer": 256},
+        ],
     },
     "tiny": {
-        "loss_head": {"shape": "tiny", "tokens": 64, "dtype": "float32", "chunk_size": 16, "repeats": 2},
-        "online_step": {"shape": "tiny", "dtype": "float32", "batch": 2, "prompt": 8, "answer": 8},
-        "generation": [{"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8}],
         "long_answers": [{"shape": "tiny", "dtype": "float32", "batches": [1, 2], "answers": [8, 16]}],
+        "online_step": {"shape": "tiny", "dtype": "float32", "batch": 2, "prompt": 8, "answer": 8},
+        "loss_head": {"shape": "tiny", "tokens": 64, "dtype": "float32", "chunk_size": 16, "repeats": 2},
+        "generation": [{"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8}],
     },
 }
 PROMPT_TOKENS = 128  # the prompt before each long answer
@@ -189,6 +191,8 @@ def generation_section(steps: list[dict], device: str) -> dict:
                 except Exception as error:  # an API this transformers lacks: recorded, the check goes on
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
                 rows.append(row)
+            # the next batch size gets a manager of its own
+            getattr(model, "destroy_cached_continuous_batching_manager", lambda: None)()
         del model
         _free()
     return {"steps": steps, "rows": rows}
@@ -276,8 +280,12 @@ def _generate(model, prompts: torch.Tensor, answer: int, backend: str) -> int:
         return int(greedy(model, prompts, answer)[:, prompts.shape[1] :].numel())
     # greedy from random weights seldom meets EOS; the rate counts the tokens each backend really made
     config = GenerationConfig(max_new_tokens=answer, do_sample=False, pad_token_id=0, eos_token_id=2)
+    # A kept manager times the steady state: its set-up (cache, CUDA graphs) is paid by the warm-up call.
+    keep = "persistent_manager" in inspect.signature(model.generate_batch).parameters
     with torch.no_grad():
-        outputs = model.generate_batch(inputs=prompts.tolist(), generation_config=config)
+        outputs = model.generate_batch(
+            inputs=prompts.tolist(), generation_config=config, **({"persistent_manager": True} if keep else {})
+        )
     return sum(len(output.generated_tokens) for output in outputs.values())
 
 
