@@ -55,6 +55,30 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
     assert again["rows"] == result["rows"]
 
 
+def test_runs_only_processes_share_a_folder_and_the_comparison_reuses_their_runs(
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    output_dir = tmp_path / "shared"
+    first = compare_argv(tiny_model_dir, problems_file, output_dir, "--runs_only", "true")
+    first[first.index("--methods") + 1 : first.index("--seeds")] = ["none"]
+    assert compare.main(first) == {"runs": 2}
+    assert not (output_dir / "comparison.json").exists()
+    # a comparison another process wrote into the folder does not stop a runs-only process
+    (output_dir / "comparison.json").write_text(json.dumps({"config": {"other": True}}))
+    second = compare_argv(tiny_model_dir, problems_file, output_dir, "--runs_only", "true")
+    second[second.index("--methods") + 1 : second.index("--seeds")] = ["zerosiam"]
+    assert compare.main(second) == {"runs": 2}
+    (output_dir / "comparison.json").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(pipeline, "adapt", refuse)
+    result = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
+    assert {row["method"] for row in result["rows"]} == {"none", "zerosiam"}
+    assert json.loads((output_dir / "comparison.json").read_text())["rows"] == result["rows"]
+
+
 def test_compare_reports_what_each_method_spent_and_the_k_sample_accuracies(tiny_model_dir, problems_file, tmp_path):
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cost", "--num_generations", "3")
     argv[argv.index("--methods") + 1 : argv.index("--seeds")] = ["none", "tent", "rent"]

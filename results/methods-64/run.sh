@@ -3,10 +3,12 @@
 #   base/   every method on the synthetic base preset, 3 seeds x 64 problems, batches of 4;
 #   stress/ the methods that train, beside none, at the stress learning rate 2e-3, same problems;
 #   paper/  every method on the paper's four benchmarks, 64 problems each, seed 0, batches of 16.
-# `run.sh runs` starts one compare.py per method and set, JOBS (16) at a time, into the shared folders (a 135M model leaves
-# a GPU mostly idle, so each process is bound by its own kernel launches); each finished run is reused, an
-# interrupted one resumed, by the next call. `run.sh report` then reads every finished run back and writes each set's
-# tables and plots. Wall times are those of runs that shared one machine: compare their ratios, not their values.
+# `run.sh runs` starts one `compare.py --runs_only true` per method and set, JOBS (8) at a time, into the shared folders
+# (a 135M model leaves a GPU mostly idle, so each process is bound by its own kernel launches); each finished run is
+# reused, an interrupted one resumed, by the next call. `run.sh report` then reads every finished run back and writes
+# each set's tables and plots. Wall times are those of runs that shared one machine: compare their ratios, not their
+# values. On one H200, 16 at once ran out of its memory: the sampling methods on the paper's longer prompts took
+# 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
 # N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,18 +31,17 @@ runs)
     "$PY" -c "from zerosiam_hf.modeling import materialize_gguf, resolve_model; materialize_gguf(resolve_model('llama'))"
     # At most JOBS processes at once, the slowest (sampling) methods first; the base set, then paper, then stress.
     launch() {
-        while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-16}" ]; do sleep 2; done
-        "$PY" scripts/compare.py "${COMMON[@]}" "$@" >"$HERE/logs/$LOG.log" 2>&1 &
+        while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-8}" ]; do sleep 2; done
+        "$PY" scripts/compare.py "${COMMON[@]}" --runs_only true "$@" >"$HERE/logs/$LOG.log" 2>&1 &
     }
     for method in $(printf '%s\n' "${ALL[@]}" | tac); do LOG=base-$method launch "${BASE[@]}" --methods "$method"; done
     for method in $(printf '%s\n' "${ALL[@]}" | tac); do LOG=paper-$method launch "${PAPER[@]}" --methods "$method"; done
     for method in $(printf '%s\n' "${TRAIN[@]}" | tac); do LOG=stress-$method launch "${STRESS[@]}" --methods "$method"; done
     wait
-    echo "processes that did not finish (see their logs):" $(grep -L "comparison and plots in" "$HERE"/logs/*.log)
+    echo "processes that did not finish (see their logs):" $(grep -L "runs finished in" "$HERE"/logs/*.log)
     ;;
 report)
-    # Each process wrote a comparison of its own method; the set's comparison replaces them and reuses every run.
-    for set in base stress paper; do rm -f "$HERE/$set/comparison.json"; done
+    # Every run is read back (a missing one is run here)
     "$PY" scripts/compare.py "${COMMON[@]}" "${BASE[@]}" --methods "${ALL[@]}" >"$HERE/logs/report-base.log" 2>&1
     "$PY" scripts/compare.py "${COMMON[@]}" "${STRESS[@]}" --methods "${TRAIN[@]}" >"$HERE/logs/report-stress.log" 2>&1
     "$PY" scripts/compare.py "${COMMON[@]}" "${PAPER[@]}" --methods "${ALL[@]}" >"$HERE/logs/report-paper.log" 2>&1

@@ -73,6 +73,13 @@ class CompareArguments:
         },
     )
     synthetic_n: int = field(default=128, metadata={"help": "Number of synthetic problems to generate."})
+    runs_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Run (or reuse) the runs and write no comparison: for several compare processes sharing one "
+            "--output_dir (one per GPU or method, say); the same command with every method then writes it."
+        },
+    )
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -114,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if compare_args.dry_run:
         return dry_run(model_args, columns, compare_args, output_dir)
-    # A folder without comparison.json is an interrupted comparison: its finished runs are reused below.
-    if (output_dir / "comparison.json").is_file():
+    # A folder without comparison.json is an interrupted comparison: its finished runs are reused below. A process
+    # that writes no comparison may share a folder with another comparison's.
+    if (output_dir / "comparison.json").is_file() and not compare_args.runs_only:
         check_output_dir(str(output_dir), config, output_args.overwrite, record_file="comparison.json")
     output_dir.mkdir(parents=True, exist_ok=True)
     if compare_args.synthetic_preset is not None:
@@ -131,6 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     records = run_all(
         model_args, columns, compare_args.methods, compare_args.seeds, output_args, args, output_dir, suite
     )
+    if compare_args.runs_only:
+        runs = sum(len(seeds) for methods in records.values() for seeds in methods.values())
+        print(f"{runs} runs finished in {output_dir}/runs; without --runs_only the command writes the comparison")
+        return {"runs": runs}
 
     # ------------------------------------------------------------------------------------------------ report
     plots = plot(records, output_dir)
