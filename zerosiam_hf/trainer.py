@@ -100,14 +100,21 @@ class ZeroSiamTrainer(Trainer):
             raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
         if not isinstance(model, PeftModel):
             model = build_adapted_model(model, args)
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            data_collator=PromptCollator(processing_class.pad_token_id),
-            processing_class=processing_class,
-            callbacks=callbacks,
-        )
+        # transformers refuses checkpoints of a model sharded at load (`DistributedConfig`), whose sharded optimizer
+        # state it cannot save; here the optimizer holds LoRA and the predictor only, whole tensors on every process
+        # (the base weights are frozen), so the Trainer's own optimizer file is complete and resuming works.
+        save_only_model, args.save_only_model = args.save_only_model, True
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                train_dataset=train_dataset,
+                data_collator=PromptCollator(processing_class.pad_token_id),
+                processing_class=processing_class,
+                callbacks=callbacks,
+            )
+        finally:
+            args.save_only_model = save_only_model
         # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self.gold = gold
@@ -140,6 +147,16 @@ class ZeroSiamTrainer(Trainer):
             self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether each process holds a part of the base weights: a model sharded at load (transformers' FSDP2,
+        `DistributedConfig`), DeepSpeed ZeRO or accelerate's FSDP."""
+        return bool(
+            getattr(self.model, "is_distributed_loading_by_transformers", False)
+            or self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+        )
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -341,7 +358,8 @@ class ZeroSiamTrainer(Trainer):
                     model,
                     [(ids, mask)],
                     self._generation_config,
-                    merge_lora=self.args.merge_adapter_for_generation,
+                    # a sharded base weight is a slice of the matrix: LoRA cannot be folded into it
+                    merge_lora=self.args.merge_adapter_for_generation and not self.is_sharded,
                     logits_processor=processors,
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
