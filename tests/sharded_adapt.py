@@ -3,7 +3,8 @@
 Run by torchrun or accelerate launch from tests/test_sharding.py (never collected by pytest). With $SHARD_REPORT
 set, each process writes <SHARD_REPORT>.rank<N>.json at the end of training: the bytes and elements of the base
 weights it holds and their full sizes, and its trainable tensors (LoRA and the predictor) as lists. With
-$SHARD_STOP_AT=<step>, process 0 sends itself SIGTERM when that step begins, so that the run stops with a checkpoint.
+$SHARD_STOP_AT=<step>, process 0 sends itself SIGTERM as that step (counted from 1) begins: the run stops after it,
+with a checkpoint.
 """
 
 import json
@@ -30,7 +31,7 @@ class Report(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         stop_at = os.environ.get("SHARD_STOP_AT")
-        if stop_at and state.global_step == int(stop_at) and self.trainer.accelerator.process_index == 0:
+        if stop_at and state.global_step + 1 == int(stop_at) and self.trainer.accelerator.process_index == 0:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -150,11 +150,12 @@ class ZeroSiamTrainer(Trainer):
 
     @property
     def is_sharded(self) -> bool:
-        """Whether each process holds a part of the base weights: a model sharded at load (transformers' FSDP2,
-        `DistributedConfig`), DeepSpeed ZeRO or accelerate's FSDP."""
+        """Whether each process holds only a part of the base weights: sharded at load (transformers' FSDP2,
+        `--fsdp_size`), DeepSpeed ZeRO-3 or accelerate's FSDP. ZeRO-2 shards the optimizer state only."""
+        deepspeed = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
         return bool(
             getattr(self.model, "is_distributed_loading_by_transformers", False)
-            or self.is_deepspeed_enabled
+            or (deepspeed is not None and deepspeed.zero_stage == 3)
             or self.is_fsdp_enabled
         )
 
