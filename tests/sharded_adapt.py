@@ -1,14 +1,15 @@
 """adapt.py as a launcher starts it, plus what the sharding tests read from inside each process.
 
-Run by torchrun or accelerate launch from tests/test_sharding.py (never collected by pytest). With $SHARD_REPORT
-set, each process writes <SHARD_REPORT>.rank<N>.json at the end of training: the bytes and elements of the base
-weights it holds and their full sizes, and its trainable tensors (LoRA and the predictor) as lists. With
-$SHARD_STOP_AT=<step>, process 0 sends itself SIGTERM as that step (counted from 1) begins: the run stops after it,
-with a checkpoint.
+Run by torchrun or accelerate launch from tests/test_sharding.py and for docs/SHARDING.md's figures (never collected
+by pytest). With $SHARD_REPORT set, each process writes <SHARD_REPORT>.rank<N>.json at the end of training: the
+bytes and elements of the base weights it holds and their full sizes, its peak resident memory, and its trainable
+tensors (LoRA and the predictor) as lists. With $SHARD_STOP_AT=<step>, process 0 sends itself SIGTERM as that step
+(counted from 1) begins: the run stops after it, with a checkpoint.
 """
 
 import json
 import os
+import resource
 import signal
 
 from transformers import TrainerCallback
@@ -53,6 +54,7 @@ class Report(TrainerCallback):
             "base_elements_held": sum(n for n, _, _ in base),
             "base_bytes_held": sum(b for _, b, _ in base),
             "base_elements_full": sum(f for _, _, f in base),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux counts KiB
             "trainable": trainable,
         }
         with open(f"{path}.rank{report['rank']}.json", "w") as file:

@@ -187,3 +187,33 @@ def test_deepspeed_zero2_matches_one_process(tiny_model_dir, eight_problems, one
     assert result.returncode == 0, result.stderr[-3000:]
     assert_ranks_agree(reports(tmp_path / "r"), sharded=False)  # ZeRO-2 shards optimizer state and gradients only
     assert_same_as_one_process(output_dir, one_process_run)
+
+
+# ------------------------------------------------------------------------------------------------ DeepSpeed ZeRO-3
+ZERO3 = """compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config:
+  zero_stage: 3
+  zero3_init_flag: true
+  gradient_accumulation_steps: 1
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+main_training_function: main
+mixed_precision: 'no'
+use_cpu: false
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed ([shard] extra)")
+def test_deepspeed_zero3_is_refused_before_the_model_loads(tiny_model_dir, problems_file, tmp_path):
+    (tmp_path / "zero3.yaml").write_text(ZERO3)
+    launcher = [*ACCELERATE, "--config_file", str(tmp_path / "zero3.yaml"), "--main_process_port", str(free_port())]
+    argv = [*flags(model=tiny_model_dir, dataset=problems_file, output_dir=tmp_path / "run"), "--ddp_backend", "gloo"]
+    result = launch([*launcher, str(REPO / "scripts" / "adapt.py"), *argv], {"DS_ACCELERATOR": "cpu"})
+    assert result.returncode != 0
+    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1 and "DeepSpeed ZeRO-3 is not supported" in errors.pop(), result.stderr[-3000:]
+    assert "Loading weights" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["problems.jsonl", "zero3.yaml"]

@@ -8,6 +8,7 @@ import shlex
 
 import torch
 from accelerate import PartialState
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .invocation import launcher
 
@@ -93,3 +94,16 @@ def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None 
         f"{launched} started {world} processes that do not form one run: {why}, so each would adapt alone into the "
         f"same folder; nothing was loaded or written. Run: {fix}"
     )
+
+
+def refuse_zero3() -> None:
+    """Refuse DeepSpeed ZeRO-3 before the model loads: it partitions the LM head and the predictor, whose weights the
+    loss reads outside their modules' forward (where ZeRO-3 holds an empty partition), and its loading (zero.Init)
+    needs every process at once, where the first process converts and loads the model before the others."""
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "DeepSpeed ZeRO-3 is not supported: the loss reads the LM head's and the predictor's weights outside "
+            "their forward, where ZeRO-3 leaves each process an empty partition; shard the base weights with "
+            "FSDP2 (--fsdp_size N, configs/accelerate/fsdp2.yaml) or use ZeRO-2 "
+            "(configs/accelerate/deepspeed_zero2.yaml); see docs/SHARDING.md."
+        )

@@ -22,7 +22,7 @@ from .data import DataArguments, build_prompts, gold_answers, load_problems, pro
 from .errors import RunStopped
 from .generation import GenerationArguments, answer_and_score
 from .invocation import changed_flags, resume_command, same_command, sibling_command
-from .launch import check_one_run, has_accelerator
+from .launch import check_one_run, has_accelerator, refuse_zero3
 from .modeling import (
     ADAPTER_WEIGHTS,
     ModelArguments,
@@ -68,6 +68,7 @@ def adapt(
     resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
     state = PartialState()
     check_one_run(command, args.use_cpu, state)  # before anything is loaded or written
+    refuse_zero3()
     if not has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
         args.dataloader_pin_memory = False
     set_seed(args.seed)

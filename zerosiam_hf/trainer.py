@@ -21,6 +21,7 @@ from .diagnostics import answer_diagnostics, top_token_dominance
 from .errors import RunStopped
 from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, SignalStop
+from .launch import refuse_zero3
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
 from .modeling import build_adapted_model, check_head_input, head_transform
@@ -98,6 +99,7 @@ class ZeroSiamTrainer(Trainer):
             raise ValueError("train_dataset holds gold answers; drop them (data.build_prompts does) and pass `gold`.")
         if args.protocol == "online" and gold is None:
             raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
+        refuse_zero3()
         if not isinstance(model, PeftModel):
             model = build_adapted_model(model, args)
         # transformers refuses checkpoints of a model sharded at load (`DistributedConfig`), whose sharded optimizer
