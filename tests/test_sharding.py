@@ -14,6 +14,9 @@ from helpers import (
     REPO,
     adapt_argv,
     flags,
+    greedy,
+    make_model,
+    make_tokenizer,
     read_jsonl,
     reload_in_fresh_process,
     subprocess_env,
@@ -24,6 +27,7 @@ from test_accelerate import free_port
 
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.config import ZeroSiamConfig
+from zerosiam_hf.data import DataArguments, build_prompts, load_problems
 from zerosiam_hf.launch import check_one_run, has_accelerator
 
 
@@ -171,6 +175,45 @@ def test_fsdp2_run_stopped_by_a_signal_resumes_to_the_same_end(tiny_model_dir, e
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("predictions.jsonl", "adapter_model.safetensors"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_fsdp2_processes_whose_answers_end_at_different_steps_both_finish(tmp_path):
+    # Every forward gathers the layers' shards from both processes, so a process whose answers have ended must keep
+    # stepping (synced_gpus) while the other finishes. A second end token, one that the first problem's answer holds
+    # early and the second's lacks, makes the two processes' answers (one problem each) end at different steps.
+    tokenizer = make_tokenizer()
+    everything = write_problems(tmp_path / "all.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
+    problems, _ = load_problems(DataArguments(dataset=everything))
+    prompts = build_prompts(problems, tokenizer, DataArguments().instruction, 512)["prompt_ids"]
+    model = make_model(tokenizer, seed=3)  # a seed whose answers to these prompts differ (seed 0's are all equal)
+    answers = greedy(model, tokenizer, prompts, 8)
+    first, second, stop = next(
+        (a, b, token)
+        for a in range(len(answers))
+        for b in range(len(answers))
+        for token in answers[a][:5]
+        if token not in answers[b]
+    )
+    rows = [{"question": q, "answer": a} for q, a in (PROBLEMS[first], PROBLEMS[second])]
+    dataset = write_problems(tmp_path / "problems.jsonl", rows)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    runs = {}
+    for name, launcher, per_process in (("one", [sys.executable], 2), ("two", [*TORCHRUN], 1)):
+        runs[name] = tmp_path / name
+        argv = [*adapt_argv(str(model_dir), dataset, runs[name]), "--max_new_tokens", "8"]
+        argv += ["--per_device_train_batch_size", str(per_process)]
+        if name == "two":
+            launcher += ["--master_port", str(free_port())]
+            argv += ["--fsdp_size", "2"]
+        result = launch([*launcher, DRIVER, *argv])
+        assert result.returncode == 0, result.stderr[-3000:]
+    predictions = read_jsonl(runs["two"] / "predictions.jsonl")
+    assert predictions[0]["tokens"] < 8 and predictions[1]["tokens"] == 8  # the answers did end at different steps
+    assert predictions == read_jsonl(runs["one"] / "predictions.jsonl")
 
 
 # ------------------------------------------------------------------------------------------------ DeepSpeed ZeRO-2
