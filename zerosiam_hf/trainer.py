@@ -105,7 +105,8 @@ class ZeroSiamTrainer(Trainer):
         # transformers refuses checkpoints of a model sharded at load (`DistributedConfig`), whose sharded optimizer
         # state it cannot save; here the optimizer holds LoRA and the predictor only, whole tensors on every process
         # (the base weights are frozen), so the Trainer's own optimizer file is complete and resuming works.
-        save_only_model, args.save_only_model = args.save_only_model, True
+        save_only_model = args.save_only_model
+        args.save_only_model = save_only_model or getattr(model, "is_distributed_loading_by_transformers", False)
         try:
             super().__init__(
                 model=model,
