@@ -107,7 +107,7 @@ def test_accelerate_fsdp_on_a_cpu_is_refused_before_anything_is_written(tiny_mod
     result = launch([*launcher, str(REPO / "scripts" / "adapt.py"), *argv])
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors and len(set(errors)) == 1, result.stderr[-3000:]  # one line, the same from every process
+    assert len(errors) == 1, result.stderr[-3000:]  # every process stops; the one numbered 0 says why
     assert "started 2 processes that do not form one run: accelerate runs FSDP only on GPUs" in errors[0]
     assert "Run: torchrun --nproc_per_node 2 " in errors[0] and errors[0].endswith("--fsdp_size 2 --use_cpu true")
     assert [path.name for path in tmp_path.iterdir()] == ["problems.jsonl"]  # no lock, no run.partial, no run

@@ -10,6 +10,7 @@ import torch
 from accelerate import PartialState
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from .errors import NotOneRun
 from .invocation import launcher
 
 
@@ -90,7 +91,7 @@ def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None 
     else:
         why = seen
         fix = "a launch from docs/SHARDING.md with a config from configs/accelerate/"
-    raise ValueError(
+    raise NotOneRun(
         f"{launched} started {world} processes that do not form one run: {why}, so each would adapt alone into the "
         f"same folder; nothing was loaded or written. Run: {fix}"
     )
