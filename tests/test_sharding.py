@@ -145,10 +145,18 @@ def test_fsdp_size_without_the_processes_is_refused(capsys, tiny_model_dir, prob
 
 # ------------------------------------------------------------------------------------------------- FSDP2 (--fsdp_size)
 @pytest.mark.slow
-def test_fsdp2_shards_the_base_and_matches_one_process(tiny_model_dir, eight_problems, one_process_run, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_fsdp2_shards_the_base_and_matches_one_process(
+    launcher, tiny_model_dir, eight_problems, one_process_run, tmp_path
+):
     output_dir = tmp_path / "run"
     argv = [*adapt_argv(tiny_model_dir, eight_problems, output_dir), *SHARDED, "--fsdp_size", "2"]
-    result = launch([*TORCHRUN, "--master_port", str(free_port()), DRIVER, *argv], {"SHARD_REPORT": tmp_path / "r"})
+    if launcher == "torchrun":
+        start = [*TORCHRUN, "--master_port", str(free_port())]
+    else:  # accelerate only starts the processes: the shipped config has no FSDP block
+        config = str(REPO / "configs" / "accelerate" / "fsdp2.yaml")
+        start = [*ACCELERATE, "--config_file", config, "--num_processes", "2", "--main_process_port", str(free_port())]
+    result = launch([*start, DRIVER, *argv], {"SHARD_REPORT": tmp_path / "r"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_ranks_agree(reports(tmp_path / "r"), sharded=True)
     assert_same_as_one_process(output_dir, one_process_run)
