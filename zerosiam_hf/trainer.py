@@ -154,13 +154,8 @@ class ZeroSiamTrainer(Trainer):
     @property
     def is_sharded(self) -> bool:
         """Whether each process holds only a part of the base weights: sharded at load (transformers' FSDP2,
-        `--fsdp_size`), DeepSpeed ZeRO-3 or accelerate's FSDP. ZeRO-2 shards the optimizer state only."""
-        deepspeed = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
-        return bool(
-            getattr(self.model, "is_distributed_loading_by_transformers", False)
-            or (deepspeed is not None and deepspeed.zero_stage == 3)
-            or self.is_fsdp_enabled
-        )
+        `--fsdp_size`) or by accelerate's FSDP; DeepSpeed ZeRO-2 shards the optimizer state only."""
+        return bool(getattr(self.model, "is_distributed_loading_by_transformers", False) or self.is_fsdp_enabled)
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
