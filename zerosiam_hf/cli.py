@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .errors import RunStopped, UsageError
+from .errors import NotOneRun, RunStopped, UsageError
 
 
 class _OneLineParser(HfArgumentParser):
@@ -117,7 +117,8 @@ def exits_cleanly(main):
         except (ValueError, FileNotFoundError, PermissionError) as error:
             if os.environ.get("ZEROSIAM_DEBUG"):
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            if not isinstance(error, NotOneRun) or os.environ.get("RANK", "0") == "0":
+                print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except RunStopped as stop:
             print(f"error: {stop}", file=sys.stderr)

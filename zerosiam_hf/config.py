@@ -268,6 +268,13 @@ class ZeroSiamConfig(TrainingArguments):
             raise ValueError(
                 f"--max_steps must be a positive integer, or -1 for --num_train_epochs passes; got {self.max_steps}."
             )
+        if self.fsdp and self.use_cpu:
+            raise ValueError(
+                "--fsdp with --use_cpu true runs plain DDP, a full copy of the model per process (accelerate shards "
+                "nothing on a CPU); shard with transformers' FSDP2 instead: drop --fsdp and pass --fsdp_size N under "
+                "`torchrun --nproc_per_node N` (in Python: from_pretrained(..., "
+                "distributed_config=DistributedConfig(fsdp_size=N)))."
+            )
         if self.episodic and self.gradient_accumulation_steps != 1:
             raise ValueError("--episodic resets after every batch; use --gradient_accumulation_steps 1.")
         if self.protocol == "online" and self.num_train_epochs != 1 and self.max_steps <= 0:

@@ -19,6 +19,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.distributed import DistributedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .config import ZeroSiamConfig
@@ -63,6 +64,13 @@ class ModelArguments:
         metadata={"help": "Load the base in 4-bit NF4 with bitsandbytes (QLoRA); needs the `quant` extra."},
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
+    fsdp_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shard the base weights over this many processes with transformers' FSDP2 (from_pretrained's "
+            "DistributedConfig); start that many with torchrun or accelerate launch (docs/SHARDING.md)."
+        },
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -71,6 +79,24 @@ class ModelArguments:
             raise ValueError(
                 "--load_in_4bit needs bitsandbytes, which is not installed: pip install 'zerosiam-hf[quant]'."
             )
+        if self.fsdp_size is not None:
+            _check_fsdp_size(self.fsdp_size, self.load_in_4bit)
+
+
+def _check_fsdp_size(size: int, load_in_4bit: bool) -> None:
+    """--fsdp_size must divide the processes started (WORLD_SIZE), which must be more than one."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if size < 1:
+        raise ValueError(f"--fsdp_size must be a positive integer, got {size}.")
+    if load_in_4bit:
+        raise ValueError("--fsdp_size with --load_in_4bit: 4-bit weights are not sharded; drop one of the two.")
+    if world == 1 and size > 1:
+        raise ValueError(
+            f"--fsdp_size {size} shards over {size} processes, but this is one process; start them with "
+            f"`torchrun --nproc_per_node {size} scripts/adapt.py ... --fsdp_size {size}`; add --use_cpu true on a CPU."
+        )
+    if world % size:
+        raise ValueError(f"--fsdp_size {size} must divide the {world} processes started (WORLD_SIZE={world}).")
 
 
 def _alias_files() -> dict:
@@ -223,6 +249,8 @@ def load_model_and_tokenizer(
         kwargs["quantization_config"] = quantization_config(dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if model_args.fsdp_size is not None:  # each process keeps its part of every weight (FSDP2, DTensor)
+        kwargs["distributed_config"] = DistributedConfig(fsdp_size=model_args.fsdp_size)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if is_4bit(model):
         keep_4bit_layers_unpacked(model)

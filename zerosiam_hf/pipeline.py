@@ -22,6 +22,7 @@ from .data import DataArguments, build_prompts, gold_answers, load_problems, pro
 from .errors import RunStopped
 from .generation import GenerationArguments, answer_and_score
 from .invocation import changed_flags, resume_command, same_command, sibling_command
+from .launch import check_one_run, has_accelerator, refuse_zero3
 from .modeling import (
     ADAPTER_WEIGHTS,
     ModelArguments,
@@ -66,7 +67,9 @@ def adapt(
     resume_hint = resume_hint or resume_command(command)
     resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
     state = PartialState()
-    if not _has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
+    check_one_run(command, args.use_cpu, state)  # before anything is loaded or written
+    refuse_zero3()
+    if not has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
         args.dataloader_pin_memory = False
     set_seed(args.seed)
     config = run_settings(model_args, data_args, output_args, args)
@@ -75,11 +78,6 @@ def adapt(
     with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state) as staging:
         record = _adapt_into(staging, model_args, data_args, args, config, state, command, resume_hint)
     return record
-
-
-def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def adapt_or_reuse(

@@ -21,6 +21,7 @@ from .diagnostics import answer_diagnostics, top_token_dominance
 from .errors import RunStopped
 from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, SignalStop
+from .launch import refuse_zero3
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
 from .modeling import build_adapted_model, check_head_input, head_transform
@@ -98,16 +99,25 @@ class ZeroSiamTrainer(Trainer):
             raise ValueError("train_dataset holds gold answers; drop them (data.build_prompts does) and pass `gold`.")
         if args.protocol == "online" and gold is None:
             raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
+        refuse_zero3()
         if not isinstance(model, PeftModel):
             model = build_adapted_model(model, args)
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            data_collator=PromptCollator(processing_class.pad_token_id),
-            processing_class=processing_class,
-            callbacks=callbacks,
-        )
+        # transformers refuses checkpoints of a model sharded at load (`DistributedConfig`), whose sharded optimizer
+        # state it cannot save; here the optimizer holds LoRA and the predictor only, whole tensors on every process
+        # (the base weights are frozen), so the Trainer's own optimizer file is complete and resuming works.
+        save_only_model = args.save_only_model
+        args.save_only_model = save_only_model or getattr(model, "is_distributed_loading_by_transformers", False)
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                train_dataset=train_dataset,
+                data_collator=PromptCollator(processing_class.pad_token_id),
+                processing_class=processing_class,
+                callbacks=callbacks,
+            )
+        finally:
+            args.save_only_model = save_only_model
         # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self.gold = gold
@@ -140,6 +150,12 @@ class ZeroSiamTrainer(Trainer):
             self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether each process holds only a part of the base weights: sharded at load (transformers' FSDP2,
+        `--fsdp_size`) or by accelerate's FSDP; DeepSpeed ZeRO-2 shards the optimizer state only."""
+        return bool(getattr(self.model, "is_distributed_loading_by_transformers", False) or self.is_fsdp_enabled)
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -341,7 +357,8 @@ class ZeroSiamTrainer(Trainer):
                     model,
                     [(ids, mask)],
                     self._generation_config,
-                    merge_lora=self.args.merge_adapter_for_generation,
+                    # a sharded base weight is a slice of the matrix: LoRA cannot be folded into it
+                    merge_lora=self.args.merge_adapter_for_generation and not self.is_sharded,
                     logits_processor=processors,
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)

@@ -23,6 +23,11 @@ Usage:
     # through mpirun; the torchrun-style launcher with --use_cpu starts two that talk over gloo)
     accelerate launch --multi_gpu --num_processes 2 scripts/adapt.py --use_cpu true --model llama --max_samples 64
 
+    # sharded (docs/SHARDING.md): FSDP2 keeps half the base weights per process; DeepSpeed ZeRO-2 on the CPU
+    torchrun --nproc_per_node 2 scripts/adapt.py --fsdp_size 2 --use_cpu true --model llama --max_samples 64
+    DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 2 \
+        scripts/adapt.py --ddp_backend gloo --model llama --max_samples 64
+
 The output folder holds the LoRA adapter (with the predictor), `run.json` (config, data identity, versions,
 timings, online accuracy and the logged diagnostics) and `predictions.jsonl` (each online answer, scored).
 """
