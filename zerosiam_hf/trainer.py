@@ -342,6 +342,7 @@ class ZeroSiamTrainer(Trainer):
                     [(ids, mask)],
                     self._generation_config,
                     merge_lora=self.args.merge_adapter_for_generation,
+                    backend=self.args.generation_backend,
                     logits_processor=processors,
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
