@@ -3,7 +3,7 @@
 import math
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -19,6 +19,11 @@ from .scoring import accuracy
 GENERATION_BACKENDS = ("static", "continuous")
 # Tokens per page of the continuous backend's paged KV cache: short pages waste less of each answer's last page.
 CONTINUOUS_PAGE_SIZE = 64
+# Tokens through one forward of the continuous backend: transformers' default since 5.18; 5.17, given the cache size,
+# would size it from the free memory instead (on a CPU, to tens of GB of attention mask).
+CONTINUOUS_BATCH_TOKENS = 8192
+# transformers 5.17 (a bare GPU image's) names it block_size; later versions page_size, with block_size deprecated
+_PAGE_SIZE_FIELD = next(f.name for f in fields(ContinuousBatchingConfig) if f.name in ("page_size", "block_size"))
 
 
 @dataclass
@@ -157,7 +162,7 @@ def generate_continuous(
     its first end token; at most `max_concurrent` answers are decoded together.
 
     The paged KV cache is sized for those answers at full length: left to itself, transformers sizes it from the
-    device's free memory (0.6 of the RAM on a CPU).
+    device's free memory (0.6 of the RAM on a CPU). Works with transformers 5.17 and later.
     """
     if config.do_sample:
         raise ValueError("--generation_backend continuous decodes greedily here; use --generation_backend static.")
@@ -166,7 +171,10 @@ def generate_continuous(
     concurrent = min(max_concurrent, len(prompt_ids))
     pages = math.ceil((max(len(ids) for ids in prompt_ids) + config.max_new_tokens) / CONTINUOUS_PAGE_SIZE)
     cb_config = ContinuousBatchingConfig(
-        page_size=CONTINUOUS_PAGE_SIZE, num_blocks=pages * concurrent, max_requests_per_batch=concurrent
+        **{_PAGE_SIZE_FIELD: CONTINUOUS_PAGE_SIZE},
+        num_blocks=pages * concurrent,
+        max_batch_tokens=CONTINUOUS_BATCH_TOKENS,
+        max_requests_per_batch=concurrent,
     )
     outputs = list(
         model.generate_batch(prompt_ids, generation_config=config, continuous_batching_config=cb_config).values()

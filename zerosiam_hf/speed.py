@@ -227,10 +227,13 @@ def update_cost(trainer, batch_size: int, prompt_tokens: int, answer_tokens: int
     `Trainer.train()` would. `trainer` is a `ZeroSiamTrainer` of a method that trains weights.
     """
     model, args = trainer.model, trainer.args
-    if args.gradient_checkpointing and not model.is_activation_checkpointing:
-        kwargs = dict(args.activation_checkpointing_kwargs or {})
-        every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
-        model.activation_checkpointing_enable(kwargs or None, every_n_layers=every_n_layers, offload=offload)
+    if args.gradient_checkpointing and not any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        kwargs = dict(args.gradient_checkpointing_kwargs or {})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.18; 5.17 has the older name only
+            layers = {"every_n_layers": kwargs.pop("every_n_layers", 1), "offload": kwargs.pop("offload", False)}
+            model.activation_checkpointing_enable(kwargs or None, **layers)
+        else:
+            model.gradient_checkpointing_enable(kwargs or None)
     model.train()
     optimizer = trainer.create_optimizer()
     device = next(model.parameters()).device
