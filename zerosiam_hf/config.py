@@ -327,7 +327,8 @@ def _check_backend_fits(method: str, backend: str) -> None:
     reason = METHODS[method].needs_static_generation
     if backend == "continuous" and reason:
         raise ValueError(
-            f"--method {method} {reason}, which the continuous backend cannot do; use --generation_backend static."
+            f"--method {method} {reason}; --generation_backend continuous makes plain greedy answers only: use "
+            "--generation_backend static."
         )
 
 

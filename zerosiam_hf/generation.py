@@ -19,8 +19,8 @@ from .scoring import accuracy
 GENERATION_BACKENDS = ("static", "continuous")
 # Tokens per page of the continuous backend's paged KV cache: short pages waste less of each answer's last page.
 CONTINUOUS_PAGE_SIZE = 64
-# Tokens through one forward of the continuous backend: transformers' default since 5.18; 5.17, given the cache size,
-# would size it from the free memory instead (on a CPU, to tens of GB of attention mask).
+# Tokens through one forward of the continuous backend: transformers 5.24's default; 5.17, given the cache size, sizes
+# it from the free memory instead (a tiny model's answers were killed for memory on a 23 GB CPU machine).
 CONTINUOUS_BATCH_TOKENS = 8192
 # transformers 5.17 (a bare GPU image's) names it block_size; later versions page_size, with block_size deprecated
 _PAGE_SIZE_FIELD = next(f.name for f in fields(ContinuousBatchingConfig) if f.name in ("page_size", "block_size"))
@@ -219,7 +219,9 @@ def generate_batches(
             if backend == "continuous":
                 batches = list(batches)
                 prompts = [row[keep.bool()].tolist() for ids, mask in batches for row, keep in zip(ids, mask)]
-                completions = generate_continuous(model, prompts, config, max(len(ids) for ids, _ in batches))
+                completions = generate_continuous(
+                    model, prompts, config, max((len(ids) for ids, _ in batches), default=1)
+                )
             else:
                 for input_ids, attention_mask in batches:
                     completions += generate_batch(
