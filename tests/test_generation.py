@@ -159,3 +159,9 @@ def test_the_backend_flag_is_in_every_commands_help_and_refused_in_one_line(
     ]
     assert_usage_error(capsys, lambda: compare.main([*argv, "--methods", "tent", "ttrl"]), "--method ttrl samples")
     assert not output_dir.exists()
+
+
+def test_no_prompts_get_no_answers_with_either_backend(tokenizer):
+    model = make_model(tokenizer)
+    for backend in ("static", "continuous"):
+        assert generate_completions(model, tokenizer, [], max_new_tokens=4, batch_size=2, backend=backend) == []
