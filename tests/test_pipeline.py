@@ -106,7 +106,8 @@ def test_resume_command_keeps_launcher_and_flags_and_quotes_paths(monkeypatch):
 def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data_flags(tmp_path):
     record = {"command": [str(SCRIPTS / "adapt.py")], "config": {"ZeroSiamConfig": {"output_dir": "out dir"}}}
     data_args = DataArguments(dataset=str(tmp_path / "p.jsonl"), max_samples=8)
-    args = SimpleNamespace(max_new_tokens=96, max_prompt_length=512)  # the generation settings of ZeroSiamConfig
+    # the generation settings of ZeroSiamConfig
+    args = SimpleNamespace(max_new_tokens=96, max_prompt_length=512, generation_backend="static")
     hint = shlex.split(pipeline.evaluate_command(record, ModelArguments(model="llama"), data_args, args))
     assert hint == [
         *["python", str(SCRIPTS / "evaluate.py"), "--model", "llama", "--dataset", str(tmp_path / "p.jsonl")],
@@ -115,12 +116,15 @@ def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data
     record["command"] = [str(tmp_path / "zerosiam-adapt")]  # a console command the shell does not find by name
     hint = shlex.split(pipeline.evaluate_command(record, ModelArguments(model="llama"), DataArguments(), args))
     assert hint[0] == str(tmp_path / "zerosiam-evaluate") and hint[-2:] == ["--adapter", "out dir"]
+    args.generation_backend = "continuous"  # the run's backend answers the evaluation too
+    hint = shlex.split(pipeline.evaluate_command(record, ModelArguments(model="llama"), DataArguments(), args))
+    assert hint[-4:] == ["--generation_backend", "continuous", "--adapter", "out dir"]
 
 
 @pytest.mark.skipif(not bitsandbytes_available(), reason="needs bitsandbytes (the quant extra)")
 def test_the_evaluate_hint_keeps_a_4bit_base():
     record = {"command": ["somewhere/run.py"], "config": {"ZeroSiamConfig": {"output_dir": "out"}}}
-    args = SimpleNamespace(max_new_tokens=256, max_prompt_length=512)
+    args = SimpleNamespace(max_new_tokens=256, max_prompt_length=512, generation_backend="static")
     model_args = ModelArguments(model="llama", load_in_4bit=True)
     hint = shlex.split(pipeline.evaluate_command(record, model_args, DataArguments(), args))
     assert hint == ["zerosiam-evaluate", "--model", "llama", "--load_in_4bit", "true", "--adapter", "out"]

@@ -1,12 +1,17 @@
-"""Tests for scripts/measure_speed.py on tiny shapes and the tiny model: the report's structure, ratios and errors."""
+"""Tests for scripts/measure_speed.py on tiny shapes and the tiny model (the report's structure, ratios and errors),
+and for the helpers that time one update and read its peak memory."""
 
 import importlib.util
 import json
+import statistics
+import time
 
 import pytest
-from helpers import REPO
+import torch
+from helpers import REPO, assert_all_moved, make_config, make_model, trainable
 
-from zerosiam_hf.speed import RATIOS
+from zerosiam_hf.speed import RATIOS, timed_peak, update_cost
+from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
 # Loaded from its file: putting scripts/ on sys.path would let scripts/evaluate.py shadow the `evaluate` package.
@@ -61,12 +66,55 @@ def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, pr
     assert online["data"]["selected"] == 4 and online["settings"]["online_batch_size"] == 2
 
 
+def test_generation_stage_times_both_backends_on_the_same_prompts(tiny_model_dir, problems_file, tmp_path):
+    output = tmp_path / "generation.json"
+    argv = ["--stages", "generation", "--online_model", tiny_model_dir, "--online_dataset", problems_file]
+    argv += ["--generation_prompts", "4", "--generation_batch_sizes", "2", "4", "--generation_max_new_tokens", "3"]
+    report = measure_speed.main([*argv, "--generation_rounds", "2", "--output_json", str(output)])
+
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    rows = report["generation"]["rows"]
+    assert [row["batch_size"] for row in rows] == [2, 4]
+    for row in rows:
+        assert row["same_answers"] and len(row["answer_lengths"]) == 4 and row["tokens"] == sum(row["answer_lengths"])
+        for times in (*row["seconds"].values(), *row["cpu_seconds"].values()):
+            assert len(times) == 2 and min(times) > 0
+        static, continuous = (statistics.median(row["seconds"][b]) for b in ("static", "continuous"))
+        assert row["ratio"] == pytest.approx(statistics.median(row["ratio_per_round"]))
+        assert row["continuous_tokens_per_s"] / row["static_tokens_per_s"] == pytest.approx(static / continuous)
+
+
+def test_timed_peak_sees_a_short_allocation_on_cpu():
+    def step():
+        held = torch.ones(16 * 2**20)  # 64 MiB, written, so resident
+        time.sleep(0.05)
+        del held
+
+    measured = timed_peak(step, "cpu")
+    assert measured["seconds"] >= 0.05
+    assert measured["peak_mib"] - measured["start_mib"] >= 48
+
+
+def test_update_cost_measures_real_updates_with_checkpointing(tmp_path, tokenizer, prompts):
+    args = make_config(tmp_path, method="zerosiam", protocol="offline", gradient_checkpointing=True)
+    trainer = ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer)
+    before = trainable(trainer.model)
+    costs = update_cost(trainer, batch_size=2, prompt_tokens=5, answer_tokens=12, repeats=2)
+    assert len(costs) == 2
+    for cost in costs:
+        assert cost["seconds"] > 0 and cost["peak_mib"] >= cost["start_mib"] > 0
+    assert trainer.model.get_base_model().model.layers[0].gradient_checkpointing
+    assert_all_moved(before, trainable(trainer.model))  # LoRA and the predictor took two optimizer steps
+    assert trainer.cost["trained_tokens"] == 2 * 2 * 17  # two updates over 2 rows of 17 tokens
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--methods", "magic"], "--methods takes"),
         (["--tokens", "0"], "--tokens must be >= 1"),
-        (["--stages", "everything"], "--stages takes loss_head and online"),
+        (["--stages", "everything"], "--stages takes loss_head, online and generation"),
+        (["--generation_batch_sizes", "16", "0"], "--generation_batch_sizes must be positive"),
     ],
 )
 def test_bad_arguments_exit_with_one_line(capsys, tmp_path, argv, message):

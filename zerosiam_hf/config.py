@@ -7,7 +7,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from .generation import GenerationArguments
+from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend
 from .methods import METHOD_OPTIONS, METHODS
 
 
@@ -136,6 +136,7 @@ class ZeroSiamConfig(TrainingArguments):
     )
     max_new_tokens: int = _generation_field("max_new_tokens")
     max_prompt_length: int = _generation_field("max_prompt_length")
+    generation_backend: Literal[GENERATION_BACKENDS] = _generation_field("generation_backend")
     generation_batch_size: int | None = field(
         default=None,
         metadata={"help": "Prompts per generate() call; defaults to per_device_train_batch_size."},
@@ -213,6 +214,7 @@ class ZeroSiamConfig(TrainingArguments):
         super().__post_init__()
         _check_choice("method", self.method, tuple(METHODS))
         _check_choice("protocol", self.protocol, PROTOCOLS)
+        check_backend(self.generation_backend)
         self._resolve_method_options()
         _check_choice("ablation", self.ablation, ABLATIONS + (None,))
         for name in ("learning_rate", "lora_dropout", *METHOD_OPTIONS):
@@ -304,6 +306,7 @@ class ZeroSiamConfig(TrainingArguments):
             raise ValueError(f"--method {self.method} compares k answers per prompt: --num_generations must be >= 2.")
         if method.online_only and self.protocol != "online":
             raise ValueError(f"--method {self.method} runs under --protocol online only; got {self.protocol}.")
+        _check_backend_fits(self.method, self.generation_backend)
 
     def for_method(self, method: str, **changes) -> "ZeroSiamConfig":
         """The same settings for a run of `method`: the method options it does not take are dropped, those it takes
@@ -326,6 +329,16 @@ class ZeroSiamConfig(TrainingArguments):
         return METHODS[self.method].updates_weights
 
 
+def _check_backend_fits(method: str, backend: str) -> None:
+    """Refuse the continuous backend for a method whose answers it cannot make (`Method.needs_static_generation`)."""
+    reason = METHODS[method].needs_static_generation
+    if backend == "continuous" and reason:
+        raise ValueError(
+            f"--method {method} {reason}; --generation_backend continuous makes plain greedy answers only: use "
+            "--generation_backend static."
+        )
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
@@ -344,3 +357,5 @@ class SharedRunConfig(ZeroSiamConfig):
         for name in METHOD_OPTIONS:
             if getattr(self, name) is not None and not any(name in METHODS[m].options for m in methods):
                 raise ValueError(f"--{name} is an option of none of --methods {' '.join(methods)}; drop it.")
+        for method in methods:
+            _check_backend_fits(method, self.generation_backend)

@@ -1,17 +1,29 @@
 """Batched greedy generation from pre-tokenized prompts, with LoRA merged for speed, and answering a test set."""
 
+import math
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import ContinuousBatchingConfig, GenerationConfig, LogitsProcessorList
 
 from .checkers import score_completions
 from .scoring import accuracy
+
+
+GENERATION_BACKENDS = ("static", "continuous")
+# Tokens per page of the continuous backend's paged KV cache: short pages waste less of each answer's last page.
+CONTINUOUS_PAGE_SIZE = 64
+# Tokens through one forward of the continuous backend: transformers 5.24's default; 5.17, given the cache size, sizes
+# it from the free memory instead (a tiny model's answers were killed for memory on a 23 GB CPU machine).
+CONTINUOUS_BATCH_TOKENS = 8192
+# transformers 5.17 (a bare GPU image's) names it block_size; later versions page_size, with block_size deprecated
+_PAGE_SIZE_FIELD = next(f.name for f in fields(ContinuousBatchingConfig) if f.name in ("page_size", "block_size"))
 
 
 @dataclass
@@ -25,11 +37,27 @@ class GenerationArguments:
     max_prompt_length: int = field(
         default=512, metadata={"help": "Prompts longer than this many tokens are cut from the left."}
     )
+    generation_backend: Literal[GENERATION_BACKENDS] = field(
+        default="static",
+        metadata={
+            "help": "static: generate() on left-padded batches, each decoding until its longest answer ends. "
+            "continuous: transformers' continuous batching (generate_batch, paged attention): an answer that ends "
+            "leaves the batch and a waiting prompt takes its place, the batch size capping the answers decoded "
+            "together. Greedy answers are the same token for token; speeds in docs/BENCHMARKS.md."
+        },
+    )
 
     def __post_init__(self):
         for name in ("batch_size", "max_new_tokens", "max_prompt_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        check_backend(self.generation_backend)
+
+
+def check_backend(backend: str) -> None:
+    """Refuse a `--generation_backend` that is not one of GENERATION_BACKENDS."""
+    if backend not in GENERATION_BACKENDS:
+        raise ValueError(f"--generation_backend must be one of {', '.join(GENERATION_BACKENDS)}; got {backend!r}.")
 
 
 def pad(sequences: list[list[int]], pad_id: int, *, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,23 +155,78 @@ def generate_batch(
     return [row[:length].tolist() for row, length in zip(generated, lengths)]
 
 
+def generate_continuous(
+    model, prompt_ids: list[list[int]], config: GenerationConfig, max_concurrent: int
+) -> list[list[int]]:
+    """Greedy completions of unpadded prompts by transformers' continuous batching, in input order, each ending with
+    its first end token; at most `max_concurrent` answers are decoded together.
+
+    The paged KV cache is sized for those answers at full length: left to itself, transformers sizes it from the
+    device's free memory (0.6 of the RAM on a CPU). Works with transformers 5.17 and later.
+    """
+    if config.do_sample:
+        raise ValueError("--generation_backend continuous decodes greedily here; use --generation_backend static.")
+    if not prompt_ids:
+        return []
+    concurrent = min(max_concurrent, len(prompt_ids))
+    pages = math.ceil((max(len(ids) for ids in prompt_ids) + config.max_new_tokens) / CONTINUOUS_PAGE_SIZE)
+    cb_config = ContinuousBatchingConfig(
+        **{_PAGE_SIZE_FIELD: CONTINUOUS_PAGE_SIZE},
+        num_blocks=pages * concurrent,
+        max_batch_tokens=CONTINUOUS_BATCH_TOKENS,
+        max_requests_per_batch=concurrent,
+    )
+    outputs = list(
+        model.generate_batch(prompt_ids, generation_config=config, continuous_batching_config=cb_config).values()
+    )
+    # generate_batch logs a failed request and goes on: a missing or failed answer must not pass as an empty one
+    failed = [output.error for output in outputs if output.error is not None]
+    if len(outputs) != len(prompt_ids) or failed:
+        cause = failed[0] if failed else "no error reported"
+        raise RuntimeError(
+            f"continuous batching answered {len(outputs) - len(failed)} of {len(prompt_ids)} prompts ({cause}); "
+            "use --generation_backend static."
+        )
+    return [output.generated_tokens for output in outputs]  # each stops at its first end token
+
+
 def generate_batches(
-    model, batches, config: GenerationConfig, *, merge_lora: bool = True, logits_processor=None
+    model,
+    batches,
+    config: GenerationConfig,
+    *,
+    merge_lora: bool = True,
+    logits_processor=None,
+    backend: str = "static",
 ) -> list[list[int]]:
     """Completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order.
 
     The model answers in eval mode (with LoRA merged when `merge_lora`) and gets its train/eval mode back after.
+    `backend` "continuous" answers every batch's prompts in one continuous batch of at most the largest batch's
+    size (`generate_continuous`); it applies no `logits_processor`.
     """
+    check_backend(backend)
+    if backend == "continuous" and logits_processor:
+        raise ValueError(
+            "--generation_backend continuous applies no logits processor; use --generation_backend static."
+        )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     completions = []
     try:
         with merged_lora(model) if merge_lora else nullcontext():
-            for input_ids, attention_mask in batches:
-                completions += generate_batch(
-                    model, input_ids.to(device), attention_mask.to(device), config, logits_processor
+            if backend == "continuous":
+                batches = list(batches)
+                prompts = [row[keep.bool()].tolist() for ids, mask in batches for row, keep in zip(ids, mask)]
+                completions = generate_continuous(
+                    model, prompts, config, max((len(ids) for ids, _ in batches), default=1)
                 )
+            else:
+                for input_ids, attention_mask in batches:
+                    completions += generate_batch(
+                        model, input_ids.to(device), attention_mask.to(device), config, logits_processor
+                    )
     finally:
         model.train(was_training)
     return completions
@@ -158,11 +241,14 @@ def generate_completions(
     batch_size: int,
     merge_lora: bool = True,
     show_progress: bool = False,
+    backend: str = "static",
 ) -> list[list[int]]:
-    """Greedy completions (token ids, cut after the first end token) for pre-tokenized prompts, in input order."""
+    """Greedy completions (token ids, cut after the first end token) for pre-tokenized prompts, in input order:
+    `batch_size` prompts per generate() call, or at most that many decoded together by the continuous `backend`."""
     starts = tqdm(range(0, len(prompt_ids), batch_size), desc="Generating", disable=not show_progress)
     batches = (pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id, side="left") for start in starts)
-    return generate_batches(model, batches, greedy_config(model, tokenizer, max_new_tokens), merge_lora=merge_lora)
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    return generate_batches(model, batches, config, merge_lora=merge_lora, backend=backend)
 
 
 def answer_and_score(
@@ -175,6 +261,7 @@ def answer_and_score(
     max_new_tokens: int,
     batch_size: int,
     show_progress: bool = False,
+    backend: str = "static",
 ) -> tuple[dict, list[dict]]:
     """Answer every prompt (`index`, `prompt_ids`) greedily and score it: the accuracy summary with the seconds spent
     generating, and the scored records in prompt order."""
@@ -186,6 +273,7 @@ def answer_and_score(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         show_progress=show_progress,
+        backend=backend,
     )
     seconds = time.perf_counter() - start
     records = score_completions(checker, tokenizer, prompts["index"], completions, gold)

@@ -7,7 +7,8 @@ random weights an answer never stops early, so every generated answer has its fu
 - `loss_head`: the loss head alone (Tent and ZeroSiam, naive and chunked) at Llama-3.1-8B's head, time and peak;
 - `online_step`: one step of the online protocol at the paper's settings (answer a batch greedily, then one update
   of LoRA and the predictor on prompt + answer), against generation alone;
-- `generation`: static batching (`generate`) against transformers' continuous batching (`generate_batch`);
+- `generation`: the pipeline's two generation backends (`--generation_backend static`, `continuous`), as a run calls
+  them for one batch (continuous batching starts its manager at each call);
 - `long_answers`: one update's time and peak memory against answer length and batch, with and without gradient
   checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against.
 
@@ -17,7 +18,6 @@ measured.
 """
 
 import gc
-import inspect
 import json
 import platform
 import time
@@ -31,6 +31,7 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from .generation import generate_batch, generate_continuous
 from .losses import head_loss
 from .methods.base import final_hidden_states
 from .predictor import attach_predictor, find_predictor
@@ -175,7 +176,7 @@ def online_step_section(step: dict, device: str) -> dict:
 
 
 def generation_section(steps: list[dict], device: str) -> dict:
-    """Tokens per second of `generate` (static batches) and `generate_batch` (continuous batching), greedy."""
+    """Tokens per second of the static and continuous backends (generation.py), greedy."""
     rows = []
     for step in steps:
         model = build_model(step["shape"], step["dtype"], device)
@@ -185,14 +186,12 @@ def generation_section(steps: list[dict], device: str) -> dict:
                 row = {"shape": step["shape"], "dtype": step["dtype"], "batch": batch, "backend": backend}
                 try:
                     run = partial(_generate, model, prompts, step["answer"], backend)
-                    run()  # warm-up (continuous batching also sizes its cache here)
+                    run()  # warm-up
                     measured, tokens = _timed(run, device)
                     row.update(measured, tokens=tokens, tokens_per_s=tokens / measured["time_s"])
                 except Exception as error:  # an API this transformers lacks: recorded, the check goes on
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
                 rows.append(row)
-            # the next batch size gets a manager of its own
-            getattr(model, "destroy_cached_continuous_batching_manager", lambda: None)()
         del model
         _free()
     return {"steps": steps, "rows": rows}
@@ -275,18 +274,15 @@ def greedy(model, prompts: torch.Tensor, answer: int) -> torch.Tensor:
 
 
 def _generate(model, prompts: torch.Tensor, answer: int, backend: str) -> int:
-    """Generate with `backend` and return the number of new tokens."""
-    if backend == "static":
-        return int(greedy(model, prompts, answer)[:, prompts.shape[1] :].numel())
+    """Answer `prompts` greedily through the pipeline's `backend` and return the number of new tokens."""
     # greedy from random weights seldom meets EOS; the rate counts the tokens each backend really made
     config = GenerationConfig(max_new_tokens=answer, do_sample=False, pad_token_id=0, eos_token_id=2)
-    # A kept manager times the steady state: its set-up (cache, CUDA graphs) is paid by the warm-up call.
-    keep = "persistent_manager" in inspect.signature(model.generate_batch).parameters
     with torch.no_grad():
-        outputs = model.generate_batch(
-            inputs=prompts.tolist(), generation_config=config, **({"persistent_manager": True} if keep else {})
-        )
-    return sum(len(output.generated_tokens) for output in outputs.values())
+        if backend == "static":
+            completions = generate_batch(model, prompts, torch.ones_like(prompts), config)
+        else:
+            completions = generate_continuous(model, prompts.tolist(), config, max_concurrent=len(prompts))
+    return sum(len(ids) for ids in completions)
 
 
 def update(model, predictor, optimizer, ids: torch.Tensor, prompt_length: int, method: str) -> None:

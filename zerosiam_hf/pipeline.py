@@ -187,7 +187,11 @@ def checkpoint_to_resume(value: str | None, staging: Path) -> str | None:
 def evaluate_command(record: dict, model_args: ModelArguments, data_args: DataArguments, args: ZeroSiamConfig) -> str:
     """The command that evaluates a finished run's adapter on the same problems with the same model settings,
     started the way the run was (script, module or console command)."""
-    generation = GenerationArguments(max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length)
+    generation = GenerationArguments(
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_length=args.max_prompt_length,
+        generation_backend=args.generation_backend,
+    )
     flags = [
         "--model",
         model_args.model,
@@ -306,6 +310,7 @@ def _evaluate_into(staging, model_args, data_args, generation, args, config) -> 
         "max_new_tokens": generation.max_new_tokens,
         "batch_size": generation.batch_size,
         "show_progress": True,
+        "backend": generation.generation_backend,
     }
 
     # ------------------------------------------------------------------------------------------------ evaluate

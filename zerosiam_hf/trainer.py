@@ -359,6 +359,7 @@ class ZeroSiamTrainer(Trainer):
                     self._generation_config,
                     # a sharded base weight is a slice of the matrix: LoRA cannot be folded into it
                     merge_lora=self.args.merge_adapter_for_generation and not self.is_sharded,
+                    backend=self.args.generation_backend,
                     logits_processor=processors,
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None):
             NumericChecker(),
             max_new_tokens=generation.max_new_tokens,
             batch_size=generation.batch_size,
+            backend=generation.generation_backend,
         )
         records = [{**row, **record} for row, record in zip(rows, scored)]
         seconds = round(summary.pop("generate_seconds"), 1)

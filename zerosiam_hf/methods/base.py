@@ -21,6 +21,8 @@ class Method:
         samples: True when it answers each prompt `--num_generations` times, sampled.
         forwards_prompt: True when its decoding hook runs one more backbone forward over each prompt (SLOT).
         online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
+        needs_static_generation: why its answers need `--generation_backend static` (what its decoding does beyond
+            plain greedy answers, the only ones the continuous backend makes), or "" when they are plain greedy.
         options: its own options (fields of `ZeroSiamConfig`) and their defaults; any other method-specific option
             given with it is an error.
     """
@@ -33,6 +35,7 @@ class Method:
     samples: ClassVar[bool] = False
     online_only: ClassVar[bool] = False
     forwards_prompt: ClassVar[bool] = False
+    needs_static_generation: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
 
     @property

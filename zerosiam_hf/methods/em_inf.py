@@ -71,6 +71,7 @@ class EMInf(Method):
     trains = "nothing"
     signals = ()
     online_only = True
+    needs_static_generation = "optimises the logits at each decoding step in its own logits processor"
     # EM_PT samples at temperature 0.1: under greedy decoding the optimised logits keep their argmax (every logit
     # above exp(-H) rises by the same Adam step), so the answers would be plain greedy ones.
     options = {

@@ -114,6 +114,7 @@ class SamplingMethod(Method):
 
     signals = ("response",)
     samples = True
+    needs_static_generation = "samples --num_generations answers per prompt"
     options: ClassVar[dict] = {"num_generations": 4, "sampling_temperature": 1.0, "beta": 0.0}
 
     def reward(self, stats: dict, from_answers: torch.Tensor | None) -> torch.Tensor:

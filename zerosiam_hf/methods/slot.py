@@ -108,6 +108,8 @@ class SLOT(Method):
     resets = "prompt"
     online_only = True
     forwards_prompt = True
+    # continuous batching packs every answer's tokens into one row, where a per-row delta has no row to go to
+    needs_static_generation = "adds a per-prompt delta to the hidden states of each batch row"
     options = {"slot_steps": 5, "slot_lr": 0.1}
 
     def decoding(self, model, args, prompt_ids, prompt_mask):
