@@ -10,9 +10,7 @@ import os
 import platform
 import resource
 import statistics
-import threading
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -175,80 +173,3 @@ def machine_info(device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def timed_peak(step: Callable[[], object], device: str, interval: float = 1e-3) -> dict:
-    """Seconds and peak memory (MiB) of one call of `step`: `peak_mib` in all, and `start_mib` held before it.
-
-    On a GPU, the CUDA allocator's own figures (`torch.cuda.max_memory_allocated`). On a CPU, a best effort: the
-    process's resident set size, read every `interval` seconds by a thread while `step` runs, so a spike shorter than
-    that can be missed, and memory the allocator keeps after freeing it still counts.
-    """
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start_bytes = torch.cuda.memory_allocated()
-        start = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        return {
-            "seconds": seconds,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "start_mib": start_bytes / 2**20,
-        }
-    gc.collect()
-    start_bytes = resident_bytes()
-    samples, done = [start_bytes], threading.Event()
-
-    def sample():
-        while not done.wait(interval):
-            samples.append(resident_bytes())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        step()
-    finally:
-        seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
-    samples.append(resident_bytes())
-    return {"seconds": seconds, "peak_mib": max(samples) / 2**20, "start_mib": start_bytes / 2**20}
-
-
-def update_cost(trainer, batch_size: int, prompt_tokens: int, answer_tokens: int, repeats: int = 2) -> list[dict]:
-    """Time and peak memory (`timed_peak`) of `repeats` updates of `trainer`'s method: the loss forward, backward and
-    optimizer step over `batch_size` rows of random tokens, `prompt_tokens` of prompt then `answer_tokens` of answer
-    that carry the loss, as the online loop trains on an answered batch. Generation is not included.
-
-    The first update also creates the optimizer's state; `--gradient_checkpointing` is switched on as
-    `Trainer.train()` would. `trainer` is a `ZeroSiamTrainer` of a method that trains weights.
-    """
-    model, args = trainer.model, trainer.args
-    if args.gradient_checkpointing and not any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
-        kwargs = dict(args.gradient_checkpointing_kwargs or {})
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.18; 5.17 has the older name only
-            layers = {"every_n_layers": kwargs.pop("every_n_layers", 1), "offload": kwargs.pop("offload", False)}
-            model.activation_checkpointing_enable(kwargs or None, **layers)
-        else:
-            model.gradient_checkpointing_enable(kwargs or None)
-    model.train()
-    optimizer = trainer.create_optimizer()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(args.seed)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    length = prompt_tokens + answer_tokens
-    input_ids = torch.randint(0, vocab, (batch_size, length), generator=generator).to(device)
-    # the logits at position t predict token t + 1: the loss covers the positions that predict answer tokens
-    loss_mask = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
-    loss_mask[:, prompt_tokens - 1 : length - 1] = True
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "loss_mask": loss_mask}
-
-    def update():
-        trainer.compute_loss(model, inputs).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return [timed_peak(update, device.type) for _ in range(repeats)]
