@@ -1,7 +1,7 @@
 """What ZeroSiam costs on a GPU at real shapes, with random-weight models: the loss head, one online step at the
 paper's settings against generation alone, static against continuous-batching generation, and one update's memory
 against answer length (see zerosiam_hf/gpu_check.py). Needs only torch, transformers, peft and accelerate; writes one
-JSON. About 3 minutes on one H200:
+JSON. On one H200 all but the generation section took 2 minutes (docs/BENCHMARKS.md):
 
     python scripts/gpu_check.py --output gpu_check.json
 

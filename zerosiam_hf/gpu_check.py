@@ -12,7 +12,8 @@ random weights an answer never stops early, so every generated answer has its fu
 - `long_answers`: one update's time and peak memory against answer length and batch, with and without gradient
   checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against.
 
-`PLANS["gpu"]` sizes the check for one H200 (about 3 minutes); `PLANS["tiny"]` runs the same code at toy shapes on
+`PLANS["gpu"]` sizes the check for one H200 (its first three sections took 2 minutes there, docs/BENCHMARKS.md; the
+generation section had not ended 100 s later); `PLANS["tiny"]` runs the same code at toy shapes on
 a CPU in the tests, so the check cannot rot. The JSON is rewritten after each section: a run cut short keeps what it
 measured.
 """
