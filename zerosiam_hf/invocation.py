@@ -65,18 +65,24 @@ def launcher(script: str) -> list[str]:
     return ["python", script]
 
 
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag` and its value (given as `flag value` or `flag=value`)."""
+    out, skip = [], False
+    for item in argv:
+        if skip or item.startswith(f"{flag}="):
+            skip = False
+            continue
+        if item == flag:
+            skip = True
+            continue
+        out.append(item)
+    return out
+
+
 def resume_command(command: list[str]) -> str:
     """The command line that was run (`command` is its `sys.argv`), started the same way, with
     `--resume_from_checkpoint true` in place of any such flag it had."""
-    argv, skip = [], False
-    for item in command[1:]:
-        if skip or item.startswith("--resume_from_checkpoint="):
-            skip = False
-            continue
-        if item == "--resume_from_checkpoint":
-            skip = True
-            continue
-        argv.append(item)
+    argv = without_flag(command[1:], "--resume_from_checkpoint")
     return shlex.join([*launcher(command[0]), *argv, "--resume_from_checkpoint", "true"])
 
 

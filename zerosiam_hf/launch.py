@@ -11,7 +11,7 @@ from accelerate import PartialState
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .errors import NotOneRun
-from .invocation import launcher
+from .invocation import launcher, without_flag
 
 
 def _flag(name: str) -> bool:
@@ -27,7 +27,7 @@ def has_accelerator() -> bool:
 def _torchrun(command: list[str], processes: int, *extra: str) -> str:
     """`command` (a `sys.argv`) without a Trainer `--fsdp` option, started by torchrun on `processes` processes, with
     the `extra` flags it lacks."""
-    script, argv = command[0], _without_fsdp(command[1:])
+    script, argv = command[0], without_flag(command[1:], "--fsdp")
     start = [script] if script.endswith(".py") else ["-m", "zerosiam_hf.commands.adapt"]
     return shlex.join(["torchrun", "--nproc_per_node", str(processes), *start, *argv, *_missing(argv, extra)])
 
@@ -42,20 +42,6 @@ def _missing(argv: list[str], extra: tuple[str, ...]) -> list[str]:
     """The flag-value pairs of `extra` whose flag `argv` does not give."""
     pairs = zip(extra[::2], extra[1::2])
     return [word for flag, value in pairs if flag not in argv for word in (flag, value)]
-
-
-def _without_fsdp(argv: list[str]) -> list[str]:
-    """`argv` without a Trainer `--fsdp` option and its value."""
-    out, skip = [], False
-    for word in argv:
-        if skip or word.startswith("--fsdp="):
-            skip = False
-            continue
-        if word == "--fsdp":
-            skip = True
-            continue
-        out.append(word)
-    return out
 
 
 def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None = None) -> None:
