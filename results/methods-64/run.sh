@@ -9,7 +9,8 @@
 # each set's tables and plots. Wall times are those of runs that shared one machine: compare their ratios, not their
 # values. On one H200, 16 at once ran out of its memory: the sampling methods on the paper's longer prompts took
 # 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
-# N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU.
+# N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU; SETS
+# (default "base paper stress") picks the sets `runs` starts, METHODS (default all) the methods.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -34,9 +35,16 @@ runs)
         while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-8}" ]; do sleep 2; done
         "$PY" scripts/compare.py "${COMMON[@]}" --runs_only true "$@" >"$HERE/logs/$LOG.log" 2>&1 &
     }
-    for method in $(printf '%s\n' "${ALL[@]}" | tac); do LOG=base-$method launch "${BASE[@]}" --methods "$method"; done
-    for method in $(printf '%s\n' "${ALL[@]}" | tac); do LOG=paper-$method launch "${PAPER[@]}" --methods "$method"; done
-    for method in $(printf '%s\n' "${TRAIN[@]}" | tac); do LOG=stress-$method launch "${STRESS[@]}" --methods "$method"; done
+    wanted() { [[ " ${SETS:-base paper stress} " == *" $1 "* && " ${METHODS:-${ALL[*]}} " == *" $2 "* ]]; }
+    for method in $(printf '%s\n' "${ALL[@]}" | tac); do
+        wanted base "$method" && LOG=base-$method launch "${BASE[@]}" --methods "$method"
+    done
+    for method in $(printf '%s\n' "${ALL[@]}" | tac); do
+        wanted paper "$method" && LOG=paper-$method launch "${PAPER[@]}" --methods "$method"
+    done
+    for method in $(printf '%s\n' "${TRAIN[@]}" | tac); do
+        wanted stress "$method" && LOG=stress-$method launch "${STRESS[@]}" --methods "$method"
+    done
     wait
     echo "processes that did not finish (see their logs):" $(grep -L "runs finished in" "$HERE"/logs/*.log)
     ;;
