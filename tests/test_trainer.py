@@ -450,6 +450,19 @@ def test_merged_lora_after_updates_matches_and_restores_the_base(adapted):
     assert_all_equal(base_before, base_weights(model))
 
 
+def test_merged_lora_inside_disable_adapter_keeps_the_base(adapted):
+    model = adapted.model
+    with torch.no_grad():
+        adapted_logits = model(**adapted.batch).logits
+        with model.disable_adapter():
+            base = model(**adapted.batch).logits
+            with merged_lora(model):
+                merged = model(**adapted.batch).logits
+            after = model(**adapted.batch).logits
+    assert not torch.allclose(base, adapted_logits, atol=1e-4)
+    assert torch.equal(merged, base) and torch.equal(after, base)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

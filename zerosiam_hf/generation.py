@@ -103,7 +103,8 @@ def merged_lora(model):
 
     Each adapted linear layer gets a temporary weight W + scale * B @ A and the LoRA path is switched off, so a
     forward costs one matmul per layer instead of three. The original tensors are put back afterwards untouched,
-    which in-place `merge_adapter`/`unmerge_adapter` cannot promise in bf16. Quantized bases are left unmerged.
+    which in-place `merge_adapter`/`unmerge_adapter` cannot promise in bf16. Quantized bases are left unmerged, and
+    so are layers whose adapters are off (inside `disable_adapter()`), which must keep computing with the base.
     """
     if not isinstance(model, PeftModel):
         yield
@@ -115,7 +116,7 @@ def merged_lora(model):
                 continue
             base = module.get_base_layer()
             adapters = [name for name in module.active_adapters if name in module.lora_A]
-            if type(base) is not torch.nn.Linear or not adapters:
+            if type(base) is not torch.nn.Linear or not adapters or module.disable_adapters:
                 continue
             original = base.weight.data
             merged = original.clone()
