@@ -10,7 +10,8 @@
 # values. On one H200, 16 at once ran out of its memory: the sampling methods on the paper's longer prompts took
 # 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
 # N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU; SETS
-# (default "base paper stress") picks the sets `runs` starts, METHODS (default all) the methods.
+# (default "base paper stress") picks the sets `runs` starts and `report` writes, METHODS (default all) the methods
+# `runs` starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -25,9 +26,9 @@ STRESS=("${SYNTHETIC[@]}" --learning_rate 2e-3 --output_dir "$HERE/stress")
 PAPER=(--datasets math500 college_math aime24 minerva_math --max_samples "$N" --per_device_train_batch_size 16
     --seeds 0 --output_dir "$HERE/paper")
 
+mkdir -p "$HERE/logs"
 case "${1:?usage: run.sh runs|report}" in
 runs)
-    mkdir -p "$HERE/logs"
     # Convert the embedded model once, before the processes that read it start.
     "$PY" -c "from zerosiam_hf.modeling import materialize_gguf, resolve_model; materialize_gguf(resolve_model('llama'))"
     # At most JOBS processes at once, the slowest (sampling) methods first; the base set, then paper, then stress.
@@ -49,10 +50,12 @@ runs)
     echo "processes that did not finish (see their logs):" $(grep -L "runs finished in" "$HERE"/logs/*.log)
     ;;
 report)
-    # Every run is read back (a missing one is run here)
-    "$PY" scripts/compare.py "${COMMON[@]}" "${BASE[@]}" --methods "${ALL[@]}" >"$HERE/logs/report-base.log" 2>&1
-    "$PY" scripts/compare.py "${COMMON[@]}" "${STRESS[@]}" --methods "${TRAIN[@]}" >"$HERE/logs/report-stress.log" 2>&1
-    "$PY" scripts/compare.py "${COMMON[@]}" "${PAPER[@]}" --methods "${ALL[@]}" >"$HERE/logs/report-paper.log" 2>&1
+    # Every run of the SETS is read back (a missing one is run here)
+    report() { [[ " ${SETS:-base paper stress} " == *" $1 "* ]] || return 0; shift
+        "$PY" scripts/compare.py "${COMMON[@]}" "$@" >"$HERE/logs/report-$LOG.log" 2>&1; }
+    LOG=base report base "${BASE[@]}" --methods "${ALL[@]}"
+    LOG=stress report stress "${STRESS[@]}" --methods "${TRAIN[@]}"
+    LOG=paper report paper "${PAPER[@]}" --methods "${ALL[@]}"
     ;;
 *)
     echo "usage: run.sh runs|report" >&2
