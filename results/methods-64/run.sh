@@ -25,6 +25,9 @@ BASE=("${SYNTHETIC[@]}" --output_dir "$HERE/base")
 STRESS=("${SYNTHETIC[@]}" --learning_rate 2e-3 --output_dir "$HERE/stress")
 PAPER=(--datasets math500 college_math aime24 minerva_math --max_samples "$N" --per_device_train_batch_size 16
     --seeds 0 --output_dir "$HERE/paper")
+SETS=${SETS:-base paper stress}
+METHODS=${METHODS:-${ALL[*]}}
+holds() { [[ " $1 " == *" $2 "* ]]; }  # whether the space-separated list $1 holds the word $2
 
 mkdir -p "$HERE/logs"
 case "${1:?usage: run.sh runs|report}" in
@@ -32,30 +35,41 @@ runs)
     # Convert the embedded model once, before the processes that read it start.
     "$PY" -c "from zerosiam_hf.modeling import materialize_gguf, resolve_model; materialize_gguf(resolve_model('llama'))"
     # At most JOBS processes at once, the slowest (sampling) methods first; the base set, then paper, then stress.
+    started=()
     launch() {
         while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-8}" ]; do sleep 2; done
+        started+=("$HERE/logs/$LOG.log")
         "$PY" scripts/compare.py "${COMMON[@]}" --runs_only true "$@" >"$HERE/logs/$LOG.log" 2>&1 &
     }
-    wanted() { [[ " ${SETS:-base paper stress} " == *" $1 "* && " ${METHODS:-${ALL[*]}} " == *" $2 "* ]]; }
-    for method in $(printf '%s\n' "${ALL[@]}" | tac); do
-        wanted base "$method" && LOG=base-$method launch "${BASE[@]}" --methods "$method"
-    done
-    for method in $(printf '%s\n' "${ALL[@]}" | tac); do
-        wanted paper "$method" && LOG=paper-$method launch "${PAPER[@]}" --methods "$method"
-    done
-    for method in $(printf '%s\n' "${TRAIN[@]}" | tac); do
-        wanted stress "$method" && LOG=stress-$method launch "${STRESS[@]}" --methods "$method"
-    done
+    # One set's methods (the list given) that METHODS names, if SETS names the set.
+    launch_set() {
+        local set=$1 method
+        local -n settings=${set^^}  # BASE, PAPER or STRESS
+        shift
+        holds "$SETS" "$set" || return 0
+        for method in $(printf '%s\n' "$@" | tac); do
+            holds "$METHODS" "$method" || continue
+            LOG=$set-$method launch "${settings[@]}" --methods "$method"
+        done
+    }
+    launch_set base "${ALL[@]}"
+    launch_set paper "${ALL[@]}"
+    launch_set stress "${TRAIN[@]}"
     wait
-    echo "processes that did not finish (see their logs):" $(grep -L "runs finished in" "$HERE"/logs/*.log)
+    # Only this call's processes: another call may be running into the same logs folder.
+    [ ${#started[@]} -eq 0 ] || echo "processes that did not finish (see their logs):" \
+        $(grep -L "runs finished in" "${started[@]}")
     ;;
 report)
     # Every run of the SETS is read back (a missing one is run here)
-    report() { [[ " ${SETS:-base paper stress} " == *" $1 "* ]] || return 0; shift
-        "$PY" scripts/compare.py "${COMMON[@]}" "$@" >"$HERE/logs/report-$LOG.log" 2>&1; }
-    LOG=base report base "${BASE[@]}" --methods "${ALL[@]}"
-    LOG=stress report stress "${STRESS[@]}" --methods "${TRAIN[@]}"
-    LOG=paper report paper "${PAPER[@]}" --methods "${ALL[@]}"
+    write_report() {
+        holds "$SETS" "$1" || return 0
+        local -n settings=${1^^}
+        "$PY" scripts/compare.py "${COMMON[@]}" "${settings[@]}" "${@:2}" >"$HERE/logs/report-$1.log" 2>&1
+    }
+    write_report base --methods "${ALL[@]}"
+    write_report stress --methods "${TRAIN[@]}"
+    write_report paper --methods "${ALL[@]}"
     ;;
 *)
     echo "usage: run.sh runs|report" >&2
