@@ -33,15 +33,6 @@ pytestmark = pytest.mark.slow
 NUM_PROBLEMS, MAX_NEW_TOKENS = 4, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy cores: one intra-op thread is several times faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_embedded_model_adapts_and_reloads_in_a_fresh_process(tmp_path, monkeypatch):
     dataset = embedded_model_problems(tmp_path)
     trainers = record_trainers(monkeypatch)

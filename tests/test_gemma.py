@@ -34,14 +34,6 @@ def problems_file(tmp_path_factory) -> str:
     return write_problems(folder / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_gemma_alias_loads_a_base_model_with_plain_prompts(problems_file):
     model, tokenizer, spec = load_model_and_tokenizer(ModelArguments(model="gemma"))
     assert type(model).__name__ == "Gemma3ForCausalLM" and spec["alias"] == "gemma"
