@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 
 from zerosiam_hf.cli import exits_cleanly, parse_args
+from zerosiam_hf.engines import hide_optional_engines
 from zerosiam_hf.losses import HEADS
-from zerosiam_hf.quantization import drop_kernel_notice
 from zerosiam_hf.records import write_json
 from zerosiam_hf.speed import (
     format_table,
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------ setup
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    drop_kernel_notice()  # before the online stage imports peft
+    hide_optional_engines()  # before the online stage imports peft or accelerate
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if args.threads:

@@ -3,15 +3,19 @@ the adapter in a separate Python process with plain `PeftModel.from_pretrained`;
 
 import importlib.util
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import (
     PROBLEMS,
     REPO,
+    SHARED_GSM8K,
     embedded_model_problems,
     greedy,
     record_trainers,
@@ -131,3 +135,37 @@ def test_embedded_model_continuous_answers_equal_static_ones(tmp_path):
     static = generate_completions(model, tokenizer, prompts, **options)
     assert generate_completions(model, tokenizer, prompts, backend="continuous", **options) == static
     assert all(len(answer) > 0 for answer in static)
+
+
+# ------------------------------------------------------------------------------------------ what a user sees on stderr
+# What the README's main command may write to stderr: progress bars (tqdm redraws them with carriage returns) and the
+# project's own INFO lines. A warning from a library (bitsandbytes asking the hub for a kernel, DeepSpeed guessing its
+# accelerator) is something a user cannot act on.
+PROGRESS = re.compile(r"^\s*$|\d+%\|.*\| \d+/\d+ \[|\d+ examples \[")
+OWN_INFO = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO zerosiam_hf[.\w]*: ")
+
+
+def readme_main_command() -> list[str]:
+    """The README's main command (the one after the set-up, in its first code block), as argv."""
+    block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    command = block.split("&& ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    return shlex.split(command)
+
+
+def test_the_readme_main_command_writes_only_progress_and_its_own_log_to_stderr(tmp_path):
+    if not SHARED_GSM8K.is_dir():
+        pytest.skip("the README's command reads GSM8K, which is only on the hub outside the project workspace")
+    embedded_model_problems(tmp_path)  # skips where the embedded model is absent
+    argv = readme_main_command()
+    assert argv[0] == ".venv/bin/accelerate" and "scripts/adapt.py" in argv
+    argv[0] = str(Path(sys.executable).with_name("accelerate"))
+    argv += ["--max_samples", "4", "--max_new_tokens", "4", "--output_dir", str(tmp_path / "run")]  # its size only
+    env = {key: value for key, value in os.environ.items() if key not in ("DS_ACCELERATOR", "ZEROSIAM_DEBUG")}
+    result = subprocess.run(
+        argv, capture_output=True, text=True, cwd=REPO, timeout=600, env={**env, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    segments = [segment for line in result.stderr.splitlines() for segment in line.split("\r")]
+    unexpected = [segment for segment in segments if not (PROGRESS.search(segment) or OWN_INFO.match(segment))]
+    assert not unexpected, unexpected
+    assert OWN_INFO.match(segments[0]) and "adapter and run record in" in result.stdout

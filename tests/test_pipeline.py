@@ -2,6 +2,7 @@
 suggests (started the way it was), its closing summary, and a package import that changes nothing."""
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -153,13 +154,19 @@ def test_summary_names_accuracy_entropy_degenerate_share_skips_cut_answers_and_t
 
 
 # ---------------------------------------------------------------------------------------------------------- importing
-def test_importing_the_library_leaves_logging_alone():
-    """The bitsandbytes notice filter is the commands' business: importing the library installs nothing."""
-    probe = (
-        "import logging, zerosiam_hf.pipeline; "
-        "print(len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters)); "
-        "import zerosiam_hf.commands; "
-        "print(len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters))"
+def test_a_command_imports_no_optional_engine_and_the_library_hides_none():
+    """Under a command, peft and accelerate find bitsandbytes and DeepSpeed absent (their import would print lines
+    and ask the hub for a kernel), even after accelerate unwraps a model; importing the library alone hides nothing."""
+    state = (
+        "[{None: 'hidden'}.get(sys.modules.get(name, 0), 'imported' if name in sys.modules else 'absent') "
+        "for name in ('bitsandbytes', 'deepspeed')]"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.split() == ["0", "1"]
+    library = f"import sys, zerosiam_hf.pipeline; print('hidden' in {state})"
+    command = (
+        "import sys, torch, zerosiam_hf.commands.adapt; from accelerate import Accelerator; "
+        f"Accelerator(cpu=True).unwrap_model(torch.nn.Linear(1, 1)); print({state})"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_DEEPSPEED"}
+    for probe, expected in [(library, "False"), (command, "['hidden', 'hidden']")]:
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+        assert result.stdout.strip() == expected, result.stderr[-2000:]

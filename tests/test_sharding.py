@@ -1,7 +1,6 @@
 """Sharded training on two CPU processes (transformers' FSDP2 through --fsdp_size, DeepSpeed ZeRO through an accelerate
 config), and launches whose processes are not one run, refused before anything is loaded or written."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from test_accelerate import free_port
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.config import ZeroSiamConfig
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
+from zerosiam_hf.engines import installed
 from zerosiam_hf.launch import check_one_run, has_accelerator
 
 
@@ -226,7 +226,7 @@ def test_fsdp2_processes_whose_answers_end_at_different_steps_both_finish(tmp_pa
 
 # ------------------------------------------------------------------------------------------------ DeepSpeed ZeRO-2
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed ([shard] extra)")
+@pytest.mark.skipif(not installed("deepspeed"), reason="deepspeed is not installed ([shard] extra)")
 @pytest.mark.skipif(has_accelerator(), reason="the CPU launch (DS_ACCELERATOR=cpu, gloo)")
 def test_deepspeed_zero2_matches_one_process(tiny_model_dir, eight_problems, one_process_run, tmp_path):
     output_dir = tmp_path / "run"
@@ -257,7 +257,7 @@ use_cpu: false
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed ([shard] extra)")
+@pytest.mark.skipif(not installed("deepspeed"), reason="deepspeed is not installed ([shard] extra)")
 def test_deepspeed_zero3_is_refused_before_the_model_loads(tiny_model_dir, problems_file, tmp_path):
     (tmp_path / "zero3.yaml").write_text(ZERO3)
     launcher = [*ACCELERATE, "--config_file", str(tmp_path / "zero3.yaml"), "--main_process_port", str(free_port())]

@@ -1,8 +1,8 @@
 """4-bit (QLoRA) bases with bitsandbytes: the quantization config, one numeric path, the preparation for training."""
 
-import importlib.util
-import logging
 from typing import TYPE_CHECKING
+
+from .engines import import_bitsandbytes, installed
 
 
 if TYPE_CHECKING:  # the package's import stays light: torch loads with the modules that use it
@@ -10,35 +10,17 @@ if TYPE_CHECKING:  # the package's import stays light: torch loads with the modu
     from torch import nn
 
 
-# On CPUs with AVX512-BF16, importing bitsandbytes tries to fetch a faster kernel for its packed CPU inference format
-# from the hub (kernels-community, through the `kernels` package) and logs a warning when it cannot. That line would
-# precede every command's output, 4-bit or not. Installing `kernels` does not help offline (it downloads the kernel at
-# import), and the kernel serves only the packed format, which `keep_4bit_layers_unpacked` switches off: drop the line.
-_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
-_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward"
-
-
-def _drop_kernel_notice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(_KERNEL_NOTICE)
-
-
-def drop_kernel_notice() -> None:
-    """Keep bitsandbytes' notice about that kernel off the output. Call it before anything imports peft (which
-    imports bitsandbytes whenever it is installed): the commands do, first thing (`zerosiam_hf.commands`)."""
-    kernel_logger = logging.getLogger(_KERNEL_LOGGER)
-    if _drop_kernel_notice not in kernel_logger.filters:
-        kernel_logger.addFilter(_drop_kernel_notice)
-
-
 def bitsandbytes_available() -> bool:
-    """Whether bitsandbytes (the `quant` extra) is installed."""
-    return importlib.util.find_spec("bitsandbytes") is not None
+    """Whether bitsandbytes (the `quant` extra) is installed, whether or not a command hid it (`engines`)."""
+    return installed("bitsandbytes")
 
 
 def quantization_config(compute_dtype: "torch.dtype"):
-    """NF4 4-bit weights that compute in `compute_dtype` (QLoRA's setting)."""
+    """NF4 4-bit weights that compute in `compute_dtype` (QLoRA's setting); bitsandbytes is imported here, before
+    transformers loads the model with it."""
     from transformers import BitsAndBytesConfig
 
+    import_bitsandbytes()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
@@ -57,8 +39,7 @@ def keep_4bit_layers_unpacked(model: "nn.Module") -> None:
     online answers, the gradients and a reloaded adapter's answers consistent, at about 1.5x the generation time of
     the packed kernel.
     """
-    import bitsandbytes as bnb
-
+    bnb = import_bitsandbytes()
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit):
             continue

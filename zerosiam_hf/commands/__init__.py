@@ -2,8 +2,9 @@
 or `scripts/<name>.py` in a checkout (a thin wrapper, so `accelerate launch scripts/adapt.py` works). Each parses its
 flags and calls the library."""
 
-from zerosiam_hf.quantization import drop_kernel_notice
+from zerosiam_hf.engines import hide_optional_engines
 
 
-# Every command module is imported through this package, so the filter is in place before any of them imports peft.
-drop_kernel_notice()
+# Every command module is imported through this package, so this runs before any of them imports peft or accelerate:
+# a plain run never imports bitsandbytes or DeepSpeed (zerosiam_hf.engines says why).
+hide_optional_engines()
