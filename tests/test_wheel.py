@@ -28,7 +28,7 @@ def installed(tmp_path_factory) -> dict:
     its dependencies come from this interpreter's site-packages through PYTHONPATH, so nothing is downloaded."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info"))
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "outputs", "build", "*.egg-info"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env = {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     run(
