@@ -116,7 +116,7 @@ BAD_DATA = {
         (None, ["--model", "no-such-model"], "unknown --model 'no-such-model': use an alias"),
         ("missing", [], "missing.jsonl: no such file; check the path"),
         ("no_columns", [], "rows lack the column(s) answer, question"),
-        ("bad_gold", [], "row 1: gold answer has no '#### <number>' line"),
+        ("bad_gold", [], "line 2: gold answer has no '#### <number>' line"),
         ("empty", [], "the file is empty; give a file with problems"),
         (None, ["--learning_rate=-1"], "--learning_rate must be >= 0, got -1"),
         (None, ["--alpha=-0.5"], "--alpha must be >= 0, got -0.5"),

@@ -156,12 +156,12 @@ def test_rows_without_question_or_answer(tmp_path):
         load(path)
 
 
-def test_unparseable_gold_names_the_row(tmp_path):
+def test_unparseable_gold_names_the_line(tmp_path):
     rows = [dict(row) for row in ROWS]
     rows[3]["answer"] = "5 * 6 = 30, so thirty pages"
     path = write_problems(tmp_path / "p.jsonl", rows)
     with pytest.raises(
-        ValueError, match=r"row 3: gold answer has no '#### <number>' line \(ends with '.*thirty pages'\)"
+        ValueError, match=r"line 4: gold answer has no '#### <number>' line \(ends with '.*thirty pages'\)"
     ):
         load(path)
 
@@ -217,16 +217,16 @@ def test_non_utf8_file_names_the_file(tmp_path):
     ("question", "expected"),
     [("", "the question is empty"), ("   ", "the question is empty"), (None, "the question is None, not text")],
 )
-def test_bad_questions_name_the_row(tmp_path, question, expected):
+def test_bad_questions_name_the_line(tmp_path, question, expected):
     rows = [dict(row) for row in ROWS]
     rows[2]["question"] = question
-    with pytest.raises(ValueError, match=rf"p\.jsonl: row 2: {expected}; every row needs a question"):
+    with pytest.raises(ValueError, match=rf"p\.jsonl: line 3: {expected}; every row needs a question"):
         load(write_problems(tmp_path / "p.jsonl", rows))
 
 
 def test_numeric_questions_are_refused(tmp_path):
     rows = [{"question": 17, "answer": "#### 3"}, {"question": 18, "answer": "#### 4"}]
-    with pytest.raises(ValueError, match=r"row 0: the question is 17, not text; every row needs a question"):
+    with pytest.raises(ValueError, match=r"line 1: the question is 17, not text; every row needs a question"):
         load(write_problems(tmp_path / "p.jsonl", rows))
 
 

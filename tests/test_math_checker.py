@@ -141,15 +141,15 @@ def test_a_files_golds_that_nothing_can_match_are_refused_with_their_rows(tmp_pa
         load_problems(DataArguments(dataset=str(path), checker="math"))
     assert str(error.value) == (
         f"--dataset {path}: 2 of 4 gold answers cannot be matched by the math checker, not even by themselves "
-        "(rows 1, 3), so no answer can score those rows right; fix them, or pass --allow_unscorable_golds true to "
-        "count them as wrong."
+        "(line 2, line 4), so no answer can score those rows right; fix them, or pass --allow_unscorable_golds true "
+        "to count them as wrong."
     )
     with caplog.at_level("WARNING", logger="zerosiam_hf"):
         problems, identity = load_problems(
             DataArguments(dataset=str(path), checker="math", allow_unscorable_golds=True)
         )
     assert len(problems) == 4 and identity["unscorable_golds"] == [1, 3]
-    assert "(rows 1, 3)" in caplog.text and "they count as wrong" in caplog.text
+    assert "(line 2, line 4)" in caplog.text and "they count as wrong" in caplog.text
     path.write_text("".join(json.dumps({"question": f"q{i}", "answer": g}) + "\n" for i, g in enumerate(golds[::2])))
     assert "unscorable_golds" not in load_problems(DataArguments(dataset=str(path), checker="math"))[1]
 

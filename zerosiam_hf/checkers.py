@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 from fractions import Fraction
 
+from .errors import RunStopped
 from .scoring import last_boxed, parse_gold, score_answer
 
 
@@ -52,7 +54,8 @@ class MathChecker:
 
     A check that runs over (sympy can take minutes on inputs such as nested powers) kills the child, counts the
     answer as wrong with `check_timed_out`, and the next check starts a fresh child. So no answer can hang or crash
-    a run, whatever thread the caller is on.
+    a run, whatever thread the caller is on. A child that dies (killed from outside, out of memory) says nothing
+    about the answer: its check is run again on a fresh child, and a second death stops the run, naming the cause.
     """
 
     name = "math"
@@ -86,19 +89,60 @@ class MathChecker:
         return [key for key, result in zip(keys, results) if not result["correct_strict"]]
 
     def _check(self, gold: str, text: str) -> dict:
-        worker = self._start()
+        for attempt in range(2):
+            worker = self._start()
+            try:
+                worker.stdin.write(json.dumps({"gold": gold, "text": text}) + "\n")
+                worker.stdin.flush()
+                line = _read_line(worker, self.timeout)
+            except BrokenPipeError:  # it died before it read the request
+                line = ""
+            if line is None:  # no answer in time: the child is killed and a fresh one starts next time
+                self.close()
+                logger.warning("answer check stopped after %.0f s and counted as wrong", self.timeout)
+                return {**CHECK_FAILED, "check_timed_out": True}
+            if line:
+                return self._result(line)
+            death = self._death()
+            if attempt == 0:
+                logger.warning("the math answer checker's process %s during a check; checking again", death)
+        raise RunStopped(
+            f"the math answer checker's process {death} during a check, twice in a row; see that the machine has "
+            "memory to spare and that nothing else stops its processes, then run again."
+        )
+
+    def _result(self, line: str) -> dict:
         try:
-            worker.stdin.write(json.dumps({"gold": gold, "text": text}) + "\n")
-            worker.stdin.flush()
-            return json.loads(_read_line(worker, self.timeout))
-        except (json.JSONDecodeError, BrokenPipeError):  # no answer in time, or the child died: start anew next time
+            return json.loads(line)
+        except json.JSONDecodeError:  # something in the child printed: every later answer would be read out of step
             self.close()
-            logger.warning("answer check stopped after %.0f s and counted as wrong", self.timeout)
-            return {**CHECK_FAILED, "check_timed_out": True}
+            raise RunStopped(
+                f"the math answer checker's process wrote {line.strip()[:80]!r} where a result belongs; report it "
+                "with the versions of math-verify and sympy."
+            ) from None
+
+    def _death(self) -> str:
+        """How the child that closed its output ended ("was killed by SIGKILL", "exited with code 1"); it is gone
+        after this."""
+        worker, self._worker = self._worker, None
+        try:
+            code = worker.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # its output closed but it lives on: no use to anyone
+            worker.kill()
+            worker.wait()
+            return "closed its output"
+        if code >= 0:
+            return f"exited with code {code}"
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:  # a signal with no name here (a real-time one)
+            return f"was killed by signal {-code}"
 
     def _start(self) -> subprocess.Popen:
-        if self._worker is not None and self._worker.poll() is None:
-            return self._worker
+        if self._worker is not None:
+            if self._worker.poll() is None:
+                return self._worker
+            logger.warning("the math answer checker's process %s between checks; starting another", self._death())
         self._worker = subprocess.Popen(
             [sys.executable, "-m", "zerosiam_hf.math_worker"],
             stdin=subprocess.PIPE,
@@ -108,13 +152,21 @@ class MathChecker:
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         # Importing sympy is not part of any one check: it gets its own, longer limit.
-        if _read_line(self._worker, _STARTUP_SECONDS) != "ready\n":
+        line = _read_line(self._worker, _STARTUP_SECONDS)
+        if line == "ready\n":
+            return self._worker
+        if line:
             self.close()
-            raise RuntimeError(
-                f"the math answer checker did not start within {_STARTUP_SECONDS} s; check that math-verify is "
-                "installed (pip install 'math-verify[antlr4_13_2]')"
-            )
-        return self._worker
+            problem = f"wrote {line.strip()[:80]!r} where it says it is ready"
+        elif line is None:
+            self.close()
+            problem = f"did not start within {_STARTUP_SECONDS} s"
+        else:  # a Python error prints its traceback on our stderr, which the child shares
+            problem = f"{self._death()} before it was ready"
+        raise RunStopped(
+            f"the math answer checker's process {problem}; check that math-verify is installed (pip install "
+            "'math-verify[antlr4_13_2]') and that the machine has memory to spare."
+        )
 
     def close(self) -> None:
         """Stop the child process, if any."""
@@ -127,10 +179,11 @@ class MathChecker:
         self.close()
 
 
-def _read_line(process: subprocess.Popen, timeout: float) -> str:
-    """The process's next output line, or "" if none comes within `timeout` seconds (or it died)."""
+def _read_line(process: subprocess.Popen, timeout: float) -> str | None:
+    """The process's next output line; "" once its output is closed (it died), None if nothing comes within
+    `timeout` seconds."""
     ready, _, _ = select.select([process.stdout], [], [], timeout)
-    return process.stdout.readline() if ready else ""
+    return process.stdout.readline() if ready else None
 
 
 def make_checker(name: str, timeout: float = 5.0) -> NumericChecker | MathChecker:

@@ -7,8 +7,9 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend
+from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend, check_lengths
 from .methods import METHOD_OPTIONS, METHODS
+from .methods.slot import MAX_LR as MAX_SLOT_LR
 
 
 SIGNALS = ("response", "prompt")
@@ -226,25 +227,31 @@ class ZeroSiamConfig(TrainingArguments):
                 raise ValueError(f"--{name} must be a finite number, got {value}.")
             if value < 0:
                 raise ValueError(f"--{name} must be >= 0, got {value}.")
-        for name in ("entropy_temperature", "sampling_temperature", "slot_steps", "em_inf_steps", "num_generations"):
+        for name in (
+            "entropy_temperature",
+            "sampling_temperature",
+            "slot_steps",
+            "slot_lr",
+            "em_inf_steps",
+            "num_generations",
+        ):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
+        if self.slot_lr is not None and self.slot_lr > MAX_SLOT_LR:
+            raise ValueError(
+                f"--slot_lr must be at most {MAX_SLOT_LR}, got {self.slot_lr}: each step moves every entry of the "
+                "delta by up to slot_lr, and past 1 it outweighs the hidden states it is added to (SLOT uses 0.1)."
+            )
         if not (math.isfinite(self.collapse_min_entropy) and self.collapse_min_entropy >= 0):
             raise ValueError(f"--collapse_min_entropy must be a finite number >= 0, got {self.collapse_min_entropy}.")
         if not 0 <= self.collapse_max_degenerate <= 1:
             raise ValueError(f"--collapse_max_degenerate must be in [0, 1], got {self.collapse_max_degenerate}.")
         if self.lora_dropout >= 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        for name in (
-            "lora_r",
-            "lora_alpha",
-            "max_new_tokens",
-            "max_prompt_length",
-            "per_device_train_batch_size",
-            "max_skipped_updates",
-        ):
+        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "max_skipped_updates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        check_lengths(self.max_prompt_length, self.max_new_tokens)
         if self.loss_chunk_size < 0:
             raise ValueError(f"--loss_chunk_size must be >= 0 (0 = naive), got {self.loss_chunk_size}.")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
@@ -262,9 +269,12 @@ class ZeroSiamConfig(TrainingArguments):
             ("max_grad_norm", lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
             ("logging_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
             ("save_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
+            # numpy's generator, which set_seed seeds, takes these only; its own error names no flag
+            ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
+            ("data_seed", lambda v: v is None or 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
         ):
             value = getattr(self, name)
-            if not (math.isfinite(value) and valid(value)):
+            if not ((value is None or math.isfinite(value)) and valid(value)):
                 raise ValueError(f"--{name} must be {wanted}, got {value}.")
         if self.max_steps != -1 and self.max_steps < 1:
             raise ValueError(

@@ -2,12 +2,15 @@
 model sees."""
 
 import codecs
+import csv
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 # installed package does not look beside itself.
 CHECKOUT = Path(__file__).resolve().parent.parent
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+DEFAULT_SPLIT = "test"
 
 
 @dataclass
@@ -41,7 +45,10 @@ class DataArguments:
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    split: str = field(default="test", metadata={"help": "Split to adapt and evaluate on."})
+    split: str = field(
+        default=DEFAULT_SPLIT,
+        metadata={"help": "Split of a benchmark, a hub dataset or a folder (<split>.jsonl) to adapt and evaluate on."},
+    )
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (a fixed subset)."})
     instruction: str | None = field(
         default=None,
@@ -134,6 +141,11 @@ def _find_file(source: str, split: str) -> Path | None:
             raise ValueError(f"--dataset {source}: no {split}.jsonl/.json/.parquet/.csv in that folder.")
         return matches[0]
     if path.suffix.lower() in FILE_BUILDERS:
+        if split != DEFAULT_SPLIT:  # a file is one split: the flag would be recorded but mean nothing
+            raise ValueError(
+                f"--split {split}: --dataset {source} is one file, with no splits; drop --split, or give a folder "
+                f"that holds {split}.jsonl."
+            )
         if not path.is_file():
             raise ValueError(f"--dataset {source}: no such file; check the path.")
         if not os.access(path, os.R_OK):
@@ -158,7 +170,7 @@ def _hub_source(args: DataArguments) -> tuple[str, str | None, str]:
             f"({benchmark.source}) in $ZEROSIAM_DATA_DIR/{args.dataset}/."
         )
     hub_id, config, hub_split = benchmark.hub
-    return hub_id, config, hub_split if hub_split and args.split == "test" else args.split
+    return hub_id, config, hub_split if hub_split and args.split == DEFAULT_SPLIT else args.split
 
 
 def _is_link_loop(path: Path) -> bool:
@@ -189,11 +201,59 @@ def _check_utf8(file: Path) -> None:
         raise ValueError(f"--dataset {file}: not UTF-8 text (it ends inside a character); save it as UTF-8.") from None
 
 
-def _check_questions(dataset: Dataset, source: str) -> None:
+def _check_questions(dataset: Dataset, source: str, row_name: Callable[[int], str]) -> None:
     for i, question in enumerate(dataset["question"]):
         if not isinstance(question, str) or not question.strip():
             what = "empty" if isinstance(question, str) else f"{question!r}, not text"
-            raise ValueError(f"--dataset {source}: row {i}: the question is {what}; every row needs a question.")
+            raise ValueError(f"--dataset {source}: {row_name(i)}: the question is {what}; every row needs a question.")
+
+
+def _check_cache(source: str) -> None:
+    """datasets writes every file it loads, a local one too, as Arrow files in its cache (under HOME unless
+    HF_DATASETS_CACHE or HF_HOME say otherwise); a cache it cannot write would read as a data file it cannot read."""
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(cache, os.W_OK) else "not writable"
+    except OSError as error:
+        problem = error.strerror or type(error).__name__
+    if problem:
+        raise ValueError(
+            f"--dataset {source}: datasets keeps its copy of the data in {cache}, which cannot be written "
+            f"({problem}); point HF_DATASETS_CACHE (or HF_HOME) at a writable folder."
+        )
+
+
+def _row_name(file: Path | None) -> Callable[[int], str]:
+    """How messages name row `index` (0-based) of the data: "line N" of a JSON-lines or CSV file, where each row has a
+    line of its own (blank lines skipped, as datasets skips them), else "row N" (a JSON array, parquet, the hub)."""
+    lines = functools.cache(lambda: _row_lines(file) if file is not None else [])
+    return lambda index: f"line {lines()[index]}" if index < len(lines()) else f"row {index + 1}"
+
+
+def _row_lines(file: Path) -> list[int]:
+    """The 1-based line on which each row of a JSON-lines or CSV file starts; empty for other files."""
+    suffix = file.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        with open(file, encoding="utf-8") as handle:
+            lines = list(handle)
+        if suffix == ".json":
+            try:
+                json.loads("".join(lines))
+                return []  # one JSON document: its rows are no lines
+            except json.JSONDecodeError:
+                pass
+        return [number for number, line in enumerate(lines, start=1) if line.strip()]
+    if suffix == ".csv":
+        starts, previous = [], 0
+        with open(file, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            for record in reader:  # a quoted value may span lines: a row starts after the previous one ends
+                if record:
+                    starts.append(previous + 1)
+                previous = reader.line_num
+        return starts[1:]  # the first is the header
+    return []
 
 
 def _parquet_without_rows(file: Path) -> bool:
@@ -237,6 +297,7 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     `answer` holds the field the gold is read from (for Minerva the solution); `gold_answers` reads it.
     """
     file = _find_file(args.dataset, args.split)
+    _check_cache(args.dataset)
     if file is not None:
         if file.stat().st_size == 0:
             raise ValueError(f"--dataset {file}: the file is empty; give a file with problems.")
@@ -284,27 +345,29 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     if (question, answer) != ("question", "answer"):
         dataset = dataset.rename_columns({question: "question", answer: "answer"})
     dataset = dataset.add_column("index", list(range(len(dataset))))
+    # Messages about one row name the file it is in, when --dataset names a benchmark or a folder.
+    source = args.dataset if file is None or Path(args.dataset) == file else f"{args.dataset} ({file})"
+    row_name = _row_name(file)
     checker = args.make_checker()
     try:  # every gold must parse before the model is loaded
-        gold = gold_answers(dataset, checker)
+        gold = gold_answers(dataset, checker, row_name)
         # A named benchmark's golds are audited by the tests (test_gold_audit); a user's file gets its audit here.
         unscorable = [] if benchmark else checker.unscorable(gold)
     except ValueError as error:
-        raise ValueError(f"--dataset {args.dataset}: {error}.") from None
+        raise ValueError(f"--dataset {source}: {error}.") from None
     finally:
         checker.close()
     if unscorable:
-        rows = ("rows " if len(unscorable) > 1 else "row ") + ", ".join(map(str, unscorable[:20]))
-        rows += ", ..." if len(unscorable) > 20 else ""
+        rows = ", ".join(map(row_name, unscorable[:20])) + (", ..." if len(unscorable) > 20 else "")
         problem = (
-            f"--dataset {args.dataset}: {len(unscorable)} of {len(gold)} gold answers cannot be matched by the "
+            f"--dataset {source}: {len(unscorable)} of {len(gold)} gold answers cannot be matched by the "
             f"{args.checker} checker, not even by themselves ({rows}), so no answer can score those rows right"
         )
         if not args.allow_unscorable_golds:
             raise ValueError(f"{problem}; fix them, or pass --allow_unscorable_golds true to count them as wrong.")
         logger.warning("%s; they count as wrong (--allow_unscorable_golds).", problem)
         identity["unscorable_golds"] = unscorable
-    _check_questions(dataset, args.dataset)
+    _check_questions(dataset, source, row_name)
     identity["selected"] = len(dataset)
     return dataset, identity
 
@@ -354,12 +417,14 @@ def prompts_cut(prompts: Dataset) -> int:
     return sum(length > len(ids) for length, ids in zip(prompts["prompt_length"], prompts["prompt_ids"]))
 
 
-def gold_answers(dataset: Dataset, checker) -> dict:
-    """Gold answers by row index, as `checker` compares them; for scoring only."""
+def gold_answers(dataset: Dataset, checker, row_name: Callable[[int], str] | None = None) -> dict:
+    """Gold answers by row index, as `checker` compares them; for scoring only. An error names the row as
+    `row_name(index)` does (default: "row N", 1-based)."""
+    row_name = row_name or _row_name(None)
     gold = {}
     for index, answer in zip(dataset["index"], dataset["answer"]):
         try:
             gold[index] = checker.parse_gold(str(answer))
         except ValueError as error:
-            raise ValueError(f"row {index}: {error}") from None
+            raise ValueError(f"{row_name(index)}: {error}") from None
     return gold

@@ -48,10 +48,36 @@ class GenerationArguments:
     )
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be a positive integer, got {self.batch_size}.")
+        check_lengths(self.max_prompt_length, self.max_new_tokens)
         check_backend(self.generation_backend)
+
+
+def check_lengths(max_prompt_length: int, max_new_tokens: int, context: int | None = None, model: str = "") -> None:
+    """Refuse a `--max_prompt_length` or `--max_new_tokens` that is no positive integer and, given the `context`
+    (positions) of `--model`, lengths that do not fit in it: the advice names values that fit when followed."""
+    for name, value in (("max_prompt_length", max_prompt_length), ("max_new_tokens", max_new_tokens)):
+        if value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
+    if context is None or max_prompt_length + max_new_tokens <= context:
+        return
+    # Each way out keeps the other length as given, and exists only while that one leaves a token for this one.
+    fixes = []
+    if context - max_prompt_length >= 1:
+        fixes.append(f"lower --max_new_tokens to {context - max_prompt_length}")
+    if context - max_new_tokens >= 1:
+        fixes.append(f"lower --max_prompt_length to {context - max_new_tokens} (longer prompts are cut from the left)")
+    if not fixes:
+        half = context // 2
+        fixes.append(
+            f"lower both so that they add up to {context} at most, say --max_prompt_length {context - half} "
+            f"--max_new_tokens {half}"
+        )
+    raise ValueError(
+        f"--model {model} holds {context} positions, but --max_prompt_length {max_prompt_length} + --max_new_tokens "
+        f"{max_new_tokens} = {max_prompt_length + max_new_tokens} do not fit; {' or '.join(fixes)}."
+    )
 
 
 def check_backend(backend: str) -> None:

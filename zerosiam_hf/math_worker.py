@@ -7,6 +7,7 @@ object a line: `{"gold": ..., "text": ...}` in, the scores out.
 
 import json
 import logging
+import signal
 import sys
 from functools import lru_cache
 
@@ -64,4 +65,7 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
 
 if __name__ == "__main__":
     logging.disable(logging.WARNING)  # math-verify warns once that its own timeouts are off: the parent bounds us
+    # Ctrl-C reaches the whole process group: the parent decides when to stop (the trainer at a step's end, after
+    # scoring it) and then closes our stdin or kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve()

@@ -5,8 +5,13 @@ import re
 from fractions import Fraction
 
 
-# A number as GSM8K writes it: optional sign, thousands commas, optional decimals.
-_NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"
+# A number as GSM8K writes it: optional sign, thousands commas, optional decimals, or a bare decimal fraction (.5),
+# which lm-evaluation-harness's GSM8K patterns read too and which means one thing only. Fractions (1/2), exponents
+# (1e5) and underscores (1_000) are not read: a slash in an answer is as often a ratio, a date or "per", an `e` after
+# digits as often a word, and no answer writes underscores; a gold written so is refused (`parse_gold`).
+_NUMBER = r"-?[$]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+# What a gold in one of those other forms looks like, to say so rather than "no number".
+_OTHER_NUMBER = re.compile(r"[-+$]*[\d.,_]*\d[\d.,_]*(?:[eE][-+]?\d+|/[-+]?[\d.,_]*\d[\d.,_]*)?")
 _STRICT_PATTERNS = (
     re.compile(rf"####\s*({_NUMBER})"),
     re.compile(rf"[Tt]he (?:final )?answer is:?\s*({_NUMBER})"),
@@ -24,13 +29,21 @@ def _normalize(number: str) -> Fraction | None:
 
 
 def parse_gold(answer: str) -> Fraction:
-    """Return the gold number that follows '#### ' in a GSM8K `answer` field; raise ValueError if there is none."""
+    """Return the gold number that follows '#### ' in a GSM8K `answer` field; raise ValueError if there is none, or
+    if it is written in a form that no answer can match (1/2, 1e5, 1_000)."""
     head, sep, tail = answer.rpartition("####")
-    value = _normalize(tail.strip()) if sep else None
-    if value is None:
-        snippet = answer.strip().replace("\n", " ")[-60:]
-        raise ValueError(f"gold answer has no '#### <number>' line (ends with {snippet!r})")
-    return value
+    tail = tail.strip()
+    # The same pattern reads answers, so a gold that matches it whole is matched by an answer that repeats it; Fraction
+    # alone would take 1/2 or 1e400, which no answer can match (and 1e999999999, which takes minutes to build).
+    if sep and _ANY_NUMBER.fullmatch(tail.rstrip(".")):
+        return _normalize(tail)
+    if sep and _OTHER_NUMBER.fullmatch(tail):
+        raise ValueError(
+            f"gold answer {tail!r} is a number in a form no answer can match: the numeric checker reads decimals such "
+            "as 1,234.5, -3, .5 or $12; write it so, or use --checker math for fractions, exponents and other forms"
+        )
+    snippet = answer.strip().replace("\n", " ")[-60:]
+    raise ValueError(f"gold answer has no '#### <number>' line (ends with {snippet!r})")
 
 
 def extract_strict(text: str) -> Fraction | None:

@@ -20,6 +20,13 @@ from ..losses import head_logits
 from .base import Method, final_hidden_states
 
 
+# The largest --slot_lr taken, refused above rather than warned of, since no answer past it is worth scoring: each
+# AdamW step moves every entry of delta by up to lr (5 steps at lr 1 reach about 5), and the final-norm hidden states
+# it is added to have entries of order 1, so past 1 the delta, not the prompt, picks the answer; at 1e30 Adam's
+# moments overflow and every logit is NaN (answers of token 0, `!!!!`). SLOT uses 0.1.
+MAX_LR = 1.0
+
+
 def optimize_delta(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
