@@ -1,10 +1,13 @@
 """Tests for scripts/compare.py: methods x seeds under the online protocol, the table, the plots, and resuming."""
 
 import json
+import os
+import socket
 import statistics
+from functools import partial
 
 import pytest
-from helpers import PROBLEMS, REPO, write_problems
+from helpers import PROBLEMS, REPO, assert_usage_error, write_problems
 
 from zerosiam_hf import comparison, pipeline
 from zerosiam_hf.commands import compare
@@ -58,17 +61,17 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
 def test_runs_only_processes_share_a_folder_and_the_comparison_reuses_their_runs(
     tiny_model_dir, problems_file, tmp_path, monkeypatch
 ):
-    output_dir = tmp_path / "shared"
+    output_dir, staging = tmp_path / "shared", tmp_path / "shared.partial"
     first = compare_argv(tiny_model_dir, problems_file, output_dir, "--runs_only", "true")
     first[first.index("--methods") + 1 : first.index("--seeds")] = ["none"]
     assert compare.main(first) == {"runs": 2}
-    assert not (output_dir / "comparison.json").exists()
-    # a comparison another process wrote into the folder does not stop a runs-only process
-    (output_dir / "comparison.json").write_text(json.dumps({"config": {"other": True}}))
+    assert not output_dir.exists() and (staging / "runs" / "none-seed1" / "run.json").is_file()
+    # a runs-only process neither takes the folder's lock (another one may hold it) nor checks its comparison
+    (staging / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     second = compare_argv(tiny_model_dir, problems_file, output_dir, "--runs_only", "true")
     second[second.index("--methods") + 1 : second.index("--seeds")] = ["zerosiam"]
     assert compare.main(second) == {"runs": 2}
-    (output_dir / "comparison.json").unlink()
+    (staging / ".lock").unlink()
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was redone")
@@ -77,6 +80,9 @@ def test_runs_only_processes_share_a_folder_and_the_comparison_reuses_their_runs
     result = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
     assert {row["method"] for row in result["rows"]} == {"none", "zerosiam"}
     assert json.loads((output_dir / "comparison.json").read_text())["rows"] == result["rows"]
+    assert not staging.exists() and (output_dir / "runs" / "zerosiam-seed0" / "run.json").is_file()
+    # runs-only processes after the comparison was published reuse its runs too
+    assert compare.main(first) == {"runs": 2}
 
 
 def test_compare_reports_what_each_method_spent_and_the_k_sample_accuracies(tiny_model_dir, problems_file, tmp_path):
@@ -218,24 +224,98 @@ def test_paper_suite_config_dry_run_resolves_every_benchmark(capsys, monkeypatch
     assert "dry run: nothing was run" in capsys.readouterr().out
 
 
-def test_compare_resumes_a_run_stopped_after_a_checkpoint(tiny_model_dir, problems_file, tmp_path, monkeypatch):
-    output_dir = tmp_path / "cmp"
-    checkpoint = output_dir / "runs" / "zerosiam-seed1.partial" / "checkpoint-1"  # as a stopped run leaves it
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text("{}")
-    (checkpoint / RUN_STATE_FILE).write_text("{}")
-    resumed, real_run = {}, pipeline.adapt
+def test_an_interrupted_comparison_goes_on_from_its_finished_runs_and_checkpoints(
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    output_dir, staging = tmp_path / "cmp", tmp_path / "cmp.partial"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "zerosiam")
+    started, real_run = [], pipeline.adapt
 
     class Stop(Exception):
         pass
 
     def recording_run(model_args, data_args, output_args, args, **kwargs):
-        resumed[args.seed] = args.resume_from_checkpoint
+        started.append((args.seed, args.resume_from_checkpoint))
         if args.seed == 1:
             raise Stop
         return real_run(model_args, data_args, output_args, args, **kwargs)
 
     monkeypatch.setattr(pipeline, "adapt", recording_run)
     with pytest.raises(Stop):
-        compare.main(compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "zerosiam"))
-    assert resumed == {0: None, 1: "true"}
+        compare.main(argv)
+    assert started == [(0, None), (1, None)]
+    assert not output_dir.exists() and (staging / "runs" / "zerosiam-seed0" / "run.json").is_file()
+    checkpoint = staging / "runs" / "zerosiam-seed1.partial" / "checkpoint-1"  # as a stopped run leaves it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / RUN_STATE_FILE).write_text("{}")
+    started.clear()
+    with pytest.raises(Stop):
+        compare.main(argv)
+    assert started == [(1, "true")]  # seed 0 read back, seed 1 resumed
+
+
+@pytest.mark.parametrize("case", ["comparison_files_with_overwrite", "notes", "working_folder"])
+def test_compare_refuses_a_folder_it_did_not_write_and_writes_nothing(
+    capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch, case
+):
+    user = tmp_path / "user"
+    user.mkdir()
+    extra = []
+    if case == "comparison_files_with_overwrite":
+        output_dir, extra, expected = user, ["--overwrite", "true"], "a run never deletes what it did not write"
+        files = {"comparison.md": "my table", "comparison.json": "{}", "collapse_entropy.png": "my plot"}
+    elif case == "notes":
+        output_dir, expected = user / "paper2", "a run never deletes what it did not write"
+        files = {"paper2/draft.tex": "my paper"}
+    else:
+        monkeypatch.chdir(user)
+        output_dir, expected = ".", "--output_dir . names no folder of its own"
+        files = {"README.md": "my repository"}
+    for name, text in files.items():
+        (user / name).parent.mkdir(exist_ok=True)
+        (user / name).write_text(text)
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", *extra)
+    line = assert_usage_error(capsys, partial(compare.main, argv), expected)
+    assert line.startswith(f"error: --output_dir {output_dir}")
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} - {"problems.jsonl"}
+    assert written == {f"user/{name}" for name in files}
+    assert all((user / name).read_text() == text for name, text in files.items())
+
+
+def test_a_rerun_that_fails_partway_leaves_the_published_comparison_as_it_was(
+    capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    output_dir = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none")
+    compare.main(argv)
+    published = {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+    started, real_run = [], pipeline.adapt
+
+    def failing_second_run(*args, **kwargs):
+        started.append(args)
+        if len(started) == 2:
+            raise ValueError("--dataset: refused")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "adapt", failing_second_run)
+    rerun = [*argv, "--max_new_tokens", "3", "--overwrite", "true"]  # other settings: every run is redone
+    assert_usage_error(capsys, partial(compare.main, rerun), "--dataset: refused")
+    assert len(started) == 2
+    assert {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()} == published
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(["--seeds", "0", "0"], "--seeds names 0 twice"), (["--methods", "tent", "tent"], "--methods names tent twice")],
+)
+def test_compare_refuses_a_duplicated_seed_or_method(capsys, tiny_model_dir, problems_file, tmp_path, flags, expected):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", *flags)
+    assert_usage_error(capsys, partial(compare.main, argv), expected)
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "cmp.partial").exists()
+
+
+def test_compare_refuses_a_negative_seed_before_writing_anything(capsys, tiny_model_dir, problems_file, tmp_path):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--seeds", "-1", "--synthetic_preset", "base")
+    assert_usage_error(capsys, partial(compare.main, argv), "--seeds: -1 is not a seed; give seeds from 0 to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl"]

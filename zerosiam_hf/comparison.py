@@ -1,19 +1,32 @@
 """A comparison of adaptation methods over seeds (and benchmarks): the runs, one `pipeline.adapt_or_reuse` each, then
-markdown tables (one row per method; the paper's layout for several benchmarks) and PNG plots of the diagnostics."""
+markdown tables (one row per method; the paper's layout for several benchmarks) and PNG plots of the diagnostics.
 
+A comparison's folder appears whole or not at all: runs, problem files, tables and plots are written in
+<output_dir>.partial, which `staging.staged_output` moves into place at the end. The finished runs of the comparison
+it replaces are carried over as hard links, so a rerun reuses them while the old folder stays as it was until then."""
+
+import contextlib
 import logging
+import os
+import shutil
 import statistics
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
-from .config import SharedRunConfig
+from .config import SharedRunConfig, ZeroSiamConfig
+from .data import DataArguments
+from .errors import RunStopped, UsageError
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
-from .records import logged_series
-from .staging import OutputArguments
+from .records import RUN_FILE, logged_series, versions, write_json, write_jsonl
+from .staging import MARKER_FILE, OutputArguments, close_staging, open_staging, staged_output, staging_path
 from .tasks import BENCHMARKS, PAPER_RESULTS
 
 
 logger = logging.getLogger("zerosiam_hf")
+COMPARISON_FILE = "comparison.json"
+RUNS_DIR = "runs"
 PLOTTED = {
     "collapse/entropy": "mean entropy of the clean branch (nats)",
     "collapse/logit_norm": "mean logit L2 norm",
@@ -264,29 +277,178 @@ def plot(records: dict[str, dict[str, list[dict]]], output_dir: Path) -> list[st
     return written
 
 
+class PlannedRun(NamedTuple):
+    """One run of a comparison: its table column, method, seed, data and settings."""
+
+    key: str
+    method: str
+    seed: int
+    data: DataArguments
+    args: ZeroSiamConfig
+
+
+def plan_runs(
+    columns: dict, methods: list[str], seeds: list[int], args: SharedRunConfig, output_dir: str, suite: bool
+) -> list[PlannedRun]:
+    """Every method x seed on every column (`columns`: key -> seed -> DataArguments), each made in
+    <output_dir>.partial/runs/[<key>/]<method>-seed<k>. Every run's settings are made (and so checked) here, before
+    anything is written."""
+    runs = staging_path(output_dir) / RUNS_DIR
+    return [
+        PlannedRun(
+            key,
+            method,
+            seed,
+            seed_data[seed],
+            args.for_method(method, seed=seed, output_dir=str(runs / (key if suite else "") / f"{method}-seed{seed}")),
+        )
+        for key, seed_data in columns.items()
+        for method in methods
+        for seed in seeds
+    ]
+
+
 def run_all(
-    model_args: ModelArguments,
-    columns: dict,
-    methods: list[str],
-    seeds: list[int],
-    output_args: OutputArguments,
-    args: SharedRunConfig,
-    output_dir: Path,
-    suite: bool,
+    model_args: ModelArguments, plan: list[PlannedRun], output_args: OutputArguments
 ) -> dict[str, dict[str, list[dict]]]:
-    """Every method x seed on every column (`columns`: key -> seed -> DataArguments), each in
-    <output_dir>/runs/[<key>/]<method>-seed<k>: its record, read back when a run with the same settings finished
-    there, resumed when one was stopped there. Records by column key, then method, in seed order."""
+    """Every planned run's record: read back when a run with the same settings finished in its folder, resumed when
+    one was stopped there, else run anew. Records by column key, then method, in seed order."""
     records: dict[str, dict[str, list[dict]]] = {}
-    for key, seed_data in columns.items():
-        for method in methods:
-            for seed in seeds:
-                run_dir = _run_dir(output_dir, key if suite else None, method, seed)
-                logger.info("run %s", run_dir)
-                run_args = args.for_method(method, seed=seed, output_dir=str(run_dir))
-                record = adapt_or_reuse(model_args, seed_data[seed], output_args, run_args)
-                records.setdefault(key, {}).setdefault(method, []).append(record)
+    for run in plan:
+        logger.info("run %s", run.args.output_dir)
+        record = adapt_or_reuse(model_args, run.data, output_args, run.args)
+        records.setdefault(run.key, {}).setdefault(run.method, []).append(record)
     return records
+
+
+def run_comparison(
+    model_args: ModelArguments,
+    plan: list[PlannedRun],
+    problem_sets: dict[Path, list[dict]],
+    output_args: OutputArguments,
+    config: dict,
+    output_dir: str,
+    suite: bool,
+    methods: list[str],
+) -> tuple[dict, str]:
+    """Make every planned run (writing `problem_sets` first: path -> problems), the tables and the plots in
+    <output_dir>.partial, and publish it to `output_dir`. Returns the comparison's rows and its markdown.
+
+    A folder holding another comparison is refused unless `overwrite`, one holding files no run wrote always; an
+    interrupted comparison goes on from its finished runs (`overwrite` starts it over: it redoes every run anyway).
+    """
+    overwrite = output_args.overwrite
+    with staged_output(output_dir, config, overwrite, resume=not overwrite, record_file=COMPARISON_FILE) as staging:
+        records = _run_into(staging, model_args, plan, problem_sets, output_args, output_dir)
+        with _keeping_runs(output_dir, staging):
+            plots = plot(records, staging)
+            result, table = report(records, suite, methods)
+            (staging / "comparison.md").write_text(table)
+            write_json(
+                staging / COMPARISON_FILE,
+                {"config": config, "command": sys.argv, "versions": versions(), **result, "plots": plots},
+            )
+    return result, table
+
+
+def make_runs(
+    model_args: ModelArguments,
+    plan: list[PlannedRun],
+    problem_sets: dict[Path, list[dict]],
+    output_args: OutputArguments,
+    output_dir: str,
+) -> dict[str, dict[str, list[dict]]]:
+    """The runs of a comparison, and no comparison: several processes (one per GPU or method) make them together in
+    <output_dir>.partial, where `compare` with every method then finds them."""
+    return _run_into(_shared_staging(output_dir), model_args, plan, problem_sets, output_args, output_dir)
+
+
+def _run_into(staging: Path, model_args, plan, problem_sets, output_args, output_dir: str) -> dict:
+    published = Path(output_dir)
+    with _keeping_runs(output_dir, staging):
+        if (published / MARKER_FILE).is_file() and (published / RUNS_DIR).is_dir():
+            _carry(published / RUNS_DIR, staging / RUNS_DIR)
+        for path, problems in problem_sets.items():
+            write_jsonl(path, problems)
+    return run_all(model_args, plan, output_args)
+
+
+def _shared_staging(output_dir: str) -> Path:
+    """The staging folder that runs-only processes write into together, without its lock (each run has its own): the
+    first one makes it, marked as the project's, with no settings that the comparison taking it over must match."""
+    staging = staging_path(output_dir)
+    if (staging / MARKER_FILE).is_file():
+        return staging
+    try:
+        open_staging(output_dir, None, resume=True)
+    except ValueError:
+        if not (staging / MARKER_FILE).is_file():  # a folder of the user's, not another process holding the lock
+            raise
+        return staging
+    except OSError as error:  # nothing was written
+        raise UsageError(
+            f"--output_dir {output_dir}: cannot write {staging} ({error.strerror or error}); free space or choose an "
+            "--output_dir you can write to."
+        ) from None
+    try:
+        (staging / RUNS_DIR).mkdir(exist_ok=True)  # close_staging drops a folder that holds nothing
+    finally:
+        close_staging(staging)
+    return staging
+
+
+@contextlib.contextmanager
+def _keeping_runs(output_dir: str, staging: Path):
+    """A file-system error while writing the comparison's own files as one line that keeps its runs: staged_output
+    drops a staging folder that holds no checkpoint, and would take every finished run of the comparison with it."""
+    try:
+        yield
+    except OSError as error:
+        raise RunStopped(
+            f"--output_dir {output_dir}: the comparison stopped, cannot write {error.filename or staging} "
+            f"({error.strerror or error}); the runs it finished are kept in {staging}: free space or fix that "
+            "folder's permissions, then run the same command again, which reuses them."
+        ) from None
+
+
+def _carry(published: Path, staged: Path) -> None:
+    """Put into `staged` what the published `published` holds and it lacks: a folder a run made (it holds the marker)
+    whole, other folders (runs/<key>/ of several benchmarks) entry by entry. Nothing is lost when the new comparison
+    replaces the old one, and the old one stays whole until then."""
+    staged.mkdir(parents=True, exist_ok=True)
+    for entry in published.iterdir():
+        target = staged / entry.name
+        if entry.is_dir() and not (entry / MARKER_FILE).is_file():
+            _carry(entry, target)
+        elif not target.exists():
+            # A finished run's files are never written again, so links to them cost nothing; anything else (a stopped
+            # run's folder, whose resume appends to its files) is copied.
+            _copy_into_place(entry, target, _link if (entry / RUN_FILE).is_file() else shutil.copy2)
+
+
+def _copy_into_place(source: Path, target: Path, copy) -> None:
+    """Copy `source` with `copy` under a temporary name, then rename it to `target`: another process reading or
+    carrying the same folder sees all of it or nothing."""
+    temporary = target.with_name(f"{target.name}.carry-{os.getpid()}")
+    try:
+        if source.is_dir():
+            shutil.copytree(source, temporary, copy_function=copy)
+        else:
+            copy(source, temporary)
+        os.rename(temporary, target)
+    except OSError:
+        if temporary.is_dir():
+            shutil.rmtree(temporary)
+        temporary.unlink(missing_ok=True)
+        if not target.exists():  # else another runs-only process carried it first
+            raise
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list[str]) -> tuple[dict, str]:
@@ -315,7 +477,3 @@ def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list
     if result["samples"]:
         table += "\nSampling methods, online accuracy % (flexible):\n\n" + sample_table(result["samples"])
     return result, table
-
-
-def _run_dir(output_dir: Path, dataset: str | None, method: str, seed: int) -> Path:
-    return output_dir / "runs" / (dataset or "") / f"{method}-seed{seed}"

@@ -19,31 +19,34 @@ Usage:
         --output_dir outputs/stress
 
 Each run is a full adapt.py run in <output_dir>/runs/<method>-seed<k>/ (with --datasets, in
-<output_dir>/runs/<dataset>/<method>-seed<k>/): adapter, run.json, predictions.jsonl. A run already finished there
-with the same settings is reused, and one stopped after a checkpoint resumes from it, so an interrupted
-comparison resumes. The comparison is written to
+<output_dir>/runs/<dataset>/<method>-seed<k>/): adapter, run.json, predictions.jsonl. The comparison is written to
 <output_dir>/comparison.md, comparison.json and one PNG per diagnostic (one panel per benchmark).
+
+The whole folder is made in <output_dir>.partial and moved into place when it is done: a comparison that stops leaves
+<output_dir> as it was, and the same command then goes on from the runs it finished (a run stopped after a checkpoint
+resumes from it). A rerun reuses the finished runs of the comparison it replaces; a folder holding another comparison
+is replaced only with --overwrite true (which redoes every run), and one holding files no zerosiam-hf run wrote never.
 """
 
 import dataclasses
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
-from zerosiam_hf.comparison import dataset_key, plot, report, run_all
+from zerosiam_hf.comparison import dataset_key, make_runs, plan_runs, run_comparison
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
 from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
-from zerosiam_hf.records import config_dict, versions, write_json, write_jsonl
-from zerosiam_hf.staging import OutputArguments, check_output_dir
+from zerosiam_hf.records import config_dict
+from zerosiam_hf.staging import OutputArguments, staging_path
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.tasks import BENCHMARKS
 
 
 logger = logging.getLogger("zerosiam_hf")
+SEEDS = range(2**32)  # what numpy's seeding takes
 
 
 @dataclass
@@ -87,6 +90,14 @@ class CompareArguments:
             raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
         if len(self.seeds) < 1:
             raise ValueError("--seeds needs at least one seed.")
+        bad = [seed for seed in self.seeds if seed not in SEEDS]
+        if bad:
+            raise ValueError(f"--seeds: {bad[0]} is not a seed; give seeds from 0 to {SEEDS[-1]}.")
+        # A second run of the same method and seed repeats the first: the std over seeds would count it twice.
+        for flag, values in (("--methods", self.methods), ("--seeds", self.seeds)):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"{flag} names {', '.join(twice)} twice; give each once.")
         if self.synthetic_preset is not None and self.synthetic_preset not in SHIFTS:
             raise ValueError(f"--synthetic_preset must be one of {', '.join(SHIFTS)}; got {self.synthetic_preset!r}.")
         if self.datasets is not None and self.synthetic_preset is not None:
@@ -107,65 +118,68 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
         raise ValueError("compare.py compares online accuracy; use --protocol online.")
-    output_dir = Path(args.output_dir)
+    output_dir = args.output_dir
     config = config_dict(model_args, data_args, compare_args, output_args, args)
 
     # ------------------------------------------------------------------------------------------------ data
     # One entry per table column. Synthetic problems are drawn anew for each seed (shared by every method), so the
     # spread over seeds covers the test sample as well as the adapter's initialisation; a fixed dataset varies only
-    # the latter.
+    # the latter. Their files are written with the runs, into the comparison's folder.
     suite = compare_args.datasets is not None
     columns = {
         dataset_key(name): {seed: data_args.for_dataset(name) for seed in compare_args.seeds}
         for name in (compare_args.datasets or [data_args.dataset])
     }
-    if compare_args.dry_run:
-        return dry_run(model_args, columns, compare_args, output_dir)
-    # A folder without comparison.json is an interrupted comparison: its finished runs are reused below. A process
-    # that writes no comparison may share a folder with another comparison's.
-    if (output_dir / "comparison.json").is_file() and not compare_args.runs_only:
-        check_output_dir(str(output_dir), config, output_args.overwrite, record_file="comparison.json")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    problem_sets = {}
     if compare_args.synthetic_preset is not None:
         preset = compare_args.synthetic_preset
-        for seed, seed_data in next(iter(columns.values())).items():
-            shift = dataclasses.replace(SHIFTS[preset], seed=seed)
-            problems_file = write_jsonl(
-                output_dir / f"synthetic-{preset}-seed{seed}.jsonl", generate_problems(compare_args.synthetic_n, shift)
+        seed_data = next(iter(columns.values()))
+        for seed in compare_args.seeds:
+            path = staging_path(output_dir) / f"synthetic-{preset}-seed{seed}.jsonl"
+            problem_sets[path] = generate_problems(
+                compare_args.synthetic_n, dataclasses.replace(SHIFTS[preset], seed=seed)
             )
-            next(iter(columns.values()))[seed] = dataclasses.replace(seed_data, dataset=problems_file)
+            seed_data[seed] = dataclasses.replace(seed_data[seed], dataset=str(path))
+    plan = plan_runs(columns, compare_args.methods, compare_args.seeds, args, output_dir, suite)  # checks each run
+    if compare_args.dry_run:
+        return dry_run(model_args, columns, problem_sets, compare_args, Path(output_dir))
 
     # ------------------------------------------------------------------------------------------------ runs
-    records = run_all(
-        model_args, columns, compare_args.methods, compare_args.seeds, output_args, args, output_dir, suite
-    )
     if compare_args.runs_only:
+        records = make_runs(model_args, plan, problem_sets, output_args, output_dir)
         runs = sum(len(seeds) for methods in records.values() for seeds in methods.values())
-        print(f"{runs} runs finished in {output_dir}/runs; without --runs_only the command writes the comparison")
+        print(
+            f"{runs} runs finished in {staging_path(output_dir)}/runs; the same command with every method and "
+            f"without --runs_only writes the comparison to {output_dir}"
+        )
         return {"runs": runs}
 
     # ------------------------------------------------------------------------------------------------ report
-    plots = plot(records, output_dir)
-    result, table = report(records, suite, compare_args.methods)
-    (output_dir / "comparison.md").write_text(table)
-    write_json(
-        output_dir / "comparison.json",
-        {"config": config, "command": sys.argv, "versions": versions(), **result, "plots": plots},
+    result, table = run_comparison(
+        model_args, plan, problem_sets, output_args, config, output_dir, suite, compare_args.methods
     )
     print(table)
     print(f"comparison and plots in {output_dir}")
     return result
 
 
-def dry_run(model_args: ModelArguments, columns: dict, compare_args: CompareArguments, output_dir: Path) -> dict:
-    """Resolve the model and every benchmark (loading and validating its problems) and list the runs; run nothing."""
+def dry_run(
+    model_args: ModelArguments, columns: dict, problem_sets: dict, compare_args: CompareArguments, output_dir: Path
+) -> dict:
+    """Resolve the model and every benchmark (loading and validating its problems; synthetic ones are drawn, not
+    written) and list the runs; run nothing."""
     spec = resolve_model(model_args.model)
     plan = {}
     for key, seed_data in columns.items():
-        problems, identity = load_problems(next(iter(seed_data.values())))
-        plan[key] = {"problems": len(problems), "checker": identity["checker"], "source": identity.get("path")}
-        plan[key]["source"] = plan[key]["source"] or identity.get("id")
-        print(f"{key}: {len(problems)} problems from {plan[key]['source']}, checker {identity['checker']}")
+        data = next(iter(seed_data.values()))
+        if Path(data.dataset) in problem_sets:  # drawn here; the file is written with the runs
+            source = f"the synthetic preset {compare_args.synthetic_preset}"
+            plan[key] = {"problems": len(problem_sets[Path(data.dataset)]), "checker": data.checker, "source": source}
+        else:
+            problems, identity = load_problems(data)
+            source = identity.get("path") or identity.get("id")
+            plan[key] = {"problems": len(problems), "checker": identity["checker"], "source": source}
+        print(f"{key}: {plan[key]['problems']} problems from {plan[key]['source']}, checker {plan[key]['checker']}")
     runs = len(columns) * len(compare_args.methods) * len(compare_args.seeds)
     print(f"model {spec['name_or_path']}; {runs} runs into {output_dir}/runs (dry run: nothing was run)")
     return {"model": spec, "plan": plan, "runs": runs}
