@@ -1,12 +1,17 @@
 """Tests of the synthetic word-problem generator: determinism, exact answers, GSM8K format, knobs, validation, CLI."""
 
 import dataclasses
+import errno
 import json
+import os
 import random
 import re
+from functools import partial
 
 import pytest
+from helpers import assert_usage_error
 
+from zerosiam_hf import records
 from zerosiam_hf.commands import make_synthetic
 from zerosiam_hf.records import write_jsonl
 from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, generate_records, number_to_words
@@ -215,3 +220,73 @@ def test_cli_bad_argument_gives_one_line_and_exit_code_2(tmp_path, capsys, args,
     stderr = capsys.readouterr().err
     assert len(stderr.strip().splitlines()) == 1 and message in stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+NOTHING_WRITTEN = "nothing was written: free space on that disk or choose an --output you can write to."
+
+
+def fail_second_write(monkeypatch, code: int) -> None:
+    """Make `records.write_jsonl` fail with `code` halfway through its temporary file, as a full or read-only disk
+    would."""
+    real_open = open
+
+    class Failing:
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, text):
+            self.writes += 1
+            if self.writes == 2:
+                raise OSError(code, os.strerror(code), self.handle.name)
+            return self.handle.write(text)
+
+    monkeypatch.setattr(records, "open", lambda *args, **kwargs: Failing(real_open(*args, **kwargs)), raising=False)
+
+
+def test_cli_keeps_an_existing_output_unless_overwrite_and_replaces_it_whole(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "syn" / "mine.jsonl"
+    out.parent.mkdir()
+    out.write_text("my problems\n")
+    argv = ["--output", str(out), "--n", "3"]
+    assert_usage_error(
+        capsys, partial(make_synthetic.main, argv), f"--output {out} exists; choose another file or pass --overwrite"
+    )
+    assert out.read_text() == "my problems\n"
+    fail_second_write(monkeypatch, errno.ENOSPC)
+    assert_usage_error(capsys, partial(make_synthetic.main, [*argv, "--overwrite", "true"]), "No space left")
+    assert out.read_text() == "my problems\n" and [p.name for p in out.parent.iterdir()] == ["mine.jsonl"]
+    monkeypatch.undo()
+    make_synthetic.main([*argv, "--overwrite", "true"])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == generate_problems(3, SHIFTS["base"])
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("folder", "is a folder; name a file, e.g. --output "),
+        ("through_a_file", "afile is a file, not a folder; choose another --output."),
+        (errno.ENOSPC, f"cannot write it (No space left on device); {NOTHING_WRITTEN}"),
+        (errno.EROFS, f"cannot write it (Read-only file system); {NOTHING_WRITTEN}"),
+        (errno.EACCES, f"cannot write it (Permission denied); {NOTHING_WRITTEN}"),
+    ],
+)
+def test_cli_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, case, expected):
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    if case == "folder":
+        out = tmp_path / "folder"
+    elif case == "through_a_file":
+        out = tmp_path / "afile" / "x.jsonl"
+    else:
+        out = tmp_path / "new" / "sub" / "x.jsonl"  # folders made for it are removed again
+        fail_second_write(monkeypatch, case)
+    line = assert_usage_error(capsys, partial(make_synthetic.main, ["--output", str(out), "--n", "3"]), expected)
+    assert line.startswith(f"error: --output {out}")
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "afile").read_text() == "a file"

@@ -7,11 +7,16 @@ GSM8K-style worked solution with calculator annotations (``12+5=<<12+5=17>>17``)
 Each problem draws from separate random streams keyed on ``(seed, index)``: one for the arithmetic, one for the
 person and object, one for the wording and one for the distractors. Changing ``phrasing`` or ``num_distractors``
 therefore rewrites the question around the same arithmetic and leaves the ``answer`` field unchanged, which is what
-makes the presets in ``SHIFTS`` controlled shifts.
+makes the presets in ``SHIFTS`` controlled shifts. ``write_problems`` saves them as a jsonl file, whole or not at all.
 """
 
+import contextlib
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .records import write_jsonl
 
 
 OPERATIONS = "+-*/"
@@ -339,3 +344,28 @@ def generate_records(n: int, config: SyntheticConfig) -> list[SyntheticProblem]:
 def generate_problems(n: int, config: SyntheticConfig) -> list[dict[str, str]]:
     """Generate ``n`` GSM8K-format rows ``{"question", "answer"}`` (answer ends with ``#### N``)."""
     return [problem.as_row() for problem in generate_records(n, config)]
+
+
+def write_problems(output: str, problems: list[dict[str, str]], overwrite: bool = False) -> str:
+    """Write `problems` to the jsonl file `output` (`--output`) whole or not at all, creating its folders: a folder, a
+    path through a file and, unless `overwrite`, an existing file are refused, and a file-system error is one line
+    that leaves neither a temporary file nor a folder this call made."""
+    path = Path(output)
+    made = [folder for folder in path.parents if not folder.exists()]  # those write_jsonl makes, innermost first
+    above = path.parents[len(made)] if len(made) < len(path.parents) else None
+    if path.is_dir():
+        raise UsageError(f"--output {output} is a folder; name a file, e.g. --output {path / 'problems.jsonl'}.")
+    if above is not None and not above.is_dir():
+        raise UsageError(f"--output {output}: {above} is a file, not a folder; choose another --output.")
+    if path.exists() and not overwrite:
+        raise UsageError(f"--output {output} exists; choose another file or pass --overwrite true to replace it.")
+    try:
+        return write_jsonl(path, problems)  # through a temporary file and a rename: the old file stays until then
+    except OSError as error:
+        for folder in made:
+            with contextlib.suppress(OSError):  # one that is not empty now is another process's
+                folder.rmdir()
+        raise UsageError(
+            f"--output {output}: cannot write it ({error.strerror or error}); nothing was written: free space on that "
+            "disk or choose an --output you can write to."
+        ) from None

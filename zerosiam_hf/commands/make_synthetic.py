@@ -1,7 +1,8 @@
 """Write synthetic GSM8K-format word problems to a jsonl file with ``question`` and ``answer`` columns.
 
 A preset of ``zerosiam_hf.synthetic.SHIFTS`` gives the starting knobs; any knob given on the command line overrides it.
-The file loads with ``datasets.load_dataset("json", data_files=PATH, split="train")``.
+The file loads with ``datasets.load_dataset("json", data_files=PATH, split="train")``. It appears whole or not at all,
+and an existing file is replaced only with ``--overwrite true``.
 
 Usage:
 
@@ -21,8 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
-from zerosiam_hf.records import write_jsonl
-from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems
+from zerosiam_hf.synthetic import SHIFTS, SyntheticConfig, generate_problems, write_problems
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class MakeSyntheticArguments:
     """Command-line arguments: where to write, how many problems, and the generator knobs."""
 
     output: str = field(metadata={"help": "Path of the jsonl file to write (its folder is created)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace --output if it exists (refused otherwise)."})
     n: int = field(default=512, metadata={"help": "Number of problems."})
     preset: str = field(default="base", metadata={"help": f"Starting knobs, one of {list(SHIFTS)}."})
     num_steps: int | None = field(default=None, metadata={"help": "Arithmetic operations chained per problem."})
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None):
     rows = generate_problems(args.n, config)
 
     # ---- save
-    path = write_jsonl(args.output, rows)
+    path = write_problems(args.output, rows, args.overwrite)
     logger.info("Wrote %d problems to %s with %s", len(rows), path, config)
 
 
