@@ -317,5 +317,5 @@ def test_compare_refuses_a_duplicated_seed_or_method(capsys, tiny_model_dir, pro
 
 def test_compare_refuses_a_negative_seed_before_writing_anything(capsys, tiny_model_dir, problems_file, tmp_path):
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--seeds", "-1", "--synthetic_preset", "base")
-    assert_usage_error(capsys, partial(compare.main, argv), "--seeds: -1 is not a seed; give seeds from 0 to")
+    assert_usage_error(capsys, partial(compare.main, argv), "--seeds must be integers in [0, 2**32 - 1], got -1.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl"]
