@@ -1,5 +1,6 @@
 """Tests for scripts/compare.py: methods x seeds under the online protocol, the table, the plots, and resuming."""
 
+import errno
 import json
 import os
 import socket
@@ -303,6 +304,31 @@ def test_a_rerun_that_fails_partway_leaves_the_published_comparison_as_it_was(
     assert_usage_error(capsys, partial(compare.main, rerun), "--dataset: refused")
     assert len(started) == 2
     assert {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()} == published
+
+
+def test_a_comparison_that_cannot_write_its_tables_keeps_its_runs(
+    capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    output_dir, staging = tmp_path / "cmp", tmp_path / "cmp.partial"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", "--seeds", "0")
+
+    def full_disk(records, folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "collapse_entropy.png"))
+
+    monkeypatch.setattr(comparison, "plot", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(argv)
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert exit_info.value.code == 1 and "(No space left on device); the runs it finished are kept in" in line
+    assert (staging / "runs" / "none-seed0" / "run.json").is_file() and not output_dir.exists()
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(pipeline, "adapt", refuse)
+    compare.main(argv)
+    assert (output_dir / "comparison.md").is_file() and not staging.exists()
 
 
 @pytest.mark.parametrize(
