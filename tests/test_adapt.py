@@ -279,7 +279,7 @@ def test_output_dir_guard(capsys, tiny_model_dir, problems_file, tmp_path):
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")
     call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, stranger))
-    assert_usage_error(capsys, call, "is not empty and holds no run.json")
+    assert_usage_error(capsys, call, f"--output_dir {stranger} was not made by zerosiam-hf (it holds no .zerosiam-hf)")
     assert (stranger / "notes.txt").read_text() == "keep me"
 
 
@@ -369,13 +369,14 @@ def test_files_a_user_adds_to_an_output_folder_are_never_deleted(capsys, tiny_mo
     adapt.main(argv + ["--method", "tent", "--overwrite", "true"])  # nothing of the user's left in it: replaced
     assert json.loads((output_dir / "run.json").read_text())["config"]["ZeroSiamConfig"]["method"] == "tent"
 
-    # A folder with a run record that no run of this project wrote, beside a user's data.
+    # A folder with a run record that no run of this project wrote (no marker), beside a user's data: both are theirs.
     foreign = tmp_path / "u5"
     foreign.mkdir()
     (foreign / "run.json").write_text("{}")
     (foreign / "data.csv").write_text("a,b")
     call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, foreign, *flags(overwrite="true")))
-    assert_usage_error(capsys, call, f"--output_dir {foreign} holds data.csv, which no run wrote there")
+    held = "was not made by zerosiam-hf (it holds no .zerosiam-hf) and holds data.csv, run.json;"
+    assert_usage_error(capsys, call, f"--output_dir {foreign} {held}")
     assert snapshot(foreign) == {"data.csv": b"a,b", "run.json": b"{}"}
 
 

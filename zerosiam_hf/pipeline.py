@@ -75,7 +75,8 @@ def adapt(
     config = run_settings(model_args, data_args, output_args, args)
     final_dir = args.output_dir
     resume = bool(args.resume_from_checkpoint)
-    with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state) as staging:
+    inputs = {"--model": model_args.model, "--dataset": data_args.dataset}
+    with staged_output(final_dir, config, output_args.overwrite, resume=resume, state=state, inputs=inputs) as staging:
         record = _adapt_into(staging, model_args, data_args, args, config, state, command, resume_hint)
     return record
 
@@ -265,9 +266,9 @@ class EvalArguments:
 
 def evaluation_dir(model_args: ModelArguments, args: EvalArguments) -> str:
     """Where an evaluation goes: `--output_dir`, else <adapter>-eval, else outputs/eval-<model>."""
-    return args.output_dir or (
-        f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
-    )
+    if args.output_dir is not None:  # an empty one is refused, not taken for the default
+        return args.output_dir
+    return f"{args.adapter.rstrip('/')}-eval" if args.adapter else f"outputs/eval-{Path(model_args.model).name}"
 
 
 def evaluate(
@@ -283,8 +284,9 @@ def evaluate(
     if args.adapter is not None:
         check_adapter(args.adapter)
     config = config_dict(model_args, data_args, generation, output_args, args)
+    inputs = {"--model": model_args.model, "--dataset": data_args.dataset, "--adapter": args.adapter}
     with staged_output(
-        evaluation_dir(model_args, args), config, output_args.overwrite, record_file="eval.json"
+        evaluation_dir(model_args, args), config, output_args.overwrite, record_file="eval.json", inputs=inputs
     ) as staging:
         record = _evaluate_into(staging, model_args, data_args, generation, args, config)
     return record

@@ -2,11 +2,13 @@
 run, and `publish` moves it into place when it is finished."""
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,36 +22,11 @@ from .records import RUN_FILE, matching_record, settings_identity, write_json
 logger = logging.getLogger(__name__)
 
 
-# Written into every folder this project creates: only folders holding it are ever deleted or replaced.
+# Written into every folder this project creates: only folders holding it are ever deleted or replaced, and of a
+# published folder only the files its manifest (written into it at publish) lists, unchanged since.
 MARKER_FILE = ".zerosiam-hf"
 # pid and host of the run writing a staging folder.
 LOCK_FILE = ".lock"
-# What a run wrote into a folder it published is listed in its marker; a folder published before that list existed
-# (or one with a run record and no marker) counts these names as the project's, and anything else as the user's.
-RUN_OUTPUTS = {
-    "run.json",
-    "eval.json",
-    "export.json",
-    "predictions.jsonl",
-    "predictions-base.jsonl",
-    "predictions-adapted.jsonl",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "README.md",
-    "training_args.bin",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-}
 # The advice after a file-system error, by its errno: what makes the next try work.
 _OS_ADVICE = {
     errno.ENOSPC: "free space on that disk or choose another --output_dir",
@@ -59,6 +36,9 @@ _OS_ADVICE = {
     errno.EPERM: "choose an --output_dir you can write to, or change that folder's permissions",
     errno.EEXIST: "a part of that path is a file, not a folder; choose another --output_dir",
     errno.ENOTDIR: "a part of that path is a file, not a folder; choose another --output_dir",
+    errno.EBUSY: "it is a mount point, which cannot be replaced; choose a folder inside it as --output_dir",
+    errno.EXDEV: "it is on another file system than its parent folder (a mount point); choose a folder inside it as "
+    "--output_dir",
 }
 
 
@@ -71,7 +51,8 @@ class OutputArguments:
         metadata={
             "help": "Replace an output_dir that holds a different run, and drop what an interrupted run left in "
             "<output_dir>.partial; only folders written by zerosiam-hf are ever replaced or dropped, and a file no "
-            "run wrote there (your notes) is never deleted: such a folder is refused."
+            "run wrote there (your notes), or one changed since a run wrote it, is never deleted: such a folder is "
+            "refused."
         },
     )
 
@@ -85,24 +66,33 @@ def staged_output(
     resume: bool = False,
     record_file: str = RUN_FILE,
     state=None,
+    inputs: dict[str, str | None] | None = None,
 ) -> Iterator[Path]:
-    """Write a folder whole or not at all: refuse an `output_dir` that holds a different run, open and lock its
-    staging folder, yield it to be written, publish it to `output_dir` when the block ends without an error, and
-    release the lock in every case (an interrupted run's files stay in the staging folder, to resume or drop).
+    """Write a folder whole or not at all: refuse an `output_dir` that holds a different run or files that are not
+    the project's, open and lock its staging folder, yield it to be written, publish it to `output_dir` when the
+    block ends without an error, and release the lock in every case (an interrupted run's files stay in the staging
+    folder, to resume or drop).
+
+    `inputs` maps the flags of what the run reads to their paths ({"--model": ..., "--dataset": ...}): an
+    `output_dir` that is, holds or lies inside one of them is refused, since replacing it would delete it.
 
     Over several processes pass accelerate's `state`: the main process opens, publishes and closes, and all of them
     wait for each other around those steps (a process still reading the staging folder when the main one publishes
     it would find it gone).
     """
     main_process = state is None or state.is_main_process
-    check_output_dir(output_dir, config, overwrite, record_file=record_file)
-    _refuse_to_replace_foreign_entries(output_dir, record_file)
+    _check_output_path(output_dir)
+    _check_inputs(output_dir, inputs or {})
     staging = staging_path(output_dir)
-    if main_process:
-        try:
+    try:  # nothing is written before open_staging: a path through a file, a read-only or full disk
+        # First what the run could not replace even with --overwrite true, so that every later advice to pass it holds.
+        _refuse_files_not_ours(Path(output_dir), f"--output_dir {output_dir}")
+        _refuse_files_not_ours(_retired_path(output_dir), str(_retired_path(output_dir)))
+        check_output_dir(output_dir, config, overwrite, record_file=record_file)
+        if main_process:
             open_staging(output_dir, config, overwrite, resume=resume, record_file=record_file)
-        except OSError as error:  # nothing was written: a path through a file, a read-only or full disk
-            raise ValueError(f"--output_dir {output_dir}: {_os_problem(error, staging)}.") from None
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir}: {_os_problem(error, staging)}.") from None
     if state is not None:
         state.wait_for_everyone()
     try:
@@ -121,13 +111,63 @@ def staged_output(
                 problem = _os_problem(error, staging)
                 raise RunStopped(
                     f"--output_dir {output_dir}: the finished run could not be published ({problem}); it is whole in "
-                    f"{staging}: move it to {output_dir} yourself, or run the command again with --overwrite true."
+                    f"{staging}: {_after_failed_publish(error, output_dir, staging)}."
                 ) from None
         if state is not None:
             state.wait_for_everyone()
     finally:
         if main_process:
             close_staging(staging)
+
+
+def _after_failed_publish(error: OSError, output_dir: str, staging: Path) -> str:
+    """What to do with a finished run that could not be renamed into place."""
+    if error.errno in (errno.EBUSY, errno.EXDEV):  # a mount point, which no rerun could replace either
+        inside = Path(output_dir) / "run"
+        return f"move it into {output_dir} yourself (mv {staging} {inside}) and pass --output_dir {inside} from now on"
+    old = " (after moving the old one away)" if Path(output_dir).exists() else ""
+    return (
+        f"once that is fixed, rename it to {output_dir} yourself{old}, or run the command again with --overwrite true"
+    )
+
+
+def _check_output_path(output_dir: str) -> None:
+    """Refuse an `output_dir` that a run cannot write beside and rename into place: a symbolic link (the rename
+    would move the link, and the old run's files would be deleted through it) or a mount point (which cannot be
+    renamed); reads only."""
+    target = _named(output_dir)
+    if target.is_symlink():
+        raise ValueError(
+            f"--output_dir {output_dir} is a symbolic link, which a run would rename instead of the folder it points "
+            f"to; pass that folder: --output_dir {os.path.realpath(output_dir)}."
+        )
+    if os.path.ismount(target):
+        raise ValueError(
+            f"--output_dir {output_dir} is a mount point, which a run cannot replace (it renames its folder into "
+            f"place); choose a folder inside it, e.g. --output_dir {target / 'run'}."
+        )
+
+
+def _check_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
+    """Refuse an `output_dir` that is, holds or lies inside one of the run's `inputs` ({flag: path}): replacing it
+    would delete what the run reads (an adapter evaluated into its own folder, a model adapted into its export)."""
+    target = Path(os.path.realpath(output_dir))
+    for flag, value in inputs.items():
+        if value is None or not os.path.lexists(value):  # an alias or a hub id: nothing on disk to write over
+            continue
+        source = Path(os.path.realpath(value))
+        if source == target:
+            relation = "is the same folder as"
+        elif source.is_relative_to(target):
+            relation = "holds"
+        elif target.is_relative_to(source):
+            relation = "is inside"
+        else:
+            continue
+        raise ValueError(
+            f"--output_dir {output_dir} {relation} {flag} {value}; a run never writes where it reads its inputs: "
+            "choose another --output_dir."
+        )
 
 
 def _os_problem(error: OSError, folder: Path) -> str:
@@ -166,7 +206,9 @@ def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bo
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file: str = RUN_FILE) -> None:
     """Refuse an `output_dir` that holds a different run (or anything else) unless `overwrite`; reads only.
 
-    The same settings may be run again: the new run replaces the old one when it is published.
+    The same settings may be run again: the new run replaces the old one when it is published. Whether the folder
+    may be replaced at all (files that are not the project's) is staged_output's check, made before this one, so
+    that the advice to pass --overwrite true holds where this one gives it.
     """
     target = Path(output_dir)
     if not target.exists():
@@ -188,43 +230,148 @@ def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file
         )
 
 
-def _refuse_to_replace_foreign_entries(output_dir: str, record_file: str) -> None:
-    """A run's folder is replaced when the new run is published: refuse, naming them, when it holds anything no run
-    wrote (a user's notes, an evaluation of their own), since replacing it would delete them."""
-    target = Path(output_dir)
-    if not (target.is_dir() and (_owned(target) or (target / record_file).is_file())):
-        return  # nothing to replace, or a folder open_staging refuses as not the project's
-    foreign = foreign_entries(target)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise ValueError(
-            f"--output_dir {output_dir} holds {shown}, which no run wrote there; a run never deletes what it did "
-            "not write, even with --overwrite true: move them out of the folder or choose another --output_dir."
+def _refuse_files_not_ours(folder: Path, name: str) -> None:
+    """A run's folder is replaced when the new run is published: refuse, naming them, when `folder` (called `name`)
+    holds files that are not the project's to delete (`_sort_files`), whatever --overwrite says."""
+    if not folder.is_dir():
+        return
+    ours, unknown, changed = _sort_files(folder)
+    if not unknown and not changed:
+        return
+    marker = _marker(folder)
+    shown = _shown(_entries(unknown, ours + changed))
+    if marker is None:
+        held = f"{name} was not made by zerosiam-hf (it holds no {MARKER_FILE}) and holds {shown}"
+    elif not _lists_files(marker):
+        held = (
+            f"{name} holds {shown}, which its {MARKER_FILE} does not list (it was written before runs listed their "
+            "files), so they cannot be told from yours"
         )
+    else:
+        parts = [f"{shown}, which no run wrote there"] if unknown else []
+        if changed:
+            them = "it" if len(changed) == 1 else "them"
+            parts.append(f"{_shown(changed)}, which changed since the run wrote {them}")
+        held = f"{name} holds " + ", and ".join(parts)
+    raise ValueError(
+        f"{held}; a run never deletes what it did not write, even with --overwrite true: move them out of the folder "
+        "or choose another --output_dir."
+    )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def foreign_entries(folder: Path) -> list[str]:
-    """The entries of a run's folder that no run wrote: those its marker's list of written files lacks (or, in a
-    folder without that list, those not named like a run's outputs); folders end with `/`."""
-    try:
-        written = json.loads((folder / MARKER_FILE).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):  # no marker, or one this project did not write
-        written = None
-    written = set(RUN_OUTPUTS if written is None else written) | {MARKER_FILE, LOCK_FILE}
+    """The entries of a run's folder that are not the project's to delete: files no run wrote there (a folder of
+    them named as `name/`) and files a run wrote that changed since."""
+    return _not_ours(*_sort_files(folder))
+
+
+def _not_ours(ours: list[str], unknown: list[str], changed: list[str]) -> list[str]:
+    return sorted(_entries(unknown, ours + changed) + changed)
+
+
+def _entries(unknown: list[str], known: list[str]) -> list[str]:
+    """Files no run wrote, named for a user: those inside a folder of which no run wrote anything, by that folder."""
+    known_tops = {Path(path).parts[0] for path in known}
     return sorted(
-        entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir() if entry.name not in written
+        {
+            path if len(Path(path).parts) == 1 or Path(path).parts[0] in known_tops else Path(path).parts[0] + "/"
+            for path in unknown
+        }
     )
+
+
+def _sort_files(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """(ours, unknown, changed): the files in `folder` (paths relative to it) that a run of this project wrote there
+    and that are unchanged since, those no run wrote there, and those a run wrote that changed since (a user's notes
+    appended to its README.md).
+
+    The marker's manifest alone says what a run wrote: each file with its hash, or in a marker written before the
+    hashes (names of the top-level entries only) a file counts as unchanged while it is no newer than the marker,
+    which publish wrote last. A folder without that list (no marker, or one from before runs listed their files)
+    holds nothing of the project's: names cannot tell a run's files from a user's (a user's model folder holds a
+    config.json and model.safetensors as an export does), and deleting by name once lost a user's model.
+    """
+    marker = _marker(folder) or {}
+    hashes, names = marker.get("sha256"), marker.get("files")
+    ours, unknown, changed = [], [], []
+    for path in _files(folder):
+        file = folder / path
+        if path == LOCK_FILE and marker:  # a run's lock, left by a publish cut short
+            written = same = True
+        elif isinstance(hashes, dict):
+            written = path in hashes
+            same = written and _regular(file) and _sha256(file) == hashes[path]
+        elif isinstance(names, list):
+            written = Path(path).parts[0] in names
+            same = written and file.lstat().st_mtime_ns <= (folder / MARKER_FILE).stat().st_mtime_ns
+        else:
+            written = same = False
+        (ours if same else changed if written else unknown).append(path)
+    return ours, unknown, changed
+
+
+def _marker(folder: Path) -> dict | None:
+    """The marker of a folder this project made, or None."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):  # none, or one this project did not write
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _lists_files(marker: dict) -> bool:
+    return isinstance(marker.get("sha256"), dict) or isinstance(marker.get("files"), list)
+
+
+def _files(folder: Path) -> list[str]:
+    """Everything in `folder` but its marker and the folders themselves (an empty folder holds nothing to lose), as
+    paths relative to it; a link to a folder is listed, not followed."""
+    found = []
+
+    def fail(error: OSError):  # a folder that cannot be read may hold a user's files: never skip it
+        raise error
+
+    for root, folders, files in os.walk(folder, onerror=fail):
+        links = [name for name in folders if os.path.islink(os.path.join(root, name))]
+        found += [os.path.relpath(os.path.join(root, name), folder) for name in files + links]
+    return sorted(set(found) - {MARKER_FILE})
+
+
+def _regular(path: Path) -> bool:
+    return stat.S_ISREG(path.lstat().st_mode)  # not a link, nor a pipe that reading would block on
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def staging_path(output_dir: str) -> Path:
     """The folder a run writes into before `publish` moves it to `output_dir`."""
-    target = Path(output_dir)
+    target = _named(output_dir)
     return target.with_name(target.name + ".partial")
 
 
 def _retired_path(output_dir: str) -> Path:
-    target = Path(output_dir)
+    target = _named(output_dir)
     return target.with_name(target.name + ".old")
+
+
+def _named(output_dir: str) -> Path:
+    """`output_dir` as a path, refused when it names no folder of its own (the staging folder is its sibling)."""
+    if not str(output_dir):
+        raise ValueError("--output_dir is empty; name the folder to write, e.g. --output_dir outputs/run.")
+    target = Path(output_dir)
+    if target.name in ("", ".."):  # `.`, `..`, `/`: a run writes beside its folder and renames it into place
+        raise ValueError(
+            f"--output_dir {output_dir} names no folder of its own, and a run writes its folder beside the one it "
+            f"replaces; name a folder inside it, e.g. --output_dir {os.path.join(output_dir, 'run')}."
+        )
+    return target
 
 
 def _owned(folder: Path) -> bool:
@@ -301,12 +448,14 @@ def open_staging(
 
     Only one run writes an output folder at a time: a second one is refused while the first one's process lives.
     Folders this project did not make (no marker file) are never deleted: `<output_dir>.partial`, `.old`, and an
-    `output_dir` to be replaced that holds neither the marker nor a `record_file`.
+    `output_dir` to be replaced. `record_file` is accepted for earlier callers and decides nothing: a run record
+    without the marker says nothing about who wrote a folder.
     """
+    _check_output_path(output_dir)
     target, staging, retired = Path(output_dir), staging_path(output_dir), _retired_path(output_dir)
     if retired.exists() and not _owned(retired):
         _refuse_foreign(retired)
-    if target.is_dir() and any(target.iterdir()) and not (_owned(target) or (target / record_file).is_file()):
+    if target.is_dir() and any(target.iterdir()) and not _owned(target):
         _refuse_foreign(target)
     if _create_staging(staging, config):
         return staging
@@ -394,11 +543,15 @@ def close_staging(staging: Path) -> None:
 def publish(staging: Path, output_dir: str) -> None:
     """Move a finished run from its staging folder to `output_dir`, replacing what was there only now.
 
-    The marker lists what the run wrote, so that replacing the folder later deletes exactly that.
+    The marker lists what the run wrote, each file with its hash, so that replacing the folder later deletes exactly
+    that, and only while it is unchanged.
     """
+    _check_output_path(output_dir)
     target = Path(output_dir)
     marker = json.loads((staging / MARKER_FILE).read_text())
-    marker["files"] = sorted(set(os.listdir(staging)) - {LOCK_FILE})
+    marker["files"] = sorted(set(os.listdir(staging)) - {LOCK_FILE})  # the top-level names, as earlier versions read
+    written = [path for path in _files(staging) if path != LOCK_FILE and _regular(staging / path)]
+    marker["sha256"] = {path: _sha256(staging / path) for path in written}
     write_json(staging / MARKER_FILE, marker)
     if target.exists():
         retired = _retired_path(output_dir)
@@ -412,21 +565,22 @@ def publish(staging: Path, output_dir: str) -> None:
 
 
 def _remove_written(folder: Path) -> None:
-    """Delete what runs wrote in a replaced output folder, and the folder once nothing else is left in it; anything
-    else (a file a user added while the run went on; check_output_dir refused those there before) stays."""
+    """Delete the files a run wrote in a replaced output folder that are unchanged since, then the folder once
+    nothing else is left in it; anything else (a file a user added or changed while the run went on; staged_output
+    refused those there before) stays, and the folder, its marker gone, is no longer the project's."""
     if not folder.exists():
         return
-    if not _owned(folder) and not any((folder / name).is_file() for name in RUN_OUTPUTS):
-        _refuse_foreign(folder)
-    foreign = set(foreign_entries(folder))
-    for entry in folder.iterdir():  # the marker too: a folder left holding a user's files is no longer the project's
-        if entry.name + ("/" if entry.is_dir() else "") in foreign:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    if foreign:
-        logger.warning("kept %s in %s: no run wrote them; move them away.", ", ".join(sorted(foreign)), folder)
+    ours, unknown, changed = _sort_files(folder)
+    for path in ours:
+        (folder / path).unlink()
+    (folder / MARKER_FILE).unlink(missing_ok=True)
+    for root, folders, _ in os.walk(folder, topdown=False):  # the folders left empty, innermost first
+        for name in folders:
+            inner = os.path.join(root, name)
+            if not os.path.islink(inner) and not os.listdir(inner):
+                os.rmdir(inner)
+    if unknown or changed:
+        kept = ", ".join(_not_ours(ours, unknown, changed))
+        logger.warning("kept %s in %s: no run wrote them, or they changed since; move them away.", kept, folder)
     else:
-        shutil.rmtree(folder)
+        folder.rmdir()

@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> str:
     config = config_dict(args, output_args)
 
     # ------------------------------------------------------------------------------------------------ model, save
-    with staged_output(args.output_dir, config, output_args.overwrite, record_file="export.json") as staging:
+    inputs = {"--model": args.model}  # a copy into the model's folder would copy itself, or replace its source
+    with staged_output(
+        args.output_dir, config, output_args.overwrite, record_file="export.json", inputs=inputs
+    ) as staging:
         source = local_model_folder(args.model)  # converts the embedded GGUF on first use
         shutil.copytree(source, staging, dirs_exist_ok=True)
         record = {"config": config, "command": sys.argv, "model": resolve_model(args.model), "source": source}
