@@ -19,7 +19,9 @@ class _OneLineParser(HfArgumentParser):
         sys.exit(2)
 
 
-class _DuplicateKey(yaml.YAMLError):
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
     def __init__(self, key, lines: tuple[int, int]):
         super().__init__(f"{key} is given twice (lines {lines[0]} and {lines[1]})")
 
@@ -37,8 +39,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeLoader's own error follows
                 continue
             if first != key_node.start_mark.line + 1:
-                raise _DuplicateKey(key, (first, key_node.start_mark.line + 1))
+                raise DuplicateKeyError(key, (first, key_node.start_mark.line + 1))
         return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """The values of a YAML document; a key given twice in one mapping raises `DuplicateKeyError`, other malformed
+    YAML `yaml.YAMLError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
@@ -55,8 +63,8 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         if not path.is_file():
             raise UsageError(f"--config {config_path}: no such file.")
         try:
-            values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-        except _DuplicateKey as error:
+            values = load_yaml(path.read_text())
+        except DuplicateKeyError as error:
             raise UsageError(f"--config {config_path}: {error}; keep one.") from None
         except yaml.YAMLError as error:
             raise UsageError(f"--config {config_path}: not valid YAML ({error.__class__.__name__}).") from None

@@ -5,11 +5,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from huggingface_hub import is_offline_mode
 from transformers import TrainingArguments
+from transformers.integrations import integration_utils as reporting
 
 from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend, check_lengths
 from .methods import METHOD_OPTIONS, METHODS
 from .methods.slot import MAX_LR as MAX_SLOT_LR
+from .records import is_secret
 
 
 SIGNALS = ("response", "prompt")
@@ -294,6 +297,17 @@ class ZeroSiamConfig(TrainingArguments):
                 "--protocol online answers the test stream once; use --num_train_epochs 1, "
                 f"got {self.num_train_epochs}."
             )
+        if self.push_to_hub and is_offline_mode():  # the Trainer would fail creating the repo, or after the run
+            raise ValueError(
+                "--push_to_hub true: the hub is offline (HF_HUB_OFFLINE), so the run could not be pushed; drop the "
+                "flag, or push the finished output folder once online (`hf upload <repo id> <output_dir>`)."
+            )
+        _check_report_to(self.report_to)
+
+    def __getstate__(self) -> dict:
+        # A pickled copy carries no token: the Trainer saves its arguments with torch.save (training_args.bin, in
+        # every checkpoint and output folder, and pushed with them); this live object keeps it for a push.
+        return {name: None if is_secret(name) else value for name, value in self.__dict__.items()}
 
     def _resolve_method_options(self) -> None:
         """Refuse the options the method does not take, then fill in its defaults for those left unset."""
@@ -347,6 +361,22 @@ def _check_backend_fits(method: str, backend: str) -> None:
             f"--method {method} {reason}; --generation_backend continuous makes plain greedy answers only: use "
             "--generation_backend static."
         )
+
+
+def _check_report_to(report_to: list[str]) -> None:
+    """Refuse a --report_to integration that transformers cannot use here; its Trainer would raise it after the model
+    loaded, as a traceback."""
+    usable = set(reporting.get_available_reporting_integrations())
+    # That list leaves out flyte (found otherwise), and azure_ml wherever mlflow is installed.
+    usable |= {"flyte"} | ({"azure_ml"} if reporting.is_azureml_available() else set())
+    for name in report_to:
+        if name in reporting.INTEGRATION_TO_CALLBACK and name not in usable:
+            package = "azureml-core" if name == "azure_ml" else name.replace("_", "-")
+            others = ", ".join(["none", *sorted(usable - {"flyte", name})])
+            raise ValueError(
+                f"--report_to {name} needs the package {package}, which is not installed or not usable here: "
+                f"pip install {package}, or pass another --report_to ({others})."
+            )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

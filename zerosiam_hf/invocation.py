@@ -7,6 +7,8 @@ import shlex
 import shutil
 from pathlib import Path
 
+from .records import REDACTED, is_secret
+
 
 _COMMANDS = Path(__file__).resolve().parent / "commands"
 _LAUNCHERS = ("accelerate.commands.accelerate_cli", "accelerate.commands.launch")  # python -m <module> launch ...
@@ -79,16 +81,34 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def redacted(argv: list[str]) -> list[str]:
+    """`argv` with the value of every secret flag (`--hub_token hf_...` or `--hub_token=hf_...`) replaced by
+    <redacted>, to be recorded or printed."""
+    out, value_is_secret = [], False
+    for item in argv:
+        flag, equals, _ = item.partition("=")
+        secret_flag = flag.startswith("--") and is_secret(flag)
+        if value_is_secret:
+            out.append(REDACTED)
+        elif secret_flag and equals:
+            out.append(f"{flag}={REDACTED}")
+        else:
+            out.append(item)
+        value_is_secret = secret_flag and not equals and not value_is_secret
+    return out
+
+
 def resume_command(command: list[str]) -> str:
     """The command line that was run (`command` is its `sys.argv`), started the same way, with
-    `--resume_from_checkpoint true` in place of any such flag it had."""
-    argv = without_flag(command[1:], "--resume_from_checkpoint")
+    `--resume_from_checkpoint true` in place of any such flag it had; secrets are <redacted>."""
+    argv = without_flag(redacted(command[1:]), "--resume_from_checkpoint")
     return shlex.join([*launcher(command[0]), *argv, "--resume_from_checkpoint", "true"])
 
 
 def same_command(command: list[str]) -> str:
-    """The command line that was run (`command` is its `sys.argv`), started the same way, to paste again."""
-    return shlex.join([*launcher(command[0]), *command[1:]])
+    """The command line that was run (`command` is its `sys.argv`), started the same way, to paste again; secrets are
+    <redacted>."""
+    return shlex.join([*launcher(command[0]), *redacted(command[1:])])
 
 
 def sibling_command(script: str, name: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -22,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.distributed import DistributedConfig
 from transformers.pytorch_utils import Conv1D
 
+from .cli import DuplicateKeyError, load_yaml
 from .config import ZeroSiamConfig
 from .losses import head_logits
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
@@ -64,6 +66,14 @@ class ModelArguments:
         metadata={"help": "Load the base in 4-bit NF4 with bitsandbytes (QLoRA); needs the `quant` extra."},
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the Python code that the model folder or hub repo ships (an auto_map in its config) to load "
+            "it: that code runs with your rights, so pass true only for a model whose code you trust. Without it "
+            "such a model is refused."
+        },
+    )
     fsdp_size: int | None = field(
         default=None,
         metadata={
@@ -121,7 +131,12 @@ def resolve_model(name: str) -> dict:
     """Resolve `--model` to a spec: {'alias', 'name_or_path', and for GGUF models 'gguf_package', 'gguf_file'}."""
     alias_file = _alias_files().get(name)
     if alias_file is not None:
-        spec = yaml.safe_load(alias_file.read_text())
+        try:
+            spec = load_yaml(alias_file.read_text())
+        except DuplicateKeyError as error:
+            raise ValueError(f"model alias file {alias_file}: {error}; keep one.") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"model alias file {alias_file}: not valid YAML ({_yaml_problem(error)}).") from None
         if not isinstance(spec, dict) or "name_or_path" not in spec:
             raise ValueError(f"model alias file {alias_file}: give at least `name_or_path: <hub id or folder>`.")
         return {"alias": name, **spec}
@@ -138,6 +153,28 @@ def resolve_model(name: str) -> dict:
         f"unknown --model {name!r}: use an alias ({', '.join(available_aliases())}), a hub id (org/name) "
         "or a local folder with config.json."
     )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where, without the excerpt PyYAML adds."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or type(error).__name__}{where}"
+
+
+def resolve_loadable_model(name: str) -> dict:
+    """`resolve_model`, refusing a hub id that cannot be fetched: the hub is offline and the id is not in the local
+    hub cache (transformers would fail in the load with a traceback)."""
+    spec = resolve_model(name)
+    repo = spec["name_or_path"]
+    if spec.get("gguf_file") or Path(repo).is_dir() or not is_offline_mode():
+        return spec
+    if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        raise ValueError(
+            f"--model {name}: {repo} is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE); download "
+            f"it first (`hf download {repo}`) or pass a local folder."
+        )
+    return spec
 
 
 def _cache_dir() -> Path:
@@ -170,8 +207,11 @@ def materialize_gguf(spec: dict) -> str:
     else:
         # Importing the package itself would pull its unneeded dependencies; its folder is all we need.
         gguf = Path(package_spec.origin).parent / spec["gguf_file"]
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # a GGUF is read by transformers' own code; nothing shipped beside it is run
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+    )
     # The weights are dequantized already; forget the GGUF quantizer so that save_pretrained accepts them.
     model.hf_quantizer = None
     model.config.quantization_config = None
@@ -237,12 +277,16 @@ def load_model_and_tokenizer(
 
     `lengths` (max_prompt_length, max_new_tokens) are checked against the model's context before the weights load.
     """
-    spec = resolve_model(model_args.model)
+    spec = resolve_loadable_model(model_args.model)
     path = materialize_gguf(spec) if spec.get("gguf_file") else spec["name_or_path"]
+    # Passed to every load: left unset, transformers asks on stdin whether to run a model's own code.
+    trust = {"trust_remote_code": model_args.trust_remote_code}
     if lengths is not None:
-        check_context(AutoConfig.from_pretrained(path), model_args.model, *lengths)
+        with _remote_code_refused(model_args.model):
+            config = AutoConfig.from_pretrained(path, **trust)
+        check_context(config, model_args.model, *lengths)
     dtype = DTYPES[model_args.dtype] or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, **trust}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.load_in_4bit:
@@ -251,10 +295,12 @@ def load_model_and_tokenizer(
         kwargs["device_map"] = device_map
     if model_args.fsdp_size is not None:  # each process keeps its part of every weight (FSDP2, DTensor)
         kwargs["distributed_config"] = DistributedConfig(fsdp_size=model_args.fsdp_size)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _remote_code_refused(model_args.model):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if is_4bit(model):
         keep_4bit_layers_unpacked(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with _remote_code_refused(model_args.model):
+        tokenizer = AutoTokenizer.from_pretrained(path, **trust)
     # Batched generation of a decoder needs the prompts flush right.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -270,6 +316,21 @@ def load_model_and_tokenizer(
             "head_transform": transform,
         },
     )
+
+
+@contextmanager
+def _remote_code_refused(model: str):
+    """transformers' refusal of a model that needs its own code run (trust_remote_code false), as one line naming
+    the flag that allows it."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"--model {model} ships its own Python code (an auto_map in its config) that loading it would run; pass "
+            "--trust_remote_code true only if you trust that code."
+        ) from None
 
 
 def head_transform(config) -> dict:

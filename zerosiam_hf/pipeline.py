@@ -21,7 +21,7 @@ from .config import ZeroSiamConfig
 from .data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from .errors import RunStopped
 from .generation import GenerationArguments, answer_and_score
-from .invocation import changed_flags, resume_command, same_command, sibling_command
+from .invocation import changed_flags, redacted, resume_command, same_command, sibling_command
 from .launch import check_one_run, has_accelerator, refuse_zero3
 from .modeling import (
     ADAPTER_WEIGHTS,
@@ -31,11 +31,26 @@ from .modeling import (
     load_model_and_tokenizer,
     lora_modules,
     nonfinite_tensors,
-    resolve_model,
+    resolve_loadable_model,
 )
-from .records import RUN_FILE, config_dict, logged_series, matching_record, versions, write_json, write_jsonl
+from .records import (
+    RUN_FILE,
+    config_dict,
+    logged_series,
+    matching_record,
+    run_identity,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from .staging import OutputArguments, staged_output, staging_path
-from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, latest_checkpoint
+from .trainer import (
+    PREDICTIONS_FILE,
+    PREFIX_CHECKPOINT_DIR,
+    ZeroSiamTrainer,
+    check_checkpoint_identity,
+    latest_checkpoint,
+)
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -59,13 +74,15 @@ def adapt(
     """Run one adaptation into `args.output_dir` and return its run record.
 
     `args.resume_from_checkpoint` ("true" for the newest complete checkpoint, or a checkpoint folder) goes on with a
-    run that was stopped. `command` is the command line recorded in `run.json`, default `sys.argv`; a run that stops
-    says to resume with `resume_hint`, default `command` with `--resume_from_checkpoint true`. The run writes
-    through `args`: its `output_dir` names the staging folder while the run lasts.
+    run that was stopped. `command` is the command line recorded in `run.json` (secrets <redacted>), default
+    `sys.argv`; a run that stops says to resume with `resume_hint`, default `command` with
+    `--resume_from_checkpoint true`. The run writes through `args`: its `output_dir` names the staging folder while
+    the run lasts.
     """
-    command = command or sys.argv
+    command = redacted(command or sys.argv)
     resume_hint = resume_hint or resume_command(command)
-    resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
+    # an unknown model, or one offline and not cached, is one line before anything is read or written
+    resolve_loadable_model(model_args.model)
     state = PartialState()
     check_one_run(command, args.use_cpu, state)  # before anything is loaded or written
     refuse_zero3()
@@ -101,6 +118,9 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
     # ------------------------------------------------------------------------------------------------ data
     problems, data_identity = load_problems(data_args)
     logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
+    identity = run_identity(config, data_identity)
+    if checkpoint is not None:  # another run's checkpoint, or data edited since it, before the model loads
+        check_checkpoint_identity(checkpoint, identity)
 
     # ------------------------------------------------------------------------------------------------ model
     with state.main_process_first():  # the embedded model is converted once, by the first process
@@ -115,7 +135,13 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
     # ------------------------------------------------------------------------------------------------ trainer
     args.output_dir = str(staging)
     trainer = ZeroSiamTrainer(
-        model=model, args=args, train_dataset=prompts, processing_class=tokenizer, gold=gold, checker=checker
+        model=model,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        gold=gold,
+        checker=checker,
+        run_identity=identity,
     )
 
     # ------------------------------------------------------------------------------------------------ adapt
@@ -280,7 +306,8 @@ def evaluate(
 ) -> dict:
     """Answer the problems with the base model and/or the adapter `args.adapter` on it, score them, and write
     `eval.json` and `predictions-<variant>.jsonl` into an output folder that appears whole; return the record."""
-    resolve_model(model_args.model)  # an unknown model is one line before anything is read or written
+    # an unknown model, or one offline and not cached, is one line before anything is read or written
+    resolve_loadable_model(model_args.model)
     if args.adapter is not None:
         check_adapter(args.adapter)
     config = config_dict(model_args, data_args, generation, output_args, args)
@@ -332,7 +359,7 @@ def _evaluate_into(staging, model_args, data_args, generation, args, config) -> 
     # ------------------------------------------------------------------------------------------------ save
     record = {
         "config": config,
-        "command": sys.argv,
+        "command": redacted(sys.argv),
         "model": model_spec,
         "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
         "data": data_identity,

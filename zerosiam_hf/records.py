@@ -12,8 +12,9 @@ from pathlib import Path
 
 RUN_FILE = "run.json"
 PACKAGES = ("zerosiam-hf", "torch", "transformers", "peft", "accelerate", "datasets", "gguf", "bitsandbytes")
-# Settings that change where or how a run reports, not what it computes.
+# Settings that change where or how a run reports, or what it may run to load its model, not what it computes.
 _NOT_IDENTITY = {
+    "trust_remote_code",
     "output_dir",
     "overwrite",
     "report_to",
@@ -24,6 +25,17 @@ _NOT_IDENTITY = {
     "resume_from_checkpoint",
     "dataloader_pin_memory",
 }
+# What a hub dataset's identity says about the hub rather than the data (its commit, asked for when online), and
+# what follows from the data and the settings (prompts cut to fit).
+_NOT_DATA_IDENTITY = {"revision", "prompts_cut"}
+# What a record holds in place of a secret's value.
+REDACTED = "<redacted>"
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting or flag named `name` holds a secret (hub_token: any name ending in `_token`), which no record
+    or printed command may hold."""
+    return name.lstrip("-").endswith("_token")
 
 
 def versions() -> dict:
@@ -44,8 +56,12 @@ def config_dict(*arguments) -> dict:
         values = asdict(args) if is_dataclass(args) else dict(args)
         # TrainingArguments carries many fields; keep those of its dataclass, rendered as JSON can hold them.
         names = [f.name for f in fields(args)] if is_dataclass(args) else list(values)
-        out[type(args).__name__] = {name: _jsonable(values[name]) for name in names if name in values}
+        out[type(args).__name__] = {name: _recorded(name, values[name]) for name in names if name in values}
     return out
+
+
+def _recorded(name: str, value):
+    return REDACTED if is_secret(name) and value is not None else _jsonable(value)
 
 
 def _jsonable(value):
@@ -60,10 +76,35 @@ def _jsonable(value):
 
 def settings_identity(config: dict) -> dict:
     """The settings that decide what a run computes: `config` without those that only say where or how it reports."""
-    kept = {section: {k: v for k, v in values.items() if k not in _NOT_IDENTITY} for section, values in config.items()}
+    # A token says who may push the result, not what the run computes.
+    kept = {
+        section: {k: v for k, v in values.items() if k not in _NOT_IDENTITY and not is_secret(k)}
+        for section, values in config.items()
+    }
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
     # group was once called AdaptArguments): records written before a rename still match.
     return {section: values for section, values in kept.items() if values}
+
+
+def changed_settings(started: dict, now: dict) -> list[str]:
+    """The flags (`--name`) whose values differ between two runs' settings (`config_dict`), those that only say where
+    or how a run reports left out."""
+    started, now = settings_identity(started), settings_identity(now)
+    return sorted(
+        f"--{name}"
+        for section in started.keys() | now.keys()
+        for name in started.get(section, {}).keys() | now.get(section, {}).keys()
+        if started.get(section, {}).get(name) != now.get(section, {}).get(name)
+    )
+
+
+def run_identity(config: dict, data: dict) -> dict:
+    """What a run computes from: its settings (`settings_identity` of `config_dict`) and its data's identity (as
+    `data.load_problems` returns it). A checkpoint carries it, and a run resumes only from one with the same."""
+    return {
+        "settings": settings_identity(config),
+        "data": {key: value for key, value in data.items() if key not in _NOT_DATA_IDENTITY},
+    }
 
 
 def logged_series(record: dict, key: str) -> list[tuple[int, float]]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 from collections import defaultdict
@@ -11,6 +12,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -26,7 +28,7 @@ from .methods import write_method_settings
 from .methods.base import final_hidden_states
 from .modeling import build_adapted_model, check_head_input, head_transform
 from .predictor import PREDICTOR_NAME, find_predictor
-from .records import append_jsonl, write_json, write_jsonl
+from .records import append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
 
 
@@ -74,6 +76,8 @@ class ZeroSiamTrainer(Trainer):
         processing_class: the tokenizer (left padding, with a pad token).
         gold: gold answers by row index (`data.gold_answers`), needed to score the online protocol.
         checker: the benchmark's answer checker (`DataArguments.make_checker()`); GSM8K's numeric one by default.
+        run_identity: what the run computes from (`records.run_identity`), written into each checkpoint; a checkpoint
+            of another run (other settings or data) is then refused when resumed.
     """
 
     _checkpoint_scratch: str | None = None  # where the Trainer writes the checkpoint being saved (_save_checkpoint)
@@ -87,6 +91,7 @@ class ZeroSiamTrainer(Trainer):
         gold: dict | None = None,
         checker=None,
         callbacks: list[TrainerCallback] | None = None,
+        run_identity: dict | None = None,
     ):
         if not isinstance(args, ZeroSiamConfig):
             raise TypeError(f"args must be a ZeroSiamConfig, got {type(args).__name__}.")
@@ -121,6 +126,7 @@ class ZeroSiamTrainer(Trainer):
         # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self.gold = gold
+        self.run_identity = run_identity
         self.checker = checker or NumericChecker()
         self.online_records: dict[int, dict] = {}
         self._metrics = defaultdict(list)
@@ -208,7 +214,11 @@ class ZeroSiamTrainer(Trainer):
         try:
             if self.args.should_save:
                 # the guards' counters travel as the Trainer's callback state (trainer_state.json)
-                run_state = {"online_records": list(self.online_records.values()), "cost": self.cost}
+                run_state = {
+                    "online_records": list(self.online_records.values()),
+                    "cost": self.cost,
+                    "identity": self.run_identity,
+                }
                 write_json(scratch / name / RUN_STATE_FILE, run_state)
             super()._save_checkpoint(model, trial)
         except BaseException:
@@ -225,19 +235,24 @@ class ZeroSiamTrainer(Trainer):
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, True)
 
     def _load_run_state(self, checkpoint: str) -> None:
-        file = Path(checkpoint) / RUN_STATE_FILE
-        if not (file.is_file() and (Path(checkpoint) / TRAINER_STATE_NAME).is_file()):
-            raise ValueError(
-                f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint of this trainer (no "
-                f"{RUN_STATE_FILE} or {TRAINER_STATE_NAME} there)."
-            )
-        run_state = json.loads(file.read_text())
+        if self.run_identity is not None:
+            check_checkpoint_identity(checkpoint, self.run_identity)
+        run_state = read_run_state(checkpoint)
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
         self.cost = dict(run_state.get("cost") or self.cost)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
-        super()._save(output_dir, state_dict)
+        try:
+            super()._save(output_dir, state_dict)
+        except SafetensorError as error:
+            # safetensors words an OS error (a full disk) as its own type, "... (os error 28)": give it back as the
+            # OSError it was, which the output folder's handling reports in one line
+            code = re.search(r"\(os error (\d+)\)", str(error))
+            if code is None:
+                raise
+            number = int(code[1])
+            raise OSError(number, os.strerror(number), output_dir or self.args.output_dir) from error
         if self.args.should_save:
             write_method_settings(output_dir or self.args.output_dir, self.args)
 
@@ -466,6 +481,44 @@ class ZeroSiamTrainer(Trainer):
         """Accuracy of the answers given along the way, and the scored records in dataset order."""
         records = [self.online_records[i] for i in sorted(self.online_records)]
         return accuracy(records), records
+
+
+def read_run_state(checkpoint: str) -> dict:
+    """What a checkpoint holds beyond the Trainer's own files (`RUN_STATE_FILE`); a folder that is not a complete
+    checkpoint of this trainer is refused."""
+    file = Path(checkpoint) / RUN_STATE_FILE
+    if not (file.is_file() and (Path(checkpoint) / TRAINER_STATE_NAME).is_file()):
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint of this trainer (no "
+            f"{RUN_STATE_FILE} or {TRAINER_STATE_NAME} there)."
+        )
+    return json.loads(file.read_text())
+
+
+def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:
+    """Refuse to resume from a checkpoint made from other settings or other data than `identity`
+    (`records.run_identity`): its answers and weights would pass for this run's."""
+    recorded = read_run_state(checkpoint).get("identity")
+    start_over = "or start over without --resume_from_checkpoint (with --overwrite true to drop an interrupted run)"
+    if recorded is None:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: it records no settings or data to check this run against (an "
+            f"older zerosiam-hf, or a trainer given no run_identity, wrote it); {start_over}."
+        )
+    changed = changed_settings(recorded["settings"], identity["settings"])
+    if changed:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: that run was made with other settings ({', '.join(changed)}); "
+            f"resume with the flags it was started with, {start_over}."
+        )
+    then, now = recorded["data"], identity["data"]
+    differ = sorted(key for key in then.keys() | now.keys() if then.get(key) != now.get(key))
+    if differ:
+        shown = "; ".join(f"{key} {then.get(key)} then, {now.get(key)} now" for key in differ[:3])
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: the data differs from what that run read ({shown}); restore "
+            f"that data, {start_over}."
+        )
 
 
 def latest_checkpoint(folder: str) -> str | None:
