@@ -170,12 +170,12 @@ def test_adapt_bad_inputs_exit_2_with_one_line(
         (
             flags(max_prompt_length=5000),
             "holds 1024 positions, but --max_prompt_length 5000 + --max_new_tokens 4 = 5004 do not fit; lower "
-            "--max_prompt_length to 1020 (longer prompts are cut from the left) or --max_new_tokens.",
+            "--max_prompt_length to 1020 (longer prompts are cut from the left).",
         ),
         (
             flags(max_new_tokens=2000),
             "holds 1024 positions, but --max_prompt_length 512 + --max_new_tokens 2000 = 2512 do not fit; lower "
-            "--max_new_tokens below 1024.",
+            "--max_new_tokens to 512.",
         ),
     ],
 )

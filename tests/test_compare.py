@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 from functools import partial
 
 import pytest
@@ -57,6 +58,16 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
     monkeypatch.setattr(pipeline, "adapt", refuse)
     again = compare.main(compare_argv(tiny_model_dir, problems_file, output_dir))
     assert again["rows"] == result["rows"]
+
+
+def test_a_hub_token_reaches_no_file_of_a_comparison(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    output_dir = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", "--hub_token", "hf_SECRET123")
+    monkeypatch.setattr(sys, "argv", ["compare.py", *argv])
+    compare.main(argv)
+    assert (output_dir / "comparison.json").is_file()
+    leaked = [path for path in output_dir.rglob("*") if path.is_file() and b"hf_SECRET123" in path.read_bytes()]
+    assert leaked == []
 
 
 def test_runs_only_processes_share_a_folder_and_the_comparison_reuses_their_runs(

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from .config import SharedRunConfig, ZeroSiamConfig
 from .data import DataArguments
 from .errors import RunStopped, UsageError
+from .invocation import redacted
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
 from .records import RUN_FILE, logged_series, versions, write_json, write_jsonl
@@ -346,7 +347,7 @@ def run_comparison(
             (staging / "comparison.md").write_text(table)
             write_json(
                 staging / COMPARISON_FILE,
-                {"config": config, "command": sys.argv, "versions": versions(), **result, "plots": plots},
+                {"config": config, "command": redacted(sys.argv), "versions": versions(), **result, "plots": plots},
             )
     return result, table
 

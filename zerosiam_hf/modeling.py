@@ -25,6 +25,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .cli import DuplicateKeyError, load_yaml
 from .config import ZeroSiamConfig
+from .generation import check_lengths
 from .losses import head_logits
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
 from .quantization import (
@@ -256,18 +257,7 @@ def check_context(config, model: str, max_prompt_length: int, max_new_tokens: in
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     limits = (getattr(text_config, name, None) for name in ("max_position_embeddings", "n_positions", "seq_length"))
     context = next((limit for limit in limits if isinstance(limit, int)), None)
-    if context is None or max_prompt_length + max_new_tokens <= context:
-        return
-    fix = (
-        f"lower --max_new_tokens below {context}"
-        if max_new_tokens >= context
-        else f"lower --max_prompt_length to {context - max_new_tokens} (longer prompts are cut from the left) or "
-        "--max_new_tokens"
-    )
-    raise ValueError(
-        f"--model {model} holds {context} positions, but --max_prompt_length {max_prompt_length} + --max_new_tokens "
-        f"{max_new_tokens} = {max_prompt_length + max_new_tokens} do not fit; {fix}."
-    )
+    check_lengths(max_prompt_length, max_new_tokens, context, model)
 
 
 def load_model_and_tokenizer(
