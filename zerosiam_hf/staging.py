@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RunStopped
-from .records import RUN_FILE, matching_record, settings_identity, write_json
+from .records import RUN_FILE, changed_settings, matching_record, write_json
 
 
 logger = logging.getLogger(__name__)
@@ -501,17 +501,11 @@ def _check_same_settings(staging: Path, config: dict | None, output_dir: str) ->
     started = json.loads((staging / MARKER_FILE).read_text()).get("config")
     if config is None or started is None:
         return
-    started, now = settings_identity(started), settings_identity(config)
-    changed = sorted(
-        name
-        for section in started.keys() | now.keys()
-        for name in started.get(section, {}).keys() | now.get(section, {}).keys()
-        if started.get(section, {}).get(name) != now.get(section, {}).get(name)
-    )
+    changed = changed_settings(started, config)
     if changed:
         raise ValueError(
             f"--output_dir {output_dir}: the interrupted run in {staging} was started with other settings "
-            f"({', '.join('--' + name for name in changed)}); resume it with the flags it was started with."
+            f"({', '.join(changed)}); resume it with the flags it was started with."
         )
 
 
