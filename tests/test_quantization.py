@@ -1,6 +1,8 @@
 """QLoRA on a 4-bit (bitsandbytes NF4) base, on the CPU: what moves and what does not, the precision of the predictor
 and the loss head, generation through the unmerged LoRA path, and a saved adapter on a 4-bit and a float32 base."""
 
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -16,6 +18,7 @@ from helpers import (
     make_config,
     record_trainers,
     step_logs,
+    subprocess_env,
     trainable,
     write_problems,
 )
@@ -73,6 +76,20 @@ def test_tiny_model_loads_in_4bit(tiny_model_dir):
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_a_checkpoint_saved_in_4bit_loads_under_a_command(tiny_model_dir, tmp_path):
+    """A command hides bitsandbytes until a run asks for it: a checkpoint bitsandbytes saved asks for it too."""
+    model, tokenizer = load(tiny_model_dir)
+    model.save_pretrained(tmp_path / "saved-4bit")
+    tokenizer.save_pretrained(tmp_path / "saved-4bit")
+    probe = (
+        "import sys, zerosiam_hf.commands; from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer; "
+        f"model = load_model_and_tokenizer(ModelArguments(model={str(tmp_path / 'saved-4bit')!r}))[0]; "
+        "print(sys.modules['bitsandbytes'] is not None, model.is_loaded_in_4bit)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
+    assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("method", ["zerosiam", "tent", "come"])

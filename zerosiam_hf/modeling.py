@@ -25,6 +25,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .cli import DuplicateKeyError, load_yaml
 from .config import ZeroSiamConfig
+from .engines import import_bitsandbytes
 from .generation import check_lengths
 from .losses import head_logits
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
@@ -34,6 +35,7 @@ from .quantization import (
     keep_4bit_layers_unpacked,
     prepare_4bit_for_training,
     quantization_config,
+    saved_by_bitsandbytes,
 )
 
 
@@ -271,10 +273,12 @@ def load_model_and_tokenizer(
     path = materialize_gguf(spec) if spec.get("gguf_file") else spec["name_or_path"]
     # Passed to every load: left unset, transformers asks on stdin whether to run a model's own code.
     trust = {"trust_remote_code": model_args.trust_remote_code}
+    with _remote_code_refused(model_args.model):
+        config = AutoConfig.from_pretrained(path, **trust)
     if lengths is not None:
-        with _remote_code_refused(model_args.model):
-            config = AutoConfig.from_pretrained(path, **trust)
         check_context(config, model_args.model, *lengths)
+    if saved_by_bitsandbytes(config):
+        import_bitsandbytes()  # transformers loads such a checkpoint with it; a command hid it until asked
     dtype = DTYPES[model_args.dtype] or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     kwargs = {"dtype": dtype, **trust}
     if model_args.attn_implementation:

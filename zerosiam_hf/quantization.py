@@ -24,6 +24,14 @@ def quantization_config(compute_dtype: "torch.dtype"):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
+def saved_by_bitsandbytes(config) -> bool:
+    """Whether a model's config says its checkpoint holds bitsandbytes-quantized weights (4- or 8-bit)."""
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    return quantization is not None and quantization.get("quant_method") == "bitsandbytes"
+
+
 def is_4bit(model: "nn.Module") -> bool:
     """Whether `model` was loaded with 4-bit bitsandbytes weights."""
     return bool(getattr(model, "is_loaded_in_4bit", False))
