@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 from helpers import PROBLEMS, REPO, assert_usage_error, write_problems
 
-from zerosiam_hf import comparison, pipeline
+from zerosiam_hf import comparison, pipeline, records
 from zerosiam_hf.commands import compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
@@ -356,3 +356,13 @@ def test_compare_refuses_a_negative_seed_before_writing_anything(capsys, tiny_mo
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--seeds", "-1", "--synthetic_preset", "base")
     assert_usage_error(capsys, partial(compare.main, argv), "--seeds must be integers in [0, 2**32 - 1], got -1.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl"]
+
+
+def test_a_run_made_in_the_staging_folder_matches_the_same_run_published_or_published_before_staging():
+    """A comparison makes its runs and problem files in <output_dir>.partial: the paths there name the published
+    files, so the runs of a comparison published before compare staged (results/) are read back, not redone."""
+    made_in_staging = {"DataArguments": {"dataset": "results/cmp.partial/synthetic-base-seed0.jsonl"}}
+    published = {"DataArguments": {"dataset": "results/cmp/synthetic-base-seed0.jsonl"}}
+    assert records.settings_identity(made_in_staging) == records.settings_identity(published)
+    other = {"DataArguments": {"dataset": "results/cmp.partials/synthetic-base-seed0.jsonl"}}
+    assert records.changed_settings(other, published) == ["--dataset"]

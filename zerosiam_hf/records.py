@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, fields, is_dataclass
@@ -25,6 +26,8 @@ _NOT_IDENTITY = {
     "resume_from_checkpoint",
     "dataloader_pin_memory",
 }
+# The staging folder's suffix at the end of a path's part (staging.staging_path), which `_published` drops.
+_STAGED = re.compile(r"\.partial(?=/|$)")
 # What a hub dataset's identity says about the hub rather than the data (its commit, asked for when online), and
 # what follows from the data and the settings (prompts cut to fit).
 _NOT_DATA_IDENTITY = {"revision", "prompts_cut"}
@@ -74,11 +77,18 @@ def _jsonable(value):
     return str(value)
 
 
+def _published(value):
+    """A path inside a staging folder (`<output_dir>.partial/...`) as the published folder will hold it: a comparison
+    makes its runs and their problem files in its staging folder, and a run found there, or in the published folder,
+    or in a comparison published before it staged, is the same run."""
+    return _STAGED.sub("", value) if isinstance(value, str) else value
+
+
 def settings_identity(config: dict) -> dict:
     """The settings that decide what a run computes: `config` without those that only say where or how it reports."""
     # A token says who may push the result, not what the run computes.
     kept = {
-        section: {k: v for k, v in values.items() if k not in _NOT_IDENTITY and not is_secret(k)}
+        section: {k: _published(v) for k, v in values.items() if k not in _NOT_IDENTITY and not is_secret(k)}
         for section, values in config.items()
     }
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
