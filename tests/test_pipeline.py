@@ -170,3 +170,24 @@ def test_a_command_imports_no_optional_engine_and_the_library_hides_none():
     for probe, expected in [(library, "False"), (command, "['hidden', 'hidden']")]:
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
         assert result.stdout.strip() == expected, result.stderr[-2000:]
+
+
+def test_deepspeed_asked_for_on_the_command_line_is_not_hidden_and_in_a_config_file_is_one_line(tmp_path):
+    """A DeepSpeed config needs DeepSpeed when transformers is imported: `--deepspeed` on the command line keeps it
+    importable; in a --config file (read after that import) it is refused with advice that works."""
+    build = (
+        "import sys; sys.argv += {argv!r}; import zerosiam_hf.commands; "
+        "from zerosiam_hf.config import ZeroSiamConfig; ZeroSiamConfig(output_dir={out!r}, use_cpu=True, "
+        "deepspeed={{'zero_optimization': {{'stage': 2}}}}); "
+        "from zerosiam_hf.engines import hidden; print(hidden('deepspeed'))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_DEEPSPEED"}
+    env["DS_ACCELERATOR"] = "cpu"
+    out = str(tmp_path / "run")
+    for argv, expected in [(["--deepspeed", "ds.json"], "False"), ([], "refused")]:
+        probe = build.format(argv=argv, out=out)
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+        if expected == "refused":
+            assert "ValueError: deepspeed given in a --config file" in result.stderr.splitlines()[-1]
+        else:
+            assert result.stdout.strip() == expected, result.stderr[-2000:]

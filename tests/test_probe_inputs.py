@@ -16,7 +16,7 @@ import torch
 from helpers import adapt_argv, assert_usage_error, flags, record_trainers
 from transformers.integrations import integration_utils
 
-from zerosiam_hf import pipeline
+from zerosiam_hf import invocation, pipeline
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
@@ -198,3 +198,18 @@ def test_inputs_that_ended_in_a_traceback_are_one_line_before_anything_loads(
     call = partial(adapt.main, adapt_argv(tiny_model_dir, problems_file, output_dir, *argv))
     assert_usage_error(capsys, call, f"error: {expected.format(folder=aliases)}")
     assert not output_dir.exists() and not output_dir.with_name("run.partial").exists()
+
+
+def test_a_token_flag_is_redacted_in_either_spelling():
+    """The parser takes --hub-token for --hub_token, so the command line a record keeps hides both."""
+    argv = ["adapt.py", "--hub-token", "hf_a", "--hub-token=hf_b", "--hub_token", "hf_c", "--max_new_tokens", "4"]
+    assert invocation.redacted(argv) == [
+        "adapt.py",
+        "--hub-token",
+        "<redacted>",
+        "--hub-token=<redacted>",
+        "--hub_token",
+        "<redacted>",
+        "--max_new_tokens",
+        "4",
+    ]

@@ -9,6 +9,7 @@ from huggingface_hub import is_offline_mode
 from transformers import TrainingArguments
 from transformers.integrations import integration_utils as reporting
 
+from .engines import hidden
 from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend, check_lengths
 from .methods import METHOD_OPTIONS, METHODS
 from .methods.slot import MAX_LR as MAX_SLOT_LR
@@ -215,6 +216,12 @@ class ZeroSiamConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.deepspeed and hidden("deepspeed"):  # transformers decided at import that DeepSpeed is absent
+            raise ValueError(
+                "deepspeed given in a --config file: a command loads DeepSpeed only for a DeepSpeed launch; pass "
+                "--deepspeed on the command line, or launch with an accelerate DeepSpeed config "
+                "(configs/accelerate/deepspeed_zero2.yaml)."
+            )
         super().__post_init__()
         _check_choice("method", self.method, tuple(METHODS))
         _check_choice("protocol", self.protocol, PROTOCOLS)

@@ -5,7 +5,8 @@ accelerate imports DeepSpeed on every `unwrap_model`. Importing bitsandbytes on 
 kernel (kernels-community/quantization-bitsandbytes, through the `kernels` package) and prints a line whatever the
 answer; importing DeepSpeed on a machine without a GPU prints a warning about its accelerator. So a command hides both
 before anything imports peft or accelerate (`hide_optional_engines`), those libraries then see them as not installed,
-and the 4-bit path brings bitsandbytes back (`import_bitsandbytes`). A DeepSpeed launch never hides DeepSpeed.
+and the 4-bit path brings bitsandbytes back (`import_bitsandbytes`). A DeepSpeed launch (accelerate's DeepSpeed
+config, or `--deepspeed` on the command line) never hides DeepSpeed.
 """
 
 import importlib
@@ -37,6 +38,11 @@ def deepspeed_launch() -> bool:
     return any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in sys.argv[1:])
 
 
+def hidden(name: str) -> bool:
+    """Whether `hide_optional_engines` hid the engine `name` from this process."""
+    return name in sys.modules and sys.modules[name] is None
+
+
 def hide_optional_engines() -> None:
     """Make bitsandbytes (and DeepSpeed, outside a DeepSpeed launch) look absent to every later import.
 
@@ -59,7 +65,7 @@ def import_bitsandbytes() -> ModuleType:
     (`quantization.keep_4bit_layers_unpacked`): with `kernels` out of reach for the import, the backend falls back to
     its own code at once, offline or not, and the line it logs about that is dropped.
     """
-    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+    if hidden("bitsandbytes"):
         del sys.modules["bitsandbytes"]
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]

@@ -37,8 +37,8 @@ REDACTED = "<redacted>"
 
 def is_secret(name: str) -> bool:
     """Whether a setting or flag named `name` holds a secret (hub_token: any name ending in `_token`), which no record
-    or printed command may hold."""
-    return name.lstrip("-").endswith("_token")
+    or printed command may hold. The parser takes `--hub-token` for `--hub_token`: both spellings are one name."""
+    return name.lstrip("-").replace("-", "_").endswith("_token")
 
 
 def versions() -> dict:
