@@ -7,6 +7,7 @@ import socket
 import statistics
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 from helpers import PROBLEMS, REPO, assert_usage_error, write_problems
@@ -340,6 +341,28 @@ def test_a_comparison_that_cannot_write_its_tables_keeps_its_runs(
     monkeypatch.setattr(pipeline, "adapt", refuse)
     compare.main(argv)
     assert (output_dir / "comparison.md").is_file() and not staging.exists()
+
+
+def test_a_full_disk_during_a_later_run_keeps_the_runs_finished_before_it(
+    capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    """The staging folder of a comparison holds no checkpoint of its own, only its runs': a run that fails on a full
+    disk stops the comparison with one line and keeps the runs finished before it, to be reused."""
+    output_dir, staging = tmp_path / "cmp", tmp_path / "cmp.partial"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", "--seeds", "0", "1")
+    adapt_or_reuse = comparison.adapt_or_reuse
+
+    def full_disk_on_seed_1(model_args, data_args, output_args, args):
+        if args.output_dir.endswith("seed1"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(args.output_dir) / "run.json"))
+        return adapt_or_reuse(model_args, data_args, output_args, args)
+
+    monkeypatch.setattr(comparison, "adapt_or_reuse", full_disk_on_seed_1)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(argv)
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert exit_info.value.code == 1 and f"the runs it finished are kept in {staging}" in line
+    assert (staging / "runs" / "none-seed0" / "run.json").is_file() and not output_dir.exists()
 
 
 @pytest.mark.parametrize(

@@ -190,12 +190,15 @@ def _writing(error: OSError, staging: Path) -> bool:
 
 def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bool) -> RunStopped:
     """The one line for a run that failed to write its staging folder, which is left complete or removed: a
-    complete checkpoint stays, to resume from; without one nothing of the run is worth keeping."""
+    complete checkpoint stays, to resume from, and so do the runs finished inside it (a comparison's, each a folder
+    with its marker), to be reused; without either nothing of the run is worth keeping."""
     from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only a failed run needs it
 
     checkpoint = latest_checkpoint(staging)
     if checkpoint is not None:
         then = f"{checkpoint} is kept: then run the same command with --resume_from_checkpoint true"
+    elif any(marker.parent != staging for marker in staging.rglob(MARKER_FILE)):
+        then = f"the runs it finished are kept in {staging}: then run the same command again, which reuses them"
     else:
         if main_process:
             _remove_owned(staging)
