@@ -20,10 +20,12 @@ VENV=$VENV bash scripts/setup.sh --latest
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/python" -m pytest -q -m "not slow" tests
 [ "$CHECK" = 1 ] && exit 0
+# A temporary file first: a freeze that fails leaves the lock as it was.
 {
     echo "# The exact versions CI tested (Linux x86_64, CPython 3.11), every transitive package included: scripts/setup.sh"
     echo "# installs them as pip constraints. torch is pinned by setup.sh itself. Written by scripts/refresh_lock.sh on"
     echo "# $(date -u +%Y-%m-%d) from the newest releases setup.cfg allowed, after ruff and the fast tests passed on them."
     "$VENV/bin/python" -m pip freeze --all --exclude-editable | grep -v '^torch=='
-} > requirements-lock.txt
+} > requirements-lock.txt.new
+mv requirements-lock.txt.new requirements-lock.txt
 git diff --stat -- requirements-lock.txt

@@ -90,7 +90,7 @@ def staged_output(
         _refuse_files_not_ours(_retired_path(output_dir), str(_retired_path(output_dir)))
         check_output_dir(output_dir, config, overwrite, record_file=record_file)
         if main_process:
-            open_staging(output_dir, config, overwrite, resume=resume, record_file=record_file)
+            open_staging(output_dir, config, overwrite, resume=resume)
     except OSError as error:
         raise ValueError(f"--output_dir {output_dir}: {_os_problem(error, staging)}.") from None
     if state is not None:
@@ -266,12 +266,6 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """The entries of a run's folder that are not the project's to delete: files no run wrote there (a folder of
-    them named as `name/`) and files a run wrote that changed since."""
-    return _not_ours(*_sort_files(folder))
-
-
 def _not_ours(ours: list[str], unknown: list[str], changed: list[str]) -> list[str]:
     return sorted(_entries(unknown, ours + changed) + changed)
 
@@ -444,15 +438,12 @@ def _create_staging(staging: Path, config: dict | None) -> bool:
     return True
 
 
-def open_staging(
-    output_dir: str, config: dict | None = None, overwrite: bool = False, resume: bool = False, record_file=RUN_FILE
-) -> Path:
+def open_staging(output_dir: str, config: dict | None = None, overwrite: bool = False, resume: bool = False) -> Path:
     """Create and lock the staging folder of `output_dir`, or take over an interrupted run's one to `resume` it.
 
     Only one run writes an output folder at a time: a second one is refused while the first one's process lives.
     Folders this project did not make (no marker file) are never deleted: `<output_dir>.partial`, `.old`, and an
-    `output_dir` to be replaced. `record_file` is accepted for earlier callers and decides nothing: a run record
-    without the marker says nothing about who wrote a folder.
+    `output_dir` to be replaced.
     """
     _check_output_path(output_dir)
     target, staging, retired = Path(output_dir), staging_path(output_dir), _retired_path(output_dir)

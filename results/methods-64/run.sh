@@ -3,10 +3,10 @@
 #   base/   every method on the synthetic base preset, 3 seeds x 64 problems, batches of 4;
 #   stress/ the methods that train, beside none, at the stress learning rate 2e-3, same problems;
 #   paper/  every method on the paper's four benchmarks, 64 problems each, seed 0, batches of 16.
-# `run.sh runs` starts one `compare.py --runs_only true` per method and set, JOBS (8) at a time, into the shared folders
-# (a 135M model leaves a GPU mostly idle, so each process is bound by its own kernel launches); each finished run is
-# reused, an interrupted one resumed, by the next call. `run.sh report` then reads every finished run back and writes
-# each set's tables and plots. Wall times are those of runs that shared one machine: compare their ratios, not their
+# `run.sh runs` starts one `compare.py --runs_only true` per method and set, JOBS (8) at a time, into each set's
+# staging folder (<set>.partial, shared; a 135M model leaves a GPU mostly idle, so each process is bound by its own
+# kernel launches); each finished run is reused, an interrupted one resumed, by the next call. `run.sh report` then
+# reads every finished run back, writes each set's tables and plots, and publishes the set's folder. Wall times are those of runs that shared one machine: compare their ratios, not their
 # values. On one H200, 16 at once ran out of its memory: the sampling methods on the paper's longer prompts took
 # 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
 # N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU; SETS
