@@ -103,6 +103,7 @@ def test_a_hub_token_is_written_to_no_file_and_printed_nowhere(
     # stopped: the staging folder keeps a checkpoint (training_args.bin among its files), and the resume hint
     err = stop_after_first_step(capsys, monkeypatch, argv)
     assert "resume with: " in err and "--hub_token '<redacted>'" in err and secret not in err
+    assert err.rstrip().endswith("(with your token in place of <redacted>)")
     staging = output_dir.with_name("run.partial")
     assert (staging / "checkpoint-1" / "training_args.bin").is_file()
     leaked = [str(path) for path in staging.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]

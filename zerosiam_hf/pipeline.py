@@ -34,6 +34,7 @@ from .modeling import (
     resolve_loadable_model,
 )
 from .records import (
+    REDACTED,
     RUN_FILE,
     config_dict,
     logged_series,
@@ -151,7 +152,8 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
     except RunStopped as stop:
         if not stop.resumable:
             raise
-        raise RunStopped(f"{stop}; resume with: {resume_hint}", stop.exit_code) from None
+        secret = f" (with your token in place of {REDACTED})" if REDACTED in resume_hint else ""
+        raise RunStopped(f"{stop}; resume with: {resume_hint}{secret}", stop.exit_code) from None
     finally:
         checker.close()
     adapt_seconds = time.perf_counter() - start
