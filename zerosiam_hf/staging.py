@@ -206,6 +206,20 @@ def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bo
     return RunStopped(f"--output_dir {output_dir}: the run stopped, {_os_problem(error, staging)}; {then}.")
 
 
+def copy_folder(source: Path, target: Path, copy=None) -> None:
+    """Copy the folder `source` into `target` file by file (with `copy`, default shutil.copy2). shutil.copytree
+    gathers every failure into one shutil.Error that names no file and has no errno; here the first one (a full disk)
+    is raised as the OSError naming its file, which `staged_output` turns into one line."""
+    copy = copy or shutil.copy2
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):  # a folder sorts before what it holds
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(exist_ok=True)
+        else:
+            copy(path, destination)
+
+
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file: str = RUN_FILE) -> None:
     """Refuse an `output_dir` that holds a different run (or anything else) unless `overwrite`; reads only.
 

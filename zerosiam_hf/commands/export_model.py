@@ -13,15 +13,15 @@ Usage:
 """
 
 import logging
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
+from zerosiam_hf.invocation import redacted
 from zerosiam_hf.modeling import local_model_folder, resolve_model
 from zerosiam_hf.records import config_dict, versions, write_json
-from zerosiam_hf.staging import OutputArguments, staged_output
+from zerosiam_hf.staging import OutputArguments, copy_folder, staged_output
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -52,8 +52,13 @@ def main(argv: list[str] | None = None) -> str:
         args.output_dir, config, output_args.overwrite, record_file="export.json", inputs=inputs
     ) as staging:
         source = local_model_folder(args.model)  # converts the embedded GGUF on first use
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        record = {"config": config, "command": sys.argv, "model": resolve_model(args.model), "source": source}
+        copy_folder(Path(source), staging)
+        record = {
+            "config": config,
+            "command": redacted(sys.argv),
+            "model": resolve_model(args.model),
+            "source": source,
+        }
         write_json(staging / "export.json", {**record, "versions": versions()})
     print(f"model written to {args.output_dir}; any tool that takes a transformers folder can name it")
     return str(Path(args.output_dir).resolve())
