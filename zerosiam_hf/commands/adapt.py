@@ -1,4 +1,4 @@
-"""Adapt a causal LM at test time with ZeroSiam (or Tent, COME, none) on unlabeled test prompts (GSM8K, Math-500, ...).
+"""Adapt a causal LM at test time with ZeroSiam or another method of the zoo (--method) on unlabeled test prompts.
 
 Usage:
 
