@@ -42,7 +42,7 @@ def test_a_required_field_missing_from_both_is_still_an_error(tmp_path, capsys):
         ("- output\n- n\n", "expected a mapping of option names to values (name: value), got a list."),
         ("out.jsonl\n", "expected a mapping of option names to values (name: value), got a str."),
         ("output: x\noutptu: y\n", "unknown option(s) outptu; see --help."),
-        ("output: [x\n", "not valid YAML (ParserError)."),
+        ("output: [x\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)."),
         # yaml.safe_load keeps the last of two equal keys: the run would silently use another dataset.
         ("output: x\nn: 5\noutput: y\n", "output is given twice (lines 1 and 3); keep one."),
         (

@@ -43,10 +43,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(text: str):
-    """The values of a YAML document; a key given twice in one mapping raises `DuplicateKeyError`, other malformed
-    YAML `yaml.YAMLError`."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+def read_yaml(path: Path, what: str):
+    """The values of the YAML file `path`; a key given twice in one mapping, or malformed YAML, is one line that starts
+    with `what` (the flag or the kind of file) and says where."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as error:
+        raise UsageError(f"{what}: {error}; keep one.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)  # PyYAML's own message adds an excerpt over several lines
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise UsageError(f"{what}: not valid YAML ({problem}{where}).") from None
 
 
 def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
@@ -62,12 +70,7 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         path = Path(config_path)
         if not path.is_file():
             raise UsageError(f"--config {config_path}: no such file.")
-        try:
-            values = load_yaml(path.read_text())
-        except DuplicateKeyError as error:
-            raise UsageError(f"--config {config_path}: {error}; keep one.") from None
-        except yaml.YAMLError as error:
-            raise UsageError(f"--config {config_path}: not valid YAML ({error.__class__.__name__}).") from None
+        values = read_yaml(path, f"--config {config_path}")
         if values is None:
             raise UsageError(f"--config {config_path}: the file is empty; give option names and values (name: value).")
         if not isinstance(values, dict):

@@ -12,7 +12,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
 from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
@@ -23,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.distributed import DistributedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .cli import DuplicateKeyError, load_yaml
+from .cli import read_yaml
 from .config import ZeroSiamConfig
 from .engines import import_bitsandbytes
 from .generation import check_lengths
@@ -134,12 +133,7 @@ def resolve_model(name: str) -> dict:
     """Resolve `--model` to a spec: {'alias', 'name_or_path', and for GGUF models 'gguf_package', 'gguf_file'}."""
     alias_file = _alias_files().get(name)
     if alias_file is not None:
-        try:
-            spec = load_yaml(alias_file.read_text())
-        except DuplicateKeyError as error:
-            raise ValueError(f"model alias file {alias_file}: {error}; keep one.") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"model alias file {alias_file}: not valid YAML ({_yaml_problem(error)}).") from None
+        spec = read_yaml(alias_file, f"model alias file {alias_file}")
         if not isinstance(spec, dict) or "name_or_path" not in spec:
             raise ValueError(f"model alias file {alias_file}: give at least `name_or_path: <hub id or folder>`.")
         return {"alias": name, **spec}
@@ -156,13 +150,6 @@ def resolve_model(name: str) -> dict:
         f"unknown --model {name!r}: use an alias ({', '.join(available_aliases())}), a hub id (org/name) "
         "or a local folder with config.json."
     )
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML error in one line: what is wrong and where, without the excerpt PyYAML adds."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(error, 'problem', None) or type(error).__name__}{where}"
 
 
 def resolve_loadable_model(name: str) -> dict:
