@@ -38,6 +38,14 @@ def test_compare_writes_table_plots_and_every_run(tiny_model_dir, problems_file,
         assert row["seeds"] == 2 and row["n"] == 6
         assert 0 <= row["degenerate"] <= 1
     assert rows["zerosiam"]["final_entropy"] > 0 and rows["zerosiam"]["final_logit_norm"] > 0
+    # the paired statistics read every answer: the difference is the one between the two rows' accuracies
+    paired = {row["method"]: row for row in result["paired"]}
+    assert "vs_none" not in paired["none"] and set(paired) == {"none", "zerosiam"}
+    versus = paired["zerosiam"]["vs_none"]
+    assert versus["difference"] == pytest.approx(rows["zerosiam"]["flexible_mean"] - rows["none"]["flexible_mean"])
+    assert versus["ci"][0] <= versus["difference"] <= versus["ci"][1] and versus["wins"] + versus["losses"] <= 6
+    low, high = paired["none"]["flexible_ci"]
+    assert low <= rows["none"]["flexible_mean"] <= high
     # `none` runs no loss forward, so it has no loss-side diagnostics, only answer-side ones.
     assert rows["none"]["final_entropy"] is None
     for method in ("none", "zerosiam"):
@@ -197,6 +205,14 @@ def test_compare_over_several_datasets_writes_the_papers_layout(tiny_model_dir, 
     assert "| method | seeds | problems | algebra | avg |" in table
     assert "| n | | 6 | 4 | |" in table
     assert "Reported by the paper" not in table  # none of the paper's benchmarks is in this comparison
+    # the paired statistics come per benchmark, each method beside none on that benchmark's problems
+    assert [(row["dataset"], row["method"], "vs_none" in row) for row in result["paired"]] == [
+        ("problems", "none", False),
+        ("problems", "zerosiam", True),
+        ("algebra", "none", False),
+        ("algebra", "zerosiam", True),
+    ]
+    assert "| benchmark | method | flexible 95% CI | vs none (points) |" in table
 
 
 def test_math_checker_flag_scores_latex_answers(tiny_model_dir, tmp_path):

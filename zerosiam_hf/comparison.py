@@ -20,7 +20,8 @@ from .errors import RunStopped, UsageError
 from .invocation import redacted
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
-from .records import RUN_FILE, logged_series, versions, write_json, write_jsonl
+from .records import RUN_FILE, logged_series, read_jsonl, versions, write_json, write_jsonl
+from .significance import bootstrap_interval, sign_test
 from .staging import (
     MARKER_FILE,
     OutputArguments,
@@ -31,6 +32,7 @@ from .staging import (
     staging_path,
 )
 from .tasks import BENCHMARKS, PAPER_RESULTS
+from .trainer import PREDICTIONS_FILE
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -94,6 +96,81 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {fmt(r['flexible_mean'])} ± {fmt(r['flexible_std'])} | {fmt(r['final_entropy'], 3)} "
             f"| {fmt(r['final_logit_norm'], 1)} | {fmt(r['degenerate'], 3)} | {fmt(r['seconds'], 0)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def answer_scores(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, list[list[float]]]]:
+    """Each run's flexible score of every answer (1 right, 0 wrong, in problem order) from the predictions.jsonl in
+    its folder, by column key and method, for (key, method, folder) in plan order, the order of `run_all`'s records."""
+    scores: dict[str, dict[str, list[list[float]]]] = {}
+    for key, method, folder in folders:
+        rows = sorted(read_jsonl(Path(folder) / PREDICTIONS_FILE), key=lambda row: row["index"])
+        scores.setdefault(key, {}).setdefault(method, []).append([float(row["correct_flexible"]) for row in rows])
+    return scores
+
+
+def _problems(run: dict) -> dict:
+    """What identifies the problems a run answered (its data's identity, wherever the file was)."""
+    return {key: value for key, value in run["data"].items() if key not in ("path", "prompts_cut")}
+
+
+def _same_problems(runs: list[dict]) -> bool:
+    """Whether every run answered the same problems (a benchmark's subset), not a set of its own (a synthetic
+    preset draws one per seed)."""
+    return all(_problems(run) == _problems(runs[0]) for run in runs)
+
+
+def paired_rows(records: dict[str, dict[str, list[dict]]], scores: dict[str, dict[str, list[list[float]]]]) -> list:
+    """Per column and method, its flexible accuracy's 95% interval and, beside `none` on the same problems and seeds,
+    the difference in points with its paired bootstrap interval and the exact sign test; `resolved` when the
+    interval excludes 0. A method whose seeds or problems do not pair with none's gets no difference."""
+    rows = []
+    for key, by_method in records.items():
+        baseline, none_runs = scores[key].get("none"), by_method.get("none", [])
+        for method, runs in by_method.items():
+            same = _same_problems(runs)
+            accuracy = scores[key][method]
+            low, high = bootstrap_interval(accuracy, same)
+            row = {"dataset": key, "method": _label(method, runs), "flexible_ci": [100 * low, 100 * high]}
+            # seed k of the method beside seed k of none, on the same problems
+            pairs = method != "none" and len(none_runs) == len(runs)
+            if pairs and all(_problems(a) == _problems(b) for a, b in zip(runs, none_runs)):
+                differences = [[x - y for x, y in zip(a, b)] for a, b in zip(accuracy, baseline)]
+                mean = sum(map(sum, differences)) / sum(map(len, differences))
+                low, high = bootstrap_interval(differences, same)
+                wins, losses, p = sign_test(differences, same)
+                row["vs_none"] = {
+                    "difference": 100 * mean,
+                    "ci": [100 * low, 100 * high],
+                    "wins": wins,
+                    "losses": losses,
+                    "p": p,
+                    "resolved": low > 0 or high < 0,
+                }
+            rows.append(row)
+    return rows
+
+
+def paired_table(rows: list[dict], suite: bool) -> str:
+    """The paired rows as markdown: a method's accuracy interval and its difference to none, one line per method
+    (and benchmark, in a suite)."""
+    columns = ["benchmark"] * suite + ["method", "flexible 95% CI", "vs none (points)", "95% CI", "wins / losses"]
+    columns += ["p (sign)", "resolved"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in rows:
+        cells = [r["dataset"]] * suite + [r["method"], "{:.2f} to {:.2f}".format(*r["flexible_ci"])]
+        paired = r.get("vs_none")
+        if paired is None:
+            cells += [""] * 5
+        else:
+            cells += [
+                f"{paired['difference']:+.2f}",
+                f"{paired['ci'][0]:+.2f} to {paired['ci'][1]:+.2f}",
+                f"{paired['wins']} / {paired['losses']}",
+                f"{paired['p']:.3g}",
+                "yes" if paired["resolved"] else "no",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -347,11 +424,13 @@ def run_comparison(
     interrupted comparison goes on from its finished runs (`overwrite` starts it over: it redoes every run anyway).
     """
     overwrite = output_args.overwrite
+    # each run's folder, taken before the run: a run works in its own staging folder under that name
+    folders = [(run.key, run.method, run.args.output_dir) for run in plan]
     with staged_output(output_dir, config, overwrite, resume=not overwrite, record_file=COMPARISON_FILE) as staging:
         records = _run_into(staging, model_args, plan, problem_sets, output_args, output_dir)
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)
-            result, table = report(records, suite, methods)
+            result, table = report(records, suite, methods, answer_scores(folders))
             (staging / "comparison.md").write_text(table)
             write_json(
                 staging / COMPARISON_FILE,
@@ -460,8 +539,14 @@ def _link(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list[str]) -> tuple[dict, str]:
-    """The comparison's rows (for comparison.json) and its markdown (comparison.md)."""
+def report(
+    records: dict[str, dict[str, list[dict]]],
+    suite: bool,
+    methods: list[str],
+    scores: dict[str, dict[str, list[list[float]]]],
+) -> tuple[dict, str]:
+    """The comparison's rows (for comparison.json) and its markdown (comparison.md); `scores` are the answers'
+    (`answer_scores`), for the intervals and the paired tests."""
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
@@ -485,4 +570,10 @@ def report(records: dict[str, dict[str, list[dict]]], suite: bool, methods: list
         table = markdown_table(result["rows"]) + "\nCost per problem (ratio to none):\n\n" + cost_table(result["cost"])
     if result["samples"]:
         table += "\nSampling methods, online accuracy % (flexible):\n\n" + sample_table(result["samples"])
+    result["paired"] = paired_rows(records, scores)
+    table += (
+        "\nFlexible accuracy with 95% intervals (bootstrap over seeds and problems, 2000 replicates) and each method "
+        "beside none on the same problems and seeds (paired bootstrap; exact sign test over problems, ties left out; "
+        "resolved: the interval excludes 0):\n\n" + paired_table(result["paired"], suite)
+    )
     return result, table

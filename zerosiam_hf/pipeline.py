@@ -3,7 +3,6 @@ adapter and the run's record into an output folder that appears whole; resume a 
 already finished), and one evaluation of a base model and an adapter. The commands (`zerosiam_hf.commands`) parse
 their flags and call these functions."""
 
-import json
 import logging
 import shlex
 import shutil
@@ -39,6 +38,7 @@ from .records import (
     config_dict,
     logged_series,
     matching_record,
+    read_jsonl,
     run_identity,
     versions,
     write_json,
@@ -273,8 +273,7 @@ def _answers_cut(predictions: Path, max_new_tokens: int) -> int:
     """How many online answers used their whole token budget (cut before they ended, unless the last token was EOS)."""
     if not predictions.is_file():
         return 0
-    rows = (json.loads(line) for line in predictions.read_text().splitlines() if line)
-    return sum(row.get("tokens", 0) >= max_new_tokens for row in rows)
+    return sum(row.get("tokens", 0) >= max_new_tokens for row in read_jsonl(predictions))
 
 
 @dataclass

@@ -141,6 +141,11 @@ def _jsonl_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, default=str) + "\n"
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The objects of a JSON-lines file, one a line (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
     """Write one JSON object a line through a temporary file and a rename; an interrupted write keeps the old file."""
     path = Path(path)
