@@ -391,6 +391,16 @@ def test_compare_refuses_a_duplicated_seed_or_method(capsys, tiny_model_dir, pro
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "cmp.partial").exists()
 
 
+def test_compare_refuses_two_datasets_that_would_share_a_column(capsys, tiny_model_dir, problems_file, tmp_path):
+    """Two files of one name in two folders, or one file spelled two ways, made one column and ran once."""
+    (tmp_path / "elsewhere").mkdir()
+    other = write_problems(tmp_path / "elsewhere" / Path(problems_file).name, [{"question": "1+1?", "answer": "2"}])
+    for second in (other, os.path.relpath(problems_file)):
+        argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--datasets", problems_file, second)
+        assert_usage_error(capsys, partial(compare.main, argv), "would share the column and runs folder 'problems'")
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "cmp.partial").exists()
+
+
 def test_compare_refuses_a_negative_seed_before_writing_anything(capsys, tiny_model_dir, problems_file, tmp_path):
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--seeds", "-1", "--synthetic_preset", "base")
     assert_usage_error(capsys, partial(compare.main, argv), "--seeds must be integers in [0, 2**32 - 1], got -1.")

@@ -101,8 +101,17 @@ class CompareArguments:
             raise ValueError(f"--synthetic_preset must be one of {', '.join(SHIFTS)}; got {self.synthetic_preset!r}.")
         if self.datasets is not None and self.synthetic_preset is not None:
             raise ValueError("--datasets and --synthetic_preset exclude each other; give one of them.")
-        if self.datasets is not None and len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"--datasets names a benchmark twice: {' '.join(self.datasets)}.")
+        # A dataset's key names its table column and its runs' folder: two datasets with one key would share both,
+        # and one of them would never run (a benchmark given twice, or two files of the same name in two folders).
+        keys: dict[str, list[str]] = {}
+        for name in self.datasets or []:
+            keys.setdefault(dataset_key(name), []).append(name)
+        clash = next((names for names in keys.values() if len(names) > 1), None)
+        if clash:
+            raise ValueError(
+                f"--datasets {' and '.join(clash)} would share the column and runs folder {dataset_key(clash[0])!r}; "
+                "give each benchmark once, and data files with different names."
+            )
 
 
 @exits_cleanly
