@@ -391,6 +391,15 @@ def test_compare_refuses_a_duplicated_seed_or_method(capsys, tiny_model_dir, pro
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "cmp.partial").exists()
 
 
+def test_a_finished_run_is_not_reused_once_its_data_file_changed(tiny_model_dir, problems_file, tmp_path):
+    data = tmp_path / "q.jsonl"
+    write_problems(data, [{"question": q, "answer": a} for q, a in PROBLEMS])
+    argv = compare_argv(tiny_model_dir, str(data), tmp_path / "cmp", "--methods", "none", "--seeds", "0")
+    assert compare.main(argv)["rows"][0]["n"] == 6
+    write_problems(data, [{"question": q, "answer": a} for q, a in PROBLEMS[:4]])
+    assert compare.main(argv)["rows"][0]["n"] == 4  # reused, it said 6
+
+
 def test_compare_refuses_two_datasets_that_would_share_a_column(capsys, tiny_model_dir, problems_file, tmp_path):
     """Two files of one name in two folders, or one file spelled two ways, made one column and ran once."""
     (tmp_path / "elsewhere").mkdir()

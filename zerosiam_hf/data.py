@@ -291,6 +291,12 @@ def _first_bad_json_line(file: Path) -> str | None:
     return bad_line
 
 
+def file_sha256(args: DataArguments) -> str | None:
+    """The sha256 of the data file `args` reads (as `load_problems` records it), or None for a hub dataset."""
+    file = _find_file(args.dataset, args.split)
+    return None if file is None else _sha256(file)
+
+
 def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     """Load and validate the problems; return them (columns `question`, `answer`, `index`) and their identity.
 

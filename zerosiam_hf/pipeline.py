@@ -17,7 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from .config import ZeroSiamConfig
-from .data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
+from .data import DataArguments, build_prompts, file_sha256, gold_answers, load_problems, prompts_cut
 from .errors import RunStopped
 from .generation import GenerationArguments, answer_and_score
 from .invocation import changed_flags, redacted, resume_command, same_command, sibling_command
@@ -108,6 +108,9 @@ def adapt_or_reuse(
     if latest_checkpoint(staging_path(args.output_dir)):
         args.resume_from_checkpoint = "true"
     record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
+    if record is not None and record["data"].get("sha256") not in (None, file_sha256(data_args)):
+        logger.info("the data file changed since the finished run in %s: running it again", args.output_dir)
+        record = None
     if record is not None and not output_args.overwrite:
         logger.info("reusing the finished run in %s", args.output_dir)
         return record
