@@ -17,7 +17,7 @@ from helpers import adapt_argv, assert_usage_error, flags, record_trainers
 from transformers.integrations import integration_utils
 
 from zerosiam_hf import invocation, pipeline
-from zerosiam_hf.commands import adapt
+from zerosiam_hf.commands import adapt, evaluate
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -214,3 +214,9 @@ def test_a_token_flag_is_redacted_in_either_spelling():
         "--max_new_tokens",
         "4",
     ]
+
+
+def test_an_unknown_option_is_one_line_that_never_prints_a_token(capsys, tiny_model_dir, tmp_path):
+    """evaluate takes no --hub_token: transformers' refusal listed it with its value."""
+    argv = ["--model", tiny_model_dir, "--output_dir", str(tmp_path / "eval"), "--hub_token", "hf_SECRET123"]
+    assert_usage_error(capsys, partial(evaluate.main, argv), "unknown option(s): --hub_token <redacted>; see --help")

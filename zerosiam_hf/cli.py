@@ -10,6 +10,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .errors import NotOneRun, RunStopped, UsageError
+from .invocation import redacted
 
 
 class _OneLineParser(HfArgumentParser):
@@ -91,8 +92,11 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
         # A value from the file satisfies a required flag; argparse checks required flags against argv only.
         for name in values:
             actions[name].required = False
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:  # transformers' own message lists them as given: a token among them would be printed
+        raise UsageError(f"unknown option(s): {' '.join(redacted(unknown))}; see --help for this command's options.")
     # The trailing namespace holds `--config` itself.
-    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+    return tuple(parsed[: len(dataclass_types)])
 
 
 def _typed(action, value, config_path: str):
