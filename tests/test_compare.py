@@ -400,6 +400,19 @@ def test_a_finished_run_is_not_reused_once_its_data_file_changed(tiny_model_dir,
     assert compare.main(argv)["rows"][0]["n"] == 4  # reused, it said 6
 
 
+def test_a_run_refused_partway_leaves_nothing_and_its_advice_then_works(
+    capsys, tiny_model_dir, problems_file, tmp_path
+):
+    """A comparison's first run refused its lengths after the comparison's staging folder was made: the folder
+    stayed, and the corrected command was refused as an interrupted run of other settings."""
+    output_dir = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", "--seeds", "0")
+    assert_usage_error(capsys, partial(compare.main, [*argv, "--max_new_tokens", "2000"]), "lower --max_new_tokens to")
+    assert not output_dir.exists() and not output_dir.with_name("cmp.partial").exists()
+    compare.main([*argv, "--max_new_tokens", "512"])
+    assert (output_dir / "comparison.json").is_file()
+
+
 def test_compare_refuses_two_datasets_that_would_share_a_column(capsys, tiny_model_dir, problems_file, tmp_path):
     """Two files of one name in two folders, or one file spelled two ways, made one column and ran once."""
     (tmp_path / "elsewhere").mkdir()

@@ -102,6 +102,12 @@ def staged_output(
             if not _writing(error, staging):  # a model or data file that cannot be read is no output problem
                 raise
             raise _failed_run(error, output_dir, staging, main_process) from None
+        except ValueError:
+            # Refused partway (a run's lengths or data): without finished work in it the staging folder is worth
+            # nothing, and left behind it would refuse the corrected command as an interrupted run of other settings.
+            if main_process and not _holds_finished_work(staging):
+                _remove_owned(staging)
+            raise
         if state is not None:  # no process still reads the staging folder (the adapter's finiteness) when it moves
             state.wait_for_everyone()
         if main_process:
@@ -197,7 +203,7 @@ def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bo
     checkpoint = latest_checkpoint(staging)
     if checkpoint is not None:
         then = f"{checkpoint} is kept: then run the same command with --resume_from_checkpoint true"
-    elif any(marker.parent != staging for marker in staging.rglob(MARKER_FILE)):
+    elif _holds_finished_work(staging):
         then = f"the runs it finished are kept in {staging}: then run the same command again, which reuses them"
     else:
         if main_process:
@@ -218,6 +224,16 @@ def copy_folder(source: Path, target: Path, copy=None) -> None:
             destination.mkdir(exist_ok=True)
         else:
             copy(path, destination)
+
+
+def _holds_finished_work(staging: Path) -> bool:
+    """Whether a staging folder holds what a rerun goes on from: a complete checkpoint, or runs finished inside it
+    (a comparison's, each a folder with its marker)."""
+    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only a failed run needs it
+
+    if latest_checkpoint(staging) is not None:
+        return True
+    return any(marker.parent != staging for marker in staging.rglob(MARKER_FILE))
 
 
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, record_file: str = RUN_FILE) -> None:
@@ -513,7 +529,8 @@ def _check_same_settings(staging: Path, config: dict | None, output_dir: str) ->
     if changed:
         raise ValueError(
             f"--output_dir {output_dir}: the interrupted run in {staging} was started with other settings "
-            f"({', '.join(changed)}); resume it with the flags it was started with."
+            f"({', '.join(changed)}); resume it with the flags it was started with, or pass --overwrite true to "
+            "start over."
         )
 
 
