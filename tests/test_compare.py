@@ -413,6 +413,24 @@ def test_a_run_refused_partway_leaves_nothing_and_its_advice_then_works(
     assert (output_dir / "comparison.json").is_file()
 
 
+def test_a_method_added_to_a_published_comparison_runs_that_method_only(
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    output_dir = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--seeds", "0")
+    compare.main([*argv, "--methods", "none"])
+    made = []
+    adapt = pipeline.adapt
+
+    def recording(model_args, data_args, output_args, args, **kwargs):
+        made.append(args.method)
+        return adapt(model_args, data_args, output_args, args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "adapt", recording)
+    result = compare.main([*argv, "--methods", "none", "tent", "--overwrite", "true"])
+    assert made == ["tent"] and [row["method"] for row in result["rows"]] == ["none", "tent"]
+
+
 def test_compare_refuses_two_datasets_that_would_share_a_column(capsys, tiny_model_dir, problems_file, tmp_path):
     """Two files of one name in two folders, or one file spelled two ways, made one column and ran once."""
     (tmp_path / "elsewhere").mkdir()

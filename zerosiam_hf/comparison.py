@@ -421,7 +421,8 @@ def run_comparison(
     <output_dir>.partial, and publish it to `output_dir`. Returns the comparison's rows and its markdown.
 
     A folder holding another comparison is refused unless `overwrite`, one holding files no run wrote always; an
-    interrupted comparison goes on from its finished runs (`overwrite` starts it over: it redoes every run anyway).
+    interrupted comparison goes on from its finished runs (`overwrite` starts it over), and a finished run of the
+    same settings and data is reused in either case: adding a method to a published comparison runs that method.
     """
     overwrite = output_args.overwrite
     # each run's folder, taken before the run: a run works in its own staging folder under that name

@@ -103,15 +103,16 @@ def adapt_or_reuse(
     model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments, args: ZeroSiamConfig
 ) -> dict:
     """The record of the run `args` asks for: read from `args.output_dir` when a run with the same settings finished
-    there (unless `overwrite`), resumed from its newest checkpoint when one was stopped there, else run anew. A run
-    that stops says to run the calling command again (`sys.argv`), which resumes it."""
+    there on the data it reads now (`overwrite` too replaces only a run that differs), resumed from its newest
+    checkpoint when one was stopped there, else run anew. A run that stops says to run the calling command again
+    (`sys.argv`), which resumes it."""
     if latest_checkpoint(staging_path(args.output_dir)):
         args.resume_from_checkpoint = "true"
     record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
     if record is not None and record["data"].get("sha256") not in (None, file_sha256(data_args)):
         logger.info("the data file changed since the finished run in %s: running it again", args.output_dir)
         record = None
-    if record is not None and not output_args.overwrite:
+    if record is not None:
         logger.info("reusing the finished run in %s", args.output_dir)
         return record
     return adapt(model_args, data_args, output_args, args, resume_hint=same_command(sys.argv))
