@@ -10,10 +10,10 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import PROBLEMS, REPO, assert_usage_error, write_problems
+from helpers import PROBLEMS, REPO, adapt_argv, assert_usage_error, write_problems
 
 from zerosiam_hf import comparison, pipeline, records
-from zerosiam_hf.commands import compare
+from zerosiam_hf.commands import adapt, compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
 
@@ -429,6 +429,16 @@ def test_a_method_added_to_a_published_comparison_runs_that_method_only(
     monkeypatch.setattr(pipeline, "adapt", recording)
     result = compare.main([*argv, "--methods", "none", "tent", "--overwrite", "true"])
     assert made == ["tent"] and [row["method"] for row in result["rows"]] == ["none", "tent"]
+
+
+def test_a_run_of_a_published_comparison_cannot_be_replaced_by_adapt(capsys, tiny_model_dir, problems_file, tmp_path):
+    output_dir = tmp_path / "cmp"
+    compare.main(compare_argv(tiny_model_dir, problems_file, output_dir, "--methods", "none", "--seeds", "0"))
+    run = output_dir / "runs" / "none-seed0"
+    before = (run / "run.json").read_bytes()
+    argv = [*adapt_argv(tiny_model_dir, problems_file, run), "--method", "tent", "--overwrite", "true"]
+    assert_usage_error(capsys, partial(adapt.main, argv), f"is part of {output_dir}, which a command of this project")
+    assert (run / "run.json").read_bytes() == before and not run.with_name("none-seed0.partial").exists()
 
 
 def test_compare_refuses_two_datasets_that_would_share_a_column(capsys, tiny_model_dir, problems_file, tmp_path):

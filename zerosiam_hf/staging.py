@@ -83,6 +83,7 @@ def staged_output(
     main_process = state is None or state.is_main_process
     _check_output_path(output_dir)
     _check_inputs(output_dir, inputs or {})
+    _check_not_part_of_an_output(output_dir)
     staging = staging_path(output_dir)
     try:  # nothing is written before open_staging: a path through a file, a read-only or full disk
         # First what the run could not replace even with --overwrite true, so that every later advice to pass it holds.
@@ -152,6 +153,21 @@ def _check_output_path(output_dir: str) -> None:
             f"--output_dir {output_dir} is a mount point, which a run cannot replace (it renames its folder into "
             f"place); choose a folder inside it, e.g. --output_dir {target / 'run'}."
         )
+
+
+def _check_not_part_of_an_output(output_dir: str) -> None:
+    """Refuse an `output_dir` inside a published folder whose manifest lists files under it (a run of a published
+    comparison): a run there would change that folder's files under its tables, and the folder would then refuse its
+    own command as holding changed files."""
+    target = Path(os.path.realpath(output_dir))
+    for parent in target.parents:
+        listed = (_marker(parent) or {}).get("sha256")
+        inside = target.relative_to(parent).as_posix() + "/"
+        if isinstance(listed, dict) and any(path.startswith(inside) for path in listed):
+            raise ValueError(
+                f"--output_dir {output_dir} is part of {parent}, which a command of this project published; a run "
+                f"there would change it: choose a folder outside {parent}, or run the command that made it again."
+            )
 
 
 def _check_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
