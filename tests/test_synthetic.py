@@ -290,3 +290,20 @@ def test_cli_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, 
     line = assert_usage_error(capsys, partial(make_synthetic.main, ["--output", str(out), "--n", "3"]), expected)
     assert line.startswith(f"error: --output {out}")
     assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "afile").read_text() == "a file"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--output", ""], "--output '' names no file; name one, e.g. --output problems.jsonl."),
+        (["--output", "{tmp}/newdir/"], "names no file; name one, e.g. --output {tmp}/newdir/problems.jsonl."),
+        (["--output", "{tmp}/x.jsonl", "--n", "0"], "--n must be a positive number of problems, got 0."),
+        (["--output", "{tmp}/x.jsonl", "--preset", "nope"], "--preset must be one of base,"),
+    ],
+)
+def test_cli_flags_that_name_no_file_or_no_value_are_one_line_naming_the_flag(tmp_path, capsys, argv, expected):
+    """--output "" read as the current folder, --output dir/ wrote a file named dir, and --n and --preset went
+    unnamed."""
+    argv = [item.format(tmp=tmp_path) for item in argv]
+    assert_usage_error(capsys, partial(make_synthetic.main, argv), expected.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []

@@ -350,6 +350,8 @@ def write_problems(output: str, problems: list[dict[str, str]], overwrite: bool 
     """Write `problems` to the jsonl file `output` (`--output`) whole or not at all, creating its folders: a folder, a
     path through a file and, unless `overwrite`, an existing file are refused, and a file-system error is one line
     that leaves neither a temporary file nor a folder this call made."""
+    if not output or output.endswith("/"):  # Path() would read "" as "." and drop a trailing slash
+        raise UsageError(f"--output {output!r} names no file; name one, e.g. --output {output}problems.jsonl.")
     path = Path(output)
     made = [folder for folder in path.parents if not folder.exists()]  # those write_jsonl makes, innermost first
     above = path.parents[len(made)] if len(made) < len(path.parents) else None

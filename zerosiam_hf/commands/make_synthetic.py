@@ -45,9 +45,9 @@ class MakeSyntheticArguments:
 
     def __post_init__(self):
         if self.preset not in SHIFTS:
-            raise ValueError(f"preset must be one of {list(SHIFTS)}, got {self.preset!r}.")
+            raise ValueError(f"--preset must be one of {', '.join(SHIFTS)}, got {self.preset!r}.")
         if self.n < 1:
-            raise ValueError(f"n must be a positive number of problems, got {self.n}.")
+            raise ValueError(f"--n must be a positive number of problems, got {self.n}.")
 
     def config(self) -> SyntheticConfig:
         """Return the preset with the knobs given on the command line applied (validated by SyntheticConfig)."""
