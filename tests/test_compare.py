@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import PROBLEMS, REPO, adapt_argv, assert_usage_error, write_problems
+from helpers import DATA_DIR, PROBLEMS, REPO, adapt_argv, assert_usage_error, write_problems
 
 from zerosiam_hf import comparison, pipeline, records
 from zerosiam_hf.commands import adapt, compare
@@ -236,10 +236,9 @@ def test_paper_table_is_reported_apart_and_only_for_its_benchmarks():
 
 
 def test_paper_suite_config_dry_run_resolves_every_benchmark(capsys, monkeypatch):
-    shared = REPO.parent / "shared" / "data"
-    if not all((shared / name / "test.jsonl").is_file() for name in ("math500", "aime24", "college_math")):
-        pytest.skip(f"{shared} is absent on this machine")
-    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
+    if not all((DATA_DIR / name / "test.jsonl").is_file() for name in ("math500", "aime24", "college_math")):
+        pytest.skip(f"{DATA_DIR} is absent on this machine")
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(DATA_DIR))
     result = compare.main(["--config", str(REPO / "configs" / "paper_suite_llama3.1_8b.yaml"), "--dry_run", "true"])
     assert result["model"]["name_or_path"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert {key: plan["problems"] for key, plan in result["plan"].items()} == {

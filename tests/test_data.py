@@ -9,9 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import Dataset
-from helpers import PROBLEMS, REPO, SHARED_GSM8K, make_tokenizer, write_problems
+from helpers import DATA_DIR, PROBLEMS, make_tokenizer, write_problems
 
-from zerosiam_hf import data
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems, prompts_cut
 from zerosiam_hf.records import config_dict
@@ -303,28 +302,32 @@ def test_gsm8k_alias_prefers_zerosiam_data_dir(tmp_path, monkeypatch):
     assert identity["path"] == str(Path(path).resolve())
 
 
-def test_shared_data_is_read_only_from_a_source_checkout(tmp_path, monkeypatch):
-    """An installed package (no setup.cfg beside it) never looks in ../shared/data from where it is installed."""
-    workspace = tmp_path / "workspace"
-    (workspace / "shared" / "data" / "gsm8k").mkdir(parents=True)
-    path = write_rows(workspace / "shared" / "data" / "gsm8k" / "test.jsonl", ROWS)
-    (workspace / "site-packages").mkdir()
+def test_without_zerosiam_data_dir_a_benchmark_is_read_from_the_hub_alone(tmp_path, monkeypatch):
+    """No folder near the package or the current directory stands in for $ZEROSIAM_DATA_DIR."""
+    for folder in (tmp_path / "gsm8k", tmp_path / "shared" / "data" / "gsm8k", tmp_path / "data" / "gsm8k"):
+        folder.mkdir(parents=True)
+        write_rows(folder / "test.jsonl", ROWS)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "CHECKOUT", workspace / "site-packages")
-    with pytest.raises(ValueError, match="without hub access put a local copy in"):
+    with pytest.raises(
+        ValueError,
+        match=r"could not load openai/gsm8k from the hub .* set ZEROSIAM_DATA_DIR to a "
+        r"folder holding gsm8k/test.jsonl \(now unset\), or give a file with --dataset\.$",
+    ):
         load("gsm8k")
-    (workspace / "site-packages" / "setup.cfg").write_text("")
-    assert load("gsm8k")[1]["path"] == str(Path(path).resolve())
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"\(now .*elsewhere, which lacks it\)"):
+        load("gsm8k")
 
 
 def test_official_gsm8k_test_file(monkeypatch):
-    if not (SHARED_GSM8K / "test.jsonl").is_file():
-        pytest.skip(f"{SHARED_GSM8K} is absent on this machine")
-    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
-    monkeypatch.chdir(REPO)
-    dataset, identity = load("../shared/data/gsm8k/test.jsonl")
+    gsm8k = DATA_DIR / "gsm8k" / "test.jsonl"
+    if not gsm8k.is_file():
+        pytest.skip(f"{gsm8k} is absent on this machine")
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(DATA_DIR))
+    dataset, identity = load(str(gsm8k))
     assert len(dataset) == identity["rows"] == 1319
-    assert identity["path"] == str((SHARED_GSM8K / "test.jsonl").resolve())
-    assert identity["sha256"] == hashlib.sha256((SHARED_GSM8K / "test.jsonl").read_bytes()).hexdigest()
+    assert identity["path"] == str(gsm8k.resolve())
+    assert identity["sha256"] == hashlib.sha256(gsm8k.read_bytes()).hexdigest()
     assert len(gold_answers(dataset, NumericChecker())) == 1319  # every official gold answer parses
     assert load("gsm8k")[1] == {**identity, "benchmark": "gsm8k"}  # the alias resolves to the same local file

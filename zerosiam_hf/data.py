@@ -25,9 +25,6 @@ from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
 
-# A source checkout (the package's parent folder holds setup.cfg) finds data in its workspace's shared/data; an
-# installed package does not look beside itself.
-CHECKOUT = Path(__file__).resolve().parent.parent
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 DEFAULT_SPLIT = "test"
 
@@ -39,9 +36,9 @@ class DataArguments:
     dataset: str = field(
         default="gsm8k",
         metadata={
-            "help": f"A benchmark ({', '.join(BENCHMARKS)}: a local copy under $ZEROSIAM_DATA_DIR/<name> or, "
-            "from a source checkout, ../shared/data/<name>; else its hub copy), a hub id, a folder with "
-            "<split>.jsonl, or a .jsonl/.json/.parquet/.csv file with `question` and `answer` columns."
+            "help": f"A benchmark ({', '.join(BENCHMARKS)}: read from $ZEROSIAM_DATA_DIR/<name>/ when that is set, "
+            "else from the hub), a hub id, a folder with <split>.jsonl, or a .jsonl/.json/.parquet/.csv file with "
+            "`question` and `answer` columns."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
@@ -116,25 +113,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _local_dirs(name: str) -> list[Path]:
-    candidates = []
-    if os.environ.get("ZEROSIAM_DATA_DIR"):
-        candidates.append(Path(os.environ["ZEROSIAM_DATA_DIR"]) / name)
-    if (CHECKOUT / "setup.cfg").is_file():
-        candidates.append(CHECKOUT.parent / "shared" / "data" / name)
-    return candidates
-
-
 def _find_file(source: str, split: str) -> Path | None:
     """The local file behind `source`, or None when `source` names a hub dataset."""
     path = Path(source)
     if path.is_symlink() and _is_link_loop(path):
         raise ValueError(f"--dataset {source}: a symbolic link loop; point the link at a file.")
     if source in BENCHMARKS:
-        for folder in _local_dirs(source):
-            if (folder / f"{split}.jsonl").is_file():
-                return folder / f"{split}.jsonl"
-        return None
+        folder = os.environ.get("ZEROSIAM_DATA_DIR")
+        file = Path(folder, source, f"{split}.jsonl") if folder else None
+        return file if file is not None and file.is_file() else None
     if path.is_dir():
         matches = [path / f"{split}{suffix}" for suffix in FILE_BUILDERS if (path / f"{split}{suffix}").is_file()]
         if not matches:
@@ -159,6 +146,13 @@ def _find_file(source: str, split: str) -> Path | None:
     )
 
 
+def _data_dir_fix(name: str, split: str) -> str:
+    """How to give a benchmark its local copy, with what ZEROSIAM_DATA_DIR holds now."""
+    folder = os.environ.get("ZEROSIAM_DATA_DIR")
+    now = f"now {folder}, which lacks it" if folder else "now unset"
+    return f"set ZEROSIAM_DATA_DIR to a folder holding {name}/{split}.jsonl ({now})"
+
+
 def _hub_source(args: DataArguments) -> tuple[str, str | None, str]:
     """(id, config, split) to load from the hub; a benchmark with no hub copy asks for its file instead."""
     benchmark = BENCHMARKS.get(args.dataset)
@@ -166,8 +160,8 @@ def _hub_source(args: DataArguments) -> tuple[str, str | None, str]:
         return args.dataset, args.dataset_config, args.split
     if benchmark.hub is None:
         raise ValueError(
-            f"--dataset {args.dataset}: no local copy and no hub copy is known; put its {args.split}.jsonl "
-            f"({benchmark.source}) in $ZEROSIAM_DATA_DIR/{args.dataset}/."
+            f"--dataset {args.dataset}: no hub copy is known; get its {args.split}.jsonl ({benchmark.source}) and "
+            f"{_data_dir_fix(args.dataset, args.split)}."
         )
     hub_id, config, hub_split = benchmark.hub
     return hub_id, config, hub_split if hub_split and args.split == DEFAULT_SPLIT else args.split
@@ -326,10 +320,10 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
         try:
             dataset = datasets.load_dataset(hub_id, config, split=split)
         except Exception as error:
+            local = f"{_data_dir_fix(args.dataset, args.split)}, or " if args.dataset in BENCHMARKS else ""
             raise ValueError(
                 f"--dataset {args.dataset}: could not load {hub_id} from the hub ({type(error).__name__}); "
-                f"without hub access put a local copy in $ZEROSIAM_DATA_DIR/{args.dataset}/{args.split}.jsonl "
-                "or give a file with --dataset."
+                f"without hub access {local}give a file with --dataset."
             ) from error
         identity = {"source": "hub", "id": hub_id, "config": config, "fingerprint": dataset._fingerprint}
         identity["revision"] = _hub_revision(hub_id)

@@ -11,7 +11,8 @@
 # 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
 # N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU; SETS
 # (default "base paper stress") picks the sets `runs` starts and `report` writes, METHODS (default all) the methods
-# `runs` starts.
+# `runs` starts. The paper set reads $ZEROSIAM_DATA_DIR/<benchmark>/test.jsonl (CollegeMath and Minerva have no hub
+# copy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}

@@ -7,6 +7,7 @@ set -euo pipefail
 OUT=results/qlora-gsm8k-32
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+: "${ZEROSIAM_DATA_DIR:?must name a folder holding gsm8k/test.jsonl: this study runs offline}"
 
 for variant in fp32 4bit; do
   flags=(); [ "$variant" = 4bit ] && flags=(--load_in_4bit true)

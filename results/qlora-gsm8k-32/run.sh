@@ -6,6 +6,7 @@
 set -euo pipefail
 OUT=results/qlora-gsm8k-32
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+: "${ZEROSIAM_DATA_DIR:?must name a folder holding gsm8k/test.jsonl: this study runs offline}"
 
 # --- adapt: configs/adapt.yaml is online ZeroSiam, 32 problems, batches of 8, 96 new tokens
 for variant in fp32 4bit; do
