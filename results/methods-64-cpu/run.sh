@@ -9,7 +9,8 @@
 # reads every finished run back, writes each set's tables and plots, and publishes the set's folder. Wall times are those of runs that shared one machine: compare their ratios, not their
 # values. On one H200, 16 at once ran out of its memory: the sampling methods on the paper's longer prompts took
 # 24-39 GB each (64 sequences a batch; float32 attention keeps its T x T weights for the backward).
-# N (default 64) and HERE (default results/methods-64) make a smaller copy, e.g. to try the script on a CPU; SETS
+# N (default 64) and HERE (default results/methods-64, where the H200 run wrote; the records beside this script were
+# made with HERE=results/methods-64-cpu) make a smaller copy, e.g. to try the script on a CPU; SETS
 # (default "base paper stress") picks the sets `runs` starts and `report` writes, METHODS (default all) the methods
 # `runs` starts. The paper set reads $ZEROSIAM_DATA_DIR/<benchmark>/test.jsonl (CollegeMath and Minerva have no hub
 # copy).
