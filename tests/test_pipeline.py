@@ -104,6 +104,18 @@ def test_resume_command_keeps_launcher_and_flags_and_quotes_paths(monkeypatch):
     ]
 
 
+def test_a_suggested_launch_adds_only_the_flags_the_command_lacks(monkeypatch):
+    monkeypatch.setattr(invocation, "_parent_command", lambda: [])
+    command = ["scripts/adapt.py", "--use_cpu", "false", "--fsdp", "full_shard", "--seed", "1"]
+    fix = invocation.with_flags(command, "--use_cpu", "true", "--ddp_backend", "gloo", env="DS_ACCELERATOR=cpu")
+    assert shlex.split(fix) == ["DS_ACCELERATOR=cpu", "python", *command, "--ddp_backend", "gloo"]
+    # torchrun drops the Trainer's --fsdp and starts a console command as its module
+    fix = invocation.torchrun_command(command, 2, "--fsdp_size", "2")
+    assert fix == "torchrun --nproc_per_node 2 scripts/adapt.py --use_cpu false --seed 1 --fsdp_size 2"
+    fix = invocation.torchrun_command(["/venv/bin/zerosiam-adapt"], 4)
+    assert fix == "torchrun --nproc_per_node 4 -m zerosiam_hf.commands.adapt"
+
+
 def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data_flags(tmp_path):
     record = {"command": [str(SCRIPTS / "adapt.py")], "config": {"ZeroSiamConfig": {"output_dir": "out dir"}}}
     data_args = DataArguments(dataset=str(tmp_path / "p.jsonl"), max_samples=8)

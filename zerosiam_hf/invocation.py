@@ -1,5 +1,6 @@
-"""How this process was started, so that the commands a run suggests (resume it, evaluate its adapter) can be pasted
-as they are: the same launcher with its own flags (`accelerate launch --multi_gpu ...`), console command or script."""
+"""How this process was started, so that the commands a run suggests (resume it, evaluate its adapter, launch it the
+way that works) can be pasted as they are: the same launcher with its own flags (`accelerate launch --multi_gpu ...`),
+console command or script."""
 
 import dataclasses
 import os
@@ -79,6 +80,26 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
             continue
         out.append(item)
     return out
+
+
+def _missing(argv: list[str], extra: tuple[str, ...]) -> list[str]:
+    """The flag-value pairs of `extra` whose flag `argv` does not give."""
+    pairs = zip(extra[::2], extra[1::2])
+    return [word for flag, value in pairs if flag not in argv for word in (flag, value)]
+
+
+def with_flags(command: list[str], *extra: str, env: str = "") -> str:
+    """`command` started the way it was, with the `extra` flags it lacks (and an environment assignment in front)."""
+    words = shlex.join([*launcher(command[0]), *command[1:], *_missing(command[1:], extra)])
+    return f"{env} {words}" if env else words
+
+
+def torchrun_command(command: list[str], processes: int, *extra: str) -> str:
+    """`command` (a `sys.argv`) without a Trainer `--fsdp` option, started by torchrun on `processes` processes, with
+    the `extra` flags it lacks."""
+    script, argv = command[0], without_flag(command[1:], "--fsdp")
+    start = [script] if script.endswith(".py") else ["-m", "zerosiam_hf.commands.adapt"]
+    return shlex.join(["torchrun", "--nproc_per_node", str(processes), *start, *argv, *_missing(argv, extra)])
 
 
 def redacted(argv: list[str]) -> list[str]:

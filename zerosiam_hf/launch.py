@@ -11,7 +11,7 @@ from accelerate import PartialState
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .errors import NotOneRun
-from .invocation import launcher, without_flag
+from .invocation import launcher, torchrun_command, with_flags
 
 
 def _flag(name: str) -> bool:
@@ -22,26 +22,6 @@ def has_accelerator() -> bool:
     """Whether torch sees a GPU (or another accelerator) on this machine."""
     accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
-def _torchrun(command: list[str], processes: int, *extra: str) -> str:
-    """`command` (a `sys.argv`) without a Trainer `--fsdp` option, started by torchrun on `processes` processes, with
-    the `extra` flags it lacks."""
-    script, argv = command[0], without_flag(command[1:], "--fsdp")
-    start = [script] if script.endswith(".py") else ["-m", "zerosiam_hf.commands.adapt"]
-    return shlex.join(["torchrun", "--nproc_per_node", str(processes), *start, *argv, *_missing(argv, extra)])
-
-
-def _with_flags(command: list[str], *extra: str, env: str = "") -> str:
-    """`command` started the way it was, with the `extra` flags it lacks (and an environment assignment in front)."""
-    words = shlex.join([*launcher(command[0]), *command[1:], *_missing(command[1:], extra)])
-    return f"{env} {words}" if env else words
-
-
-def _missing(argv: list[str], extra: tuple[str, ...]) -> list[str]:
-    """The flag-value pairs of `extra` whose flag `argv` does not give."""
-    pairs = zip(extra[::2], extra[1::2])
-    return [word for flag, value in pairs if flag not in argv for word in (flag, value)]
 
 
 def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None = None) -> None:
@@ -57,7 +37,7 @@ def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None 
         raise ValueError(
             f"{launched} asks for FSDP with --use_cpu true, which runs plain DDP (a full copy of the model per "
             "process: accelerate shards nothing on a CPU); shard with transformers' FSDP2 instead: "
-            f"{_torchrun(command, max(world, 2), '--fsdp_size', str(max(world, 2)))}"
+            f"{torchrun_command(command, max(world, 2), '--fsdp_size', str(max(world, 2)))}"
         )
     if world <= 1:
         return
@@ -67,13 +47,13 @@ def check_one_run(command: list[str], use_cpu: bool, state: PartialState | None 
     seen = f"accelerate counts {state.num_processes} process(es) and this one rank {state.process_index}"
     if accelerate_fsdp and not has_accelerator():
         why = f"accelerate runs FSDP only on GPUs and set up no distributed run on this CPU ({seen})"
-        fix = _torchrun(command, world, "--fsdp_size", str(world), "--use_cpu", "true")
+        fix = torchrun_command(command, world, "--fsdp_size", str(world), "--use_cpu", "true")
     elif _flag("ACCELERATE_USE_DEEPSPEED") and state.backend is None:
         why = f"DeepSpeed without a GPU needs the gloo backend named ({seen})"
-        fix = _with_flags(command, "--ddp_backend", "gloo", env="DS_ACCELERATOR=cpu")
+        fix = with_flags(command, "--ddp_backend", "gloo", env="DS_ACCELERATOR=cpu")
     elif not has_accelerator() and not use_cpu:
         why = f"the launch is for GPUs and this machine has none ({seen})"
-        fix = _with_flags(command, "--use_cpu", "true")
+        fix = with_flags(command, "--use_cpu", "true")
     else:
         why = seen
         fix = "a launch from docs/SHARDING.md with a config from configs/accelerate/"
