@@ -1,7 +1,9 @@
 """The one padding helper (prompts on the left, answers on the right, never a zero-width batch), and the generation
 backends: continuous batching answers as static batches do, token for token, or is refused."""
 
+import functools
 from collections import Counter
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from zerosiam_hf.generation import (
     generate_batches,
     generate_completions,
     greedy_config,
+    merged_lora,
     pad,
     sampling_config,
 )
@@ -165,3 +168,65 @@ def test_no_prompts_get_no_answers_with_either_backend(tokenizer):
     model = make_model(tokenizer)
     for backend in ("static", "continuous"):
         assert generate_completions(model, tokenizer, [], max_new_tokens=4, batch_size=2, backend=backend) == []
+
+
+# ---------------------------------------------------------------------------------------------- one prefill per group
+class RecordScores:
+    """A logits processor that keeps the scores of every decoding step and changes nothing."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(scores.clone())
+        return scores
+
+
+@pytest.mark.parametrize("merge_lora", [True, False])
+def test_k_samples_from_one_prefill_have_the_log_probabilities_of_a_full_forward(tokenizer, merge_lora, tmp_path):
+    model = build_adapted_model(make_model(tokenizer), make_config(tmp_path, method="tent", lora_r=4))
+    with torch.no_grad():  # LoRA B starts at zero: give the adapters a delta that changes the answers
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 256, (n,), generator=generator).tolist() for n in (5, 11, 2)]
+    ids, mask = pad(prompts, tokenizer.pad_token_id, side="left")
+    config = sampling_config(greedy_config(model, tokenizer, 12), 1.0)
+    k, prefills, scores = 4, [], RecordScores()
+    forward = type(model.get_base_model()).forward
+
+    @functools.wraps(forward)  # generate() reads the forward's signature to choose its inputs
+    def counting(self, *args, **kwargs):
+        prefills.append(tuple(kwargs["input_ids"].shape))
+        return forward(self, *args, **kwargs)
+
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model.get_base_model()), "forward", counting)
+        answers = generate_batches(
+            model, [(ids, mask)], config, merge_lora=merge_lora, logits_processor=[scores], samples=k
+        )
+    # the prompts went through the model once each, all but their last token; then each copy's last token
+    assert prefills[:2] == [(len(prompts), ids.shape[1] - 1), (k * len(prompts), 1)]
+    assert len({tuple(answer) for answer in answers}) > k  # the samples of a prompt differ
+    step_log_probs = torch.stack(scores.steps, 1).log_softmax(-1)  # [k * prompts, steps, V]
+    model.eval()  # no LoRA dropout, as while generating
+    for row, answer in enumerate(answers):
+        # today's path: the whole prompt and answer through one forward, as the update reads them
+        tokens = torch.tensor([prompts[row // k] + answer])
+        with merged_lora(model) if merge_lora else nullcontext(), torch.no_grad():
+            logits = model(input_ids=tokens).logits[0, len(prompts[row // k]) - 1 : -1]
+        expected = logits.log_softmax(-1).gather(-1, tokens[0, -len(answer) :, None])
+        got = step_log_probs[row, : len(answer)].gather(-1, tokens[0, -len(answer) :, None])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_token_prompts_sample_without_a_cache(tokenizer):
+    model = make_model(tokenizer)
+    config = sampling_config(greedy_config(model, tokenizer, 5), 1.0)
+    torch.manual_seed(0)
+    answers = generate_batches(model, [pad([[7], [9]], tokenizer.pad_token_id, side="left")], config, samples=3)
+    torch.manual_seed(0)
+    repeated = generate_batches(model, [pad([[7]] * 3 + [[9]] * 3, tokenizer.pad_token_id, side="left")], config)
+    assert answers == repeated and len(answers) == 6

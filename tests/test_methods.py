@@ -160,6 +160,8 @@ def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenize
     cost = trainer.total_cost()
     assert cost["generated_tokens"] >= sum(r["tokens"] for r in records)  # k answers each, the first one recorded
     assert cost["trained_tokens"] > 0
+    # each prompt read once by the prefill, then its last token once more per further sample
+    assert cost["prefill_tokens"] == sum(len(row["prompt_ids"]) + 2 for row in prompts)
     logged = {key for entry in trainer.state.log_history for key in entry}
     assert {"reward/mean", "reward/zero_std_share", "collapse/entropy"} <= logged
 

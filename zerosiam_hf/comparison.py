@@ -176,6 +176,7 @@ def paired_table(rows: list[dict], suite: bool) -> str:
 
 COSTS = (
     ("generated_tokens", "generated tokens"),
+    ("prefill_tokens", "prefill tokens"),
     ("trained_tokens", "forward-backward tokens"),
     ("forward_tokens", "extra forward tokens"),
     ("seconds", "seconds"),
@@ -193,14 +194,15 @@ def cost_rows(records: dict[str, list[dict]]) -> list[dict]:
         cost = run["results"].get("cost")
         if cost is None:
             return None
-        spent = {key: cost[key] for key, _ in COSTS if key != "seconds"}
+        spent = {key: cost.get(key) for key, _ in COSTS if key != "seconds"}
         spent["seconds"] = run["timings"]["adapt_seconds"]
-        return {key: value / cost["problems"] for key, value in spent.items()}
+        # a counter added after the run was recorded reads None (n/a)
+        return {key: None if value is None else value / cost["problems"] for key, value in spent.items()}
 
     rows = {}
     for method, runs in records.items():
         spent = [per_problem(run) for run in runs]
-        means = None if None in spent else {key: statistics.fmean(s[key] for s in spent) for key, _ in COSTS}
+        means = None if None in spent else {key: _mean_or_none([s[key] for s in spent]) for key, _ in COSTS}
         rows[method] = {"method": _label(method, runs), "per_problem": means}
     baseline = rows.get("none", {}).get("per_problem")
     for row in rows.values():
@@ -208,9 +210,15 @@ def cost_rows(records: dict[str, list[dict]]) -> list[dict]:
         row["relative"] = (
             None
             if mine is None or baseline is None
-            else {key: mine[key] / baseline[key] if baseline[key] else None for key, _ in COSTS}
+            else {
+                key: mine[key] / baseline[key] if mine[key] is not None and baseline[key] else None for key, _ in COSTS
+            }
         )
     return list(rows.values())
+
+
+def _mean_or_none(values: list) -> float | None:
+    return None if None in values else statistics.fmean(values)
 
 
 def cost_table(rows: list[dict]) -> str:
@@ -222,7 +230,7 @@ def cost_table(rows: list[dict]) -> str:
     for r in rows:
         cells = []
         for key, _ in COSTS:
-            if r["per_problem"] is None:
+            if r["per_problem"] is None or r["per_problem"][key] is None:
                 cells.append("n/a")
                 continue
             ratio = (r["relative"] or {}).get(key)

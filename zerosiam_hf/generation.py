@@ -1,5 +1,6 @@
 """Batched greedy generation from pre-tokenized prompts, with LoRA merged for speed, and answering a test set."""
 
+import inspect
 import math
 import time
 from contextlib import contextmanager, nullcontext
@@ -165,21 +166,62 @@ def sampling_config(config: GenerationConfig, temperature: float) -> GenerationC
 
 @torch.no_grad()
 def generate_batch(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig, logits_processor=None
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    logits_processor=None,
+    samples: int = 1,
 ) -> list[list[int]]:
     """Completions of one left-padded batch (greedy unless `config` samples), each cut after its first end token.
 
     `logits_processor`: transformers `LogitsProcessor`s applied at every decoding step (a decoding-time method).
+    `samples`: answers per prompt, consecutive in the output. Their prompt is read once: its KV cache, computed
+    for one copy, is repeated for the samples, which then decode from its last token.
     """
+    cache = {}
+    if samples > 1:
+        cache = prompt_cache(model, input_ids, attention_mask, samples)
+        input_ids, attention_mask = (
+            input_ids.repeat_interleave(samples, 0),
+            attention_mask.repeat_interleave(samples, 0),
+        )
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         generation_config=config,
         logits_processor=LogitsProcessorList(logits_processor or []),
+        **cache,
     )
     generated = output[:, input_ids.shape[1] :]
     lengths = completion_mask(generated, config.eos_token_id).sum(dim=1).tolist()
     return [row[:length].tolist() for row, length in zip(generated, lengths)]
+
+
+def cache_argument(model) -> str:
+    """The name under which `model`'s forward and generate() take a KV cache, and its output holds one: cache since
+    transformers 5.2x (the lock's), past_key_values before (a bare GPU image's 5.17)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, samples: int) -> dict:
+    """generate()'s cache argument holding the KV cache of every prompt token but the last, computed once per prompt
+    and repeated `samples` times (consecutive rows); empty for one-token prompts, which have nothing to cache.
+    generate() then reads only the last token of each copy, at the position it would have given it."""
+    if input_ids.shape[1] < 2:
+        return {}
+    name = cache_argument(model)
+    # generate()'s positions for left-padded rows: count real tokens, padding at 1
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    cache = model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=True,
+    )[name]
+    cache.batch_repeat_interleave(samples)
+    return {name: cache}
 
 
 def generate_continuous(
@@ -225,18 +267,19 @@ def generate_batches(
     merge_lora: bool = True,
     logits_processor=None,
     backend: str = "static",
+    samples: int = 1,
 ) -> list[list[int]]:
-    """Completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order.
+    """Completions for an iterable of left-padded `(input_ids, attention_mask)` batches, in order: `samples`
+    consecutive answers per prompt (see `generate_batch`).
 
     The model answers in eval mode (with LoRA merged when `merge_lora`) and gets its train/eval mode back after.
     `backend` "continuous" answers every batch's prompts in one continuous batch of at most the largest batch's
-    size (`generate_continuous`); it applies no `logits_processor`.
+    size (`generate_continuous`); it applies no `logits_processor` and answers once per prompt.
     """
     check_backend(backend)
-    if backend == "continuous" and logits_processor:
-        raise ValueError(
-            "--generation_backend continuous applies no logits processor; use --generation_backend static."
-        )
+    if backend == "continuous" and (logits_processor or samples > 1):
+        what = "applies no logits processor" if logits_processor else "answers once per prompt"
+        raise ValueError(f"--generation_backend continuous {what}; use --generation_backend static.")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -252,7 +295,7 @@ def generate_batches(
             else:
                 for input_ids, attention_mask in batches:
                     completions += generate_batch(
-                        model, input_ids.to(device), attention_mask.to(device), config, logits_processor
+                        model, input_ids.to(device), attention_mask.to(device), config, logits_processor, samples
                     )
     finally:
         model.train(was_training)

@@ -141,9 +141,10 @@ class ZeroSiamTrainer(Trainer):
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         if args.sampling_temperature is not None:  # the methods that sample their answers
             self._generation_config = sampling_config(self._generation_config, args.sampling_temperature)
-        # What the run spent, for the cost columns of a comparison: tokens generated (every sample), tokens through
-        # a forward and backward pass of the backbone, and tokens through an extra forward without backward.
-        self.cost = {"generated_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
+        # What the run spent, for the cost columns of a comparison: tokens generated (every sample), prompt tokens
+        # through the generator's prefill, tokens through a forward and backward pass of the backbone, and tokens
+        # through an extra forward without backward.
+        self.cost = {"generated_tokens": 0, "prefill_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
         self._pending_episode = None
         self._step_start = {}
         self._signal_stop = SignalStop()
@@ -239,7 +240,8 @@ class ZeroSiamTrainer(Trainer):
             check_checkpoint_identity(checkpoint, self.run_identity)
         run_state = read_run_state(checkpoint)
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
-        self.cost = dict(run_state.get("cost") or self.cost)
+        # a checkpoint written before a counter existed resumes it from zero
+        self.cost = {**self.cost, **(run_state.get("cost") or {})}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
@@ -365,8 +367,8 @@ class ZeroSiamTrainer(Trainer):
             context, processors = self.method.decoding(model, self.args, ids, mask)
             if self.method.forwards_prompt:
                 self.cost["forward_tokens"] += int(mask.sum())
-            if k > 1:
-                ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+            # each prompt once, then its last token once per sample (generation.prompt_cache)
+            self.cost["prefill_tokens"] += int(mask.sum()) + (k - 1) * len(ids)
             with context:
                 completions += generate_batches(
                     model,
@@ -376,6 +378,7 @@ class ZeroSiamTrainer(Trainer):
                     merge_lora=self.args.merge_adapter_for_generation and not self.is_sharded,
                     backend=self.args.generation_backend,
                     logits_processor=processors,
+                    samples=k,
                 )
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
         return completions
