@@ -55,6 +55,9 @@ GPU_SHAPES = [(16384, 576, 49152), (8192, 4096, 128256)]  # (tokens, hidden, voc
 CPU_TOKENS, CPU_CHUNK, GPU_CHUNK = 512, 128, 1024
 
 
+STAGES = ("loss_head", "online", "generation", "roofline")
+
+
 @dataclass
 class SpeedArguments:
     """Arguments of scripts/measure_speed.py."""
@@ -91,7 +94,10 @@ class SpeedArguments:
     output_json: str = field(default="results/speed/loss_head.json", metadata={"help": "Where to write the results."})
     stages: list[str] = field(
         default_factory=lambda: ["loss_head"],
-        metadata={"help": "Stages to run: loss_head, online (the online loop against plain evaluation)."},
+        metadata={
+            "help": "Stages to run: loss_head, online (the online loop against plain evaluation), generation (the "
+            "two backends), roofline (the machine's ceilings and each phase of one online step against them)."
+        },
     )
     online_model: str = field(default="llama", metadata={"help": "Model of the online stage (alias, id or folder)."})
     online_dataset: str = field(default="gsm8k", metadata={"help": "Prompts of the online stage."})
@@ -105,6 +111,14 @@ class SpeedArguments:
     )
     generation_max_new_tokens: int = field(default=256, metadata={"help": "Token cap of the generation stage."})
     generation_rounds: int = field(default=1, metadata={"help": "Rounds of the two backends, taking turns."})
+    roofline_model: str = field(default="llama", metadata={"help": "Model of the roofline stage."})
+    roofline_dtype: str = field(
+        default="auto", metadata={"help": "Its weights dtype, as adapt's --dtype (auto: what a run would load)."}
+    )
+    roofline_method: str = field(default="zerosiam", metadata={"help": "Method whose update the roofline times."})
+    roofline_batch: int = field(default=8, metadata={"help": "Prompts per online step (the README's batch)."})
+    roofline_prompt: int = field(default=150, metadata={"help": "Tokens per prompt (a GSM8K prompt's length)."})
+    roofline_answer: int = field(default=96, metadata={"help": "Tokens per answer (the README's cap)."})
 
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(HEADS))
@@ -116,9 +130,12 @@ class SpeedArguments:
                 raise ValueError(f"--{name} must be >= 1; got {value}.")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1; got {self.warmup} and {self.repeats}.")
-        unknown_stages = sorted(set(self.stages) - {"loss_head", "online", "generation"})
+        unknown_stages = sorted(set(self.stages) - set(STAGES))
         if unknown_stages:
-            raise ValueError(f"--stages takes loss_head, online and generation; got {unknown_stages}.")
+            raise ValueError(f"--stages takes {', '.join(STAGES)}; got {unknown_stages}.")
+        for name in ("roofline_batch", "roofline_prompt", "roofline_answer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         for name in ("generation_prompts", "generation_max_new_tokens", "generation_rounds", "online_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
@@ -317,6 +334,43 @@ def measure_generation(args: SpeedArguments, device: str) -> dict:
     return {"settings": settings, "data": identity, "rows": rows}
 
 
+def measure_roofline(args: SpeedArguments, device: str) -> dict:
+    """The machine's ceilings, then each phase of one online step of the embedded (or given) model against them."""
+    from zerosiam_hf.bench.roofline import ceilings, format_rows, measure_phases
+    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+
+    model, tokenizer, spec = load_model_and_tokenizer(
+        ModelArguments(model=args.roofline_model, dtype=args.roofline_dtype)
+    )
+    model.to(device)
+    dtypes = [torch.float32, torch.bfloat16]
+    # a matrix of 2048 fills the CPU's units; a GPU needs larger ones, and a buffer well past its cache
+    size, nbytes = (8192, 4 << 30) if device == "cuda" else (2048, 1 << 30)
+    peaks = ceilings(device, dtypes, size, nbytes)
+    lines = [f"| {name} matrix product | {flops / 1e12:.2f} TFLOP/s |" for name, flops in peaks["flops"].items()]
+    lines.append(f"| memory read | {peaks['bandwidth'] / 1e9:.1f} GB/s |")
+    print("| ceiling | measured |\n|---|---|\n" + "\n".join(lines) + "\n", flush=True)
+    rows = measure_phases(
+        model,
+        tokenizer,
+        method=args.roofline_method,
+        batch=args.roofline_batch,
+        prompt=args.roofline_prompt,
+        answer=args.roofline_answer,
+        peaks=peaks,
+        repeats=args.repeats,
+    )
+    print(format_rows(rows), flush=True)
+    settings = {
+        k: getattr(args, k) for k in ("roofline_method", "roofline_batch", "roofline_prompt", "roofline_answer")
+    }
+    return {
+        "settings": {**settings, "model": args.roofline_model, "dtype": spec["dtype"]},
+        "ceilings": peaks,
+        "rows": rows,
+    }
+
+
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments, run the measuring stages and write their report."""
@@ -343,6 +397,10 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------ generation backends
     if "generation" in args.stages:
         report["generation"] = measure_generation(args, device)
+
+    # ------------------------------------------------------------------ roofline
+    if "roofline" in args.stages:
+        report["roofline"] = measure_roofline(args, device)
 
     # ------------------------------------------------------------------ save
     write_json(args.output_json, report)
