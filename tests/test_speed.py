@@ -63,6 +63,35 @@ def test_online_stage_times_every_variant_on_the_same_prompts(tiny_model_dir, pr
     assert online["data"]["selected"] == 4 and online["settings"]["online_batch_size"] == 2
 
 
+def test_roofline_stage_times_every_phase_against_the_floor_of_the_measured_ceilings(tiny_model_dir, tmp_path):
+    argv = ["--stages", "roofline", "--roofline_model", tiny_model_dir, "--roofline_dtype", "float32"]
+    argv += ["--roofline_batch", "2", "--roofline_prompt", "6", "--roofline_answer", "3", "--repeats", "1"]
+    report = measure_speed.main([*argv, "--output_json", str(tmp_path / "roofline.json")])
+
+    roofline = report["roofline"]
+    assert set(roofline["ceilings"]["flops"]) == {"float32", "bfloat16"} and roofline["ceilings"]["bandwidth"] > 0
+    rows = {row["phase"]: row for row in roofline["rows"]}
+    assert list(rows) == [
+        "prefill",
+        "decoding step (forward)",
+        "decoding step (generate)",
+        "update forward + loss head",
+        "update backward",
+        "loss head (forward + backward)",
+        "optimizer step",
+    ]
+    peak, bandwidth = roofline["ceilings"]["flops"]["float32"], roofline["ceilings"]["bandwidth"]
+    for row in rows.values():
+        floor = max(row["gflop"] * 1e9 / peak, row["mb"] * 2**20 / bandwidth)
+        assert row["ms"] > 0 and row["floor_ms"] == pytest.approx(floor * 1e3)
+        assert row["fraction"] == pytest.approx(row["floor_ms"] / row["ms"])
+    assert (
+        rows["optimizer step"]["bound"] == "memory"
+        and rows["prefill"]["gflop"] > rows["decoding step (forward)"]["gflop"]
+    )
+    assert roofline["settings"]["dtype"] == "float32"
+
+
 def test_generation_stage_times_both_backends_on_the_same_prompts(tiny_model_dir, problems_file, tmp_path):
     output = tmp_path / "generation.json"
     argv = ["--stages", "generation", "--online_model", tiny_model_dir, "--online_dataset", problems_file]
