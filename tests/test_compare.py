@@ -10,9 +10,10 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import DATA_DIR, PROBLEMS, REPO, adapt_argv, assert_usage_error, write_problems
 
-from zerosiam_hf import comparison, pipeline, records
+from zerosiam_hf import comparison, modeling, pipeline, records
 from zerosiam_hf.commands import adapt, compare
 from zerosiam_hf.synthetic import SHIFTS, generate_problems
 from zerosiam_hf.trainer import RUN_STATE_FILE
@@ -397,6 +398,20 @@ def test_a_finished_run_is_not_reused_once_its_data_file_changed(tiny_model_dir,
     assert compare.main(argv)["rows"][0]["n"] == 6
     write_problems(data, [{"question": q, "answer": a} for q, a in PROBLEMS[:4]])
     assert compare.main(argv)["rows"][0]["n"] == 4  # reused, it said 6
+
+
+def test_a_finished_run_of_dtype_auto_is_not_reused_where_auto_loads_another_dtype(
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--methods", "none", "--seeds", "0")
+    monkeypatch.setattr(modeling, "auto_dtype", lambda: torch.float32)  # a CPU without bf16 units
+    first = compare.main(argv)["rows"][0]
+    assert compare.main(argv)["rows"][0] == first  # reused where auto still loads float32
+    record = tmp_path / "cmp" / "runs" / "none-seed0" / "run.json"
+    assert json.loads(record.read_text())["model"]["dtype"] == "float32"
+    monkeypatch.setattr(modeling, "auto_dtype", lambda: torch.bfloat16)  # the same command where bf16 is native
+    compare.main(argv)
+    assert json.loads(record.read_text())["model"]["dtype"] == "bfloat16"
 
 
 def test_a_run_refused_partway_leaves_nothing_and_its_advice_then_works(

@@ -10,10 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from zerosiam_hf import invocation, pipeline
 from zerosiam_hf.data import DataArguments
-from zerosiam_hf.modeling import ModelArguments
+from zerosiam_hf.modeling import ModelArguments, auto_dtype
 from zerosiam_hf.quantization import bitsandbytes_available
 from zerosiam_hf.records import matching_record, write_json
 from zerosiam_hf.staging import LOCK_FILE, MARKER_FILE, staged_output, staging_path
@@ -203,3 +204,19 @@ def test_deepspeed_asked_for_on_the_command_line_is_not_hidden_and_in_a_config_f
             assert "ValueError: deepspeed given in a --config file" in result.stderr.splitlines()[-1]
         else:
             assert result.stdout.strip() == expected, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("cuda", "amx", "avx512_bf16", "expected"),
+    [
+        (False, False, False, torch.float32),
+        (False, True, False, torch.bfloat16),
+        (False, False, True, torch.bfloat16),
+        (True, False, False, torch.bfloat16),
+    ],
+)
+def test_dtype_auto_is_bf16_only_where_the_matrix_units_compute_it(monkeypatch, cuda, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert auto_dtype() is expected

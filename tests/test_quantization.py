@@ -41,6 +41,8 @@ STEPS = 3  # six problems, two a step
 
 
 def load(model_dir: str, **options):
+    """The 4-bit model, computing in float32 unless `dtype` says otherwise (--dtype auto is bf16 on some CPUs)."""
+    options = {"dtype": "float32", **options}
     return load_model_and_tokenizer(ModelArguments(model=model_dir, load_in_4bit=True, **options))[:2]
 
 
@@ -210,7 +212,7 @@ def test_qlora_adapter_reloads_on_a_4bit_and_on_a_float32_base(qlora_adapter, ti
     # a float32 base: the same adapter on the weights before quantization, a slightly different model. Stated
     # tolerance: the logits stay within 10% of the adapter's own effect from the 4-bit adapted model's (measured here:
     # 0.028 against an effect of 0.44; the two bases differ by 0.015), and the greedy answers are the same.
-    base_fp32 = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir))[0]
+    base_fp32 = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir, dtype="float32"))[0]
     on_fp32 = load_adapted_model(base_fp32, str(adapter_dir))
     with torch.no_grad():
         reloaded = on_fp32(input_ids=batch).logits
@@ -250,7 +252,9 @@ def test_embedded_model_adapts_in_4bit_and_reloads_on_4bit_and_float32(tmp_path,
     # here). Stated tolerance: the reloaded model agrees with the 4-bit adapted one as often as the float32 base agrees
     # with the 4-bit base (so the quantization, not the adapter, sets the difference; one position of slack), and the
     # adapter changes the logits in the same direction on both bases (cosine >= 0.9; measured 0.94).
-    on_fp32 = load_adapted_model(load_model_and_tokenizer(ModelArguments(model="llama"))[0], str(tmp_path / "run"))
+    on_fp32 = load_adapted_model(
+        load_model_and_tokenizer(ModelArguments(model="llama", dtype="float32"))[0], str(tmp_path / "run")
+    )
     base_agree = adapted_agree = 0
     changes_4bit, changes_fp32 = [], []
     for ids, answer in zip(prompt_ids, answers):

@@ -360,9 +360,10 @@ def test_refuses_datasets_that_are_not_prompts(tmp_path, tokenizer, problems, pr
 # ----------------------------------------------------------------------------------------------------- save and reload
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory, tiny_model_dir, one_thread):
-    """ZeroSiam adapted with a large learning rate for a few steps, saved with `trainer.save_model`."""
+    """ZeroSiam adapted with a large learning rate for a few steps, saved with `trainer.save_model`; in float32,
+    which plain transformers loads and which these tests compare at float32's precision."""
     out = tmp_path_factory.mktemp("adapted")
-    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir))
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir, dtype="float32"))
     problems = Dataset.from_list([{"question": q, "answer": a, "index": i} for i, (q, a) in enumerate(PROBLEMS)])
     prompts = build_prompts(problems, tokenizer, "Solve.", max_prompt_length=512)
     config = make_config(out, learning_rate=5e-2, protocol="offline", signal="prompt", max_steps=STEPS)

@@ -48,6 +48,20 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def auto_dtype() -> torch.dtype:
+    """The weights dtype `--dtype auto` loads: bfloat16 where the matrix units compute it natively (a GPU, or a CPU
+    with AMX or AVX512-BF16), float32 on other CPUs, where bf16 products are emulated and slower than float32."""
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
+def load_dtype(name: str) -> torch.dtype:
+    """The weights dtype `--dtype name` loads on this machine."""
+    return DTYPES[name] or auto_dtype()
+
+
 @dataclass
 class ModelArguments:
     """Which model to adapt and how to load it."""
@@ -61,7 +75,11 @@ class ModelArguments:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": f"Weights dtype, one of {tuple(DTYPES)}; auto is bfloat16 on a GPU, float32 on the CPU."},
+        metadata={
+            "help": f"Weights dtype, one of {tuple(DTYPES)}; auto is bfloat16 on a GPU and on a CPU with bf16 matrix "
+            "units (AMX or AVX512-BF16, detected), float32 on other CPUs. LoRA, the predictor and the optimizer "
+            "state stay float32."
+        },
     )
     load_in_4bit: bool = field(
         default=False,
@@ -266,7 +284,7 @@ def load_model_and_tokenizer(
         check_context(config, model_args.model, *lengths)
     if saved_by_bitsandbytes(config):
         import_bitsandbytes()  # transformers loads such a checkpoint with it; a command hid it until asked
-    dtype = DTYPES[model_args.dtype] or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    dtype = load_dtype(model_args.dtype)
     kwargs = {"dtype": dtype, **trust}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation

@@ -27,6 +27,7 @@ from .modeling import (
     ModelArguments,
     check_adapter,
     load_adapted_model,
+    load_dtype,
     load_model_and_tokenizer,
     lora_modules,
     nonfinite_tensors,
@@ -111,6 +112,16 @@ def adapt_or_reuse(
     record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
     if record is not None and record["data"].get("sha256") not in (None, file_sha256(data_args)):
         logger.info("the data file changed since the finished run in %s: running it again", args.output_dir)
+        record = None
+    # --dtype auto loads what the machine computes fastest: a run it made elsewhere may have computed in another dtype
+    dtype = str(load_dtype(model_args.dtype)).removeprefix("torch.")
+    if record is not None and record["model"].get("dtype", dtype) != dtype:
+        logger.info(
+            "the finished run in %s computed in %s, this one in %s: running it again",
+            args.output_dir,
+            record["model"]["dtype"],
+            dtype,
+        )
         record = None
     if record is not None:
         logger.info("reusing the finished run in %s", args.output_dir)
