@@ -20,8 +20,8 @@ from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.commands import adapt
 from zerosiam_hf.data import build_prompts, gold_answers
 from zerosiam_hf.generation import generate_completions, pad
-from zerosiam_hf.losses import head_logits, head_loss
-from zerosiam_hf.modeling import check_head_input, head_transform, lora_modules, lora_target_modules
+from zerosiam_hf.losses import head_logits, head_loss, head_transform
+from zerosiam_hf.modeling import check_head_input, lora_modules, lora_target_modules
 
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -26,7 +26,8 @@ from helpers import (
 from safetensors.torch import load_file
 
 from zerosiam_hf.commands import adapt
-from zerosiam_hf.trainer import ZeroSiamTrainer, latest_checkpoint
+from zerosiam_hf.staging import latest_checkpoint
+from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
 # ----------------------------------------------------------------------------------------------- one writer per folder

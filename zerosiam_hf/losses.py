@@ -1,6 +1,7 @@
 """Loss heads for test-time entropy optimization of causal LMs: ZeroSiam, Tent and COME.
 
-Every function here is a pure function of tensors. `head_loss` reads the final hidden states of the backbone, applies
+Every function here is a pure function of tensors, but `head_transform`, which reads from a model's config what
+its head does to the logits. `head_loss` reads the final hidden states of the backbone, applies
 the frozen LM head (and, for ZeroSiam, the predictor) and returns the loss with its diagnostics. Its default,
 chunked implementation never holds the full [N, V] logits: it walks the selected positions in chunks, computes the
 gradient with respect to the logits in closed form while the chunk's logits are at hand, and keeps only the [N, d]
@@ -73,6 +74,40 @@ def head_logits(
     return _transform(_linear(hidden, lm_head_weight, lm_head_bias), logit_scale, softcap)
 
 
+def head_transform(config) -> dict:
+    """What the model does to its LM head's output, as `head_loss` takes it: {'logit_scale', 'softcap'}.
+
+    Read from the config attributes that transformers' causal LMs apply after the head: Gemma 2/3's
+    `final_logit_softcapping`, Granite's `logits_scaling` (a divisor) and Cohere's `logit_scale`. An attribute whose
+    meaning differs by architecture, or that is not covered, is refused with one line; `modeling.check_head_input` then
+    confirms on the loaded model that nothing else happens to the logits.
+    """
+    config = config.get_text_config()
+    name = _architecture(config)
+    logit_scale, softcap = 1.0, getattr(config, "final_logit_softcapping", None)
+    if getattr(config, "logits_scaling", 1.0) != 1.0:
+        # Granite divides by it; HyperCLOVA X, with the same attribute, multiplies
+        if not config.model_type.startswith("granite"):
+            raise ValueError(
+                f"{name}: its logits_scaling={config.logits_scaling} is applied in a way the loss head does not know "
+                "(Granite divides by it); this architecture is not supported."
+            )
+        logit_scale = 1.0 / config.logits_scaling
+    if config.model_type.startswith("cohere") and getattr(config, "logit_scale", None) is not None:
+        logit_scale = float(config.logit_scale)
+    for attribute in ("lm_head_multiplier", "output_multiplier_scale"):
+        if getattr(config, attribute, 1.0) not in (1.0, None):
+            raise ValueError(
+                f"{name}: its logits are multiplied by {attribute}={getattr(config, attribute)}, which the loss "
+                "head does not reproduce; this architecture is not supported."
+            )
+    return {"logit_scale": logit_scale, "softcap": None if softcap is None else float(softcap)}
+
+
+def _architecture(config) -> str:
+    return (getattr(config, "architectures", None) or [config.model_type])[0]
+
+
 def head_loss(
     method: str,
     hidden: torch.Tensor,
@@ -103,7 +138,7 @@ def head_loss(
             grad mode is on) during the forward pass and supports one backward, not double backward.
         lm_head_bias: optional [V] bias of the LM head.
         logit_scale, softcap: the model's transform of its logits, applied to every branch before the softmax (see
-            `head_logits`; `modeling.head_transform` reads them from a model's config). The defaults leave the
+            `head_logits`; `head_transform` reads them from a model's config). The defaults leave the
             logits untouched, with no extra operation.
         **method_kwargs: COME only: `num_classes` (int, K of the opinion, default V) and `norm_constraint` (bool,
             default True); see below.

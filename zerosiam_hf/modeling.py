@@ -26,7 +26,7 @@ from .cli import read_yaml
 from .config import ZeroSiamConfig
 from .engines import import_bitsandbytes
 from .generation import check_lengths
-from .losses import head_logits
+from .losses import head_logits, head_transform
 from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
 from .quantization import (
     bitsandbytes_available,
@@ -330,40 +330,6 @@ def _remote_code_refused(model: str):
             f"--model {model} ships its own Python code (an auto_map in its config) that loading it would run; pass "
             "--trust_remote_code true only if you trust that code."
         ) from None
-
-
-def head_transform(config) -> dict:
-    """What the model does to its LM head's output, as `losses.head_loss` takes it: {'logit_scale', 'softcap'}.
-
-    Read from the config attributes that transformers' causal LMs apply after the head: Gemma 2/3's
-    `final_logit_softcapping`, Granite's `logits_scaling` (a divisor) and Cohere's `logit_scale`. An attribute whose
-    meaning differs by architecture, or that is not covered, is refused with one line; `check_head_input` then
-    confirms on the loaded model that nothing else happens to the logits.
-    """
-    config = config.get_text_config()
-    name = _architecture(config)
-    logit_scale, softcap = 1.0, getattr(config, "final_logit_softcapping", None)
-    if getattr(config, "logits_scaling", 1.0) != 1.0:
-        # Granite divides by it; HyperCLOVA X, with the same attribute, multiplies
-        if not config.model_type.startswith("granite"):
-            raise ValueError(
-                f"{name}: its logits_scaling={config.logits_scaling} is applied in a way the loss head does not know "
-                "(Granite divides by it); this architecture is not supported."
-            )
-        logit_scale = 1.0 / config.logits_scaling
-    if config.model_type.startswith("cohere") and getattr(config, "logit_scale", None) is not None:
-        logit_scale = float(config.logit_scale)
-    for attribute in ("lm_head_multiplier", "output_multiplier_scale"):
-        if getattr(config, attribute, 1.0) not in (1.0, None):
-            raise ValueError(
-                f"{name}: its logits are multiplied by {attribute}={getattr(config, attribute)}, which the loss "
-                "head does not reproduce; this architecture is not supported."
-            )
-    return {"logit_scale": logit_scale, "softcap": None if softcap is None else float(softcap)}
-
-
-def _architecture(config) -> str:
-    return (getattr(config, "architectures", None) or [config.model_type])[0]
 
 
 def check_head_input(model: PreTrainedModel, transform: dict) -> None:

@@ -45,14 +45,8 @@ from .records import (
     write_json,
     write_jsonl,
 )
-from .staging import OutputArguments, staged_output, staging_path
-from .trainer import (
-    PREDICTIONS_FILE,
-    PREFIX_CHECKPOINT_DIR,
-    ZeroSiamTrainer,
-    check_checkpoint_identity,
-    latest_checkpoint,
-)
+from .staging import OutputArguments, latest_checkpoint, staged_output, staging_path
+from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, check_checkpoint_identity
 
 
 logger = logging.getLogger("zerosiam_hf")

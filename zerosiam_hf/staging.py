@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 MARKER_FILE = ".zerosiam-hf"
 # pid and host of the run writing a staging folder.
 LOCK_FILE = ".lock"
+# What a checkpoint needs beyond the Trainer's own files to resume a run exactly.
+RUN_STATE_FILE = "zerosiam_state.json"
 # The advice after a file-system error, by its errno: what makes the next try work.
 _OS_ADVICE = {
     errno.ENOSPC: "free space on that disk or choose another --output_dir",
@@ -214,8 +216,6 @@ def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bo
     """The one line for a run that failed to write its staging folder, which is left complete or removed: a
     complete checkpoint stays, to resume from, and so do the runs finished inside it (a comparison's, each a folder
     with its marker), to be reused; without either nothing of the run is worth keeping."""
-    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only a failed run needs it
-
     checkpoint = latest_checkpoint(staging)
     if checkpoint is not None:
         then = f"{checkpoint} is kept: then run the same command with --resume_from_checkpoint true"
@@ -226,6 +226,22 @@ def _failed_run(error: OSError, output_dir: str, staging: Path, main_process: bo
             _remove_owned(staging)
         then = "nothing of this run was kept: then run the same command again"
     return RunStopped(f"--output_dir {output_dir}: the run stopped, {_os_problem(error, staging)}; {then}.")
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest checkpoint in `folder` that was written to its end (a kill can cut the last one short)."""
+    # transformers pulls in torch: imported here, where a checkpoint is looked for, not where a folder is staged
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    complete = [
+        path
+        for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.name.rsplit("-", 1)[1].isdigit()
+        and (path / TRAINER_STATE_NAME).is_file()
+        and (path / RUN_STATE_FILE).is_file()
+    ]
+    return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))) if complete else None
 
 
 def copy_folder(source: Path, target: Path, copy=None) -> None:
@@ -245,8 +261,6 @@ def copy_folder(source: Path, target: Path, copy=None) -> None:
 def _holds_finished_work(staging: Path) -> bool:
     """Whether a staging folder holds what a rerun goes on from: a complete checkpoint, or runs finished inside it
     (a comparison's, each a folder with its marker)."""
-    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only a failed run needs it
-
     if latest_checkpoint(staging) is not None:
         return True
     return any(marker.parent != staging for marker in staging.rglob(MARKER_FILE))
@@ -526,8 +540,6 @@ def open_staging(output_dir: str, config: dict | None = None, overwrite: bool = 
             return staging
         raise ValueError(f"--output_dir {output_dir}: another run took {staging} just now; choose another folder.")
     gone = f" (its process, pid {holder['pid']}, is gone)" if holder else ""
-    from .trainer import latest_checkpoint  # the trainer pulls in torch and transformers; only this message needs it
-
     how = (
         "resume it with --resume_from_checkpoint true or start over with --overwrite true"
         if latest_checkpoint(staging)

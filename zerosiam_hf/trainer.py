@@ -24,17 +24,17 @@ from .errors import RunStopped
 from .generation import generate_batches, greedy_config, pad, sampling_config
 from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .launch import refuse_zero3
+from .losses import head_transform
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
-from .modeling import build_adapted_model, check_head_input, head_transform
+from .modeling import build_adapted_model, check_head_input
 from .predictor import PREDICTOR_NAME, find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
+from .staging import RUN_STATE_FILE, latest_checkpoint
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
-# What a checkpoint needs beyond the Trainer's own files to resume a run exactly.
-RUN_STATE_FILE = "zerosiam_state.json"
 
 
 class PromptCollator:
@@ -522,15 +522,3 @@ def check_checkpoint_identity(checkpoint: str, identity: dict) -> None:
             f"--resume_from_checkpoint {checkpoint}: the data differs from what that run read ({shown}); restore "
             f"that data, {start_over}."
         )
-
-
-def latest_checkpoint(folder: str) -> str | None:
-    """The newest checkpoint in `folder` that was written to its end (a kill can cut the last one short)."""
-    complete = [
-        path
-        for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if path.name.rsplit("-", 1)[1].isdigit()
-        and (path / TRAINER_STATE_NAME).is_file()
-        and (path / RUN_STATE_FILE).is_file()
-    ]
-    return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))) if complete else None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import head_logits
+from ..losses import head_logits, head_transform
 from .base import Method, final_hidden_states
 
 
@@ -49,7 +49,7 @@ def optimize_delta(
         labels: [B, T] next-token ids; `lm_head(hidden[:, t])` predicts `labels[:, t]`.
         mask: [B, T] bool, the positions whose cross-entropy counts (SLOT: every prompt token after the first).
         steps, lr, weight_decay, eps: AdamW's settings as SLOT sets them.
-        logit_scale, softcap: the model's own transform of its head's output (`modeling.head_transform`).
+        logit_scale, softcap: the model's own transform of its head's output (`losses.head_transform`).
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or mask.shape != labels.shape:
         raise ValueError(
@@ -120,8 +120,6 @@ class SLOT(Method):
     options = {"slot_steps": 5, "slot_lr": 0.1}
 
     def decoding(self, model, args, prompt_ids, prompt_mask):
-        from ..modeling import head_transform  # here: modeling imports the config, which imports this registry
-
         with torch.no_grad():
             _, hidden = final_hidden_states(model, prompt_ids, prompt_mask)
         head = model.get_output_embeddings()
