@@ -339,7 +339,7 @@ def test_empty_mask_gives_zero_loss_and_zero_grads(method, chunk_size):
 @pytest.mark.parametrize(
     "method,changes,kwargs,match",
     [
-        ("sft", {}, {}, "method must be one of 'zerosiam', 'tent', 'come'"),
+        ("sft", {}, {}, "head must be one of 'zerosiam', 'tent', 'come'"),
         ("zerosiam", {"predictor_weight": None}, {}, "needs predictor_weight"),
         ("tent", {"predictor_weight": torch.eye(D)}, {}, "has no predictor"),
         ("tent", {"hidden": torch.randn(B * T, D)}, {}, r"hidden must be \[B, T, d\]"),

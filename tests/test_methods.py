@@ -12,6 +12,7 @@ from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.generation import generate_batches
+from zerosiam_hf.losses import head_transform
 from zerosiam_hf.methods import METHODS, read_method_settings
 from zerosiam_hf.methods.base import final_hidden_states
 from zerosiam_hf.methods.em_inf import EntropyMinimizationLogitsProcessor
@@ -115,23 +116,23 @@ def test_majority_vote_groups_equal_answers_and_never_elects_none():
 
 def test_ttrl_rewards_read_the_answers_never_the_gold():
     ttrl = METHODS["ttrl"]
-    trainer = type("T", (), {"checker": NumericChecker()})()
+    trainer = SimpleNamespace(checker=NumericChecker(), args=SimpleNamespace(num_generations=4))
     answers = ["7", "7.0", "8", None]
     records = [
         {"pred_flexible": answer, "correct_flexible": correct, "majority_answer": "7"}
         for answer, correct in zip(answers, [False, False, True, True])
     ]
-    assert ttrl.from_answers(trainer, records, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert ttrl.from_answers(trainer, records).tolist() == [1.0, 1.0, 0.0, 0.0]
     flipped = [{**r, "correct_flexible": not r["correct_flexible"]} for r in records]
-    assert ttrl.from_answers(trainer, flipped, 4).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert ttrl.from_answers(trainer, flipped).tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_ttrl_rewards_use_the_recorded_vote_instead_of_voting_again():
     # `_record` votes once per prompt and stores the result on every sample; a label that is not the
     # majority proves the reward reads it rather than counting the answers a second time.
-    trainer = type("T", (), {"checker": NumericChecker()})()
+    trainer = SimpleNamespace(checker=NumericChecker(), args=SimpleNamespace(num_generations=4))
     records = [{"pred_flexible": a, "majority_answer": "8"} for a in ["7", "7.0", "8", None]]
-    assert METHODS["ttrl"].from_answers(trainer, records, 4).tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert METHODS["ttrl"].from_answers(trainer, records).tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------------------------- in the trainer
@@ -139,7 +140,7 @@ def test_ttrl_rewards_use_the_recorded_vote_instead_of_voting_again():
 def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenizer, prompts, gold, method, monkeypatch):
     if method == "rent":  # the tiny model never writes `#### N`: let every answer count as answered
         monkeypatch.setattr(
-            type(METHODS["rent"]), "from_answers", lambda self, t, records, k: torch.ones(len(records)) > 0
+            type(METHODS["rent"]), "from_answers", lambda self, t, records: torch.ones(len(records)) > 0
         )
     model = make_model(tokenizer)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -291,7 +292,8 @@ def test_a_decoding_method_reloads_from_its_saved_settings(tmp_path, tokenizer, 
     assert method.name == "slot" and options == {"slot_steps": 2, "slot_lr": 0.1}
     ids = torch.tensor([prompts[0]["prompt_ids"]])
     model = make_model(tokenizer)  # the base: SLOT changed no weight
-    context, processors = method.decoding(model, SimpleNamespace(**options), ids, torch.ones_like(ids))
+    run = SimpleNamespace(args=SimpleNamespace(**options), head_transform=head_transform(model.config))
+    context, processors = method.decoding(run, model, ids, torch.ones_like(ids))
     with context:
         answer = generate_batches(model, [(ids, torch.ones_like(ids))], trainer._generation_config)[0]
     assert tokenizer.decode(answer, skip_special_tokens=True) == trainer.online_results()[1][0]["completion"]

@@ -11,15 +11,11 @@ tests hold the chunked path to. Both paths apply the model's own transform of it
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-
-# The loss heads `head_loss` computes (the run methods that use them are in `methods/head.py`).
-HEADS = ("zerosiam", "tent", "come")
-_METHOD_KWARGS = {"zerosiam": (), "tent": (), "come": ("num_classes", "norm_constraint")}
 
 
 @dataclass
@@ -109,7 +105,7 @@ def _architecture(config) -> str:
 
 
 def head_loss(
-    method: str,
+    head: str,
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
     mask: torch.Tensor,
@@ -121,12 +117,13 @@ def head_loss(
     lm_head_bias: torch.Tensor | None = None,
     logit_scale: float = 1.0,
     softcap: float | None = None,
-    **method_kwargs,
+    **head_kwargs,
 ) -> HeadLoss:
-    """Test-time loss of `method` on the positions selected by `mask`, with diagnostics of the clean branch.
+    """Test-time loss of the head named `head` on the positions selected by `mask`, with diagnostics of the clean
+    branch.
 
     Args:
-        method: "zerosiam", "tent" or "come".
+        head: a key of `HEADS`: "zerosiam", "tent" or "come" (a head, which several methods may share).
         hidden: [B, T, d] final hidden states of the backbone (after its final norm).
         lm_head_weight: [V, d] LM head weight. The head is frozen: no gradient reaches it (nor `lm_head_bias`).
         mask: [B, T] bool, the positions that carry the loss.
@@ -140,7 +137,7 @@ def head_loss(
         logit_scale, softcap: the model's transform of its logits, applied to every branch before the softmax (see
             `head_logits`; `head_transform` reads them from a model's config). The defaults leave the
             logits untouched, with no extra operation.
-        **method_kwargs: COME only: `num_classes` (int, K of the opinion, default V) and `norm_constraint` (bool,
+        **head_kwargs: COME only: `num_classes` (int, K of the opinion, default V) and `norm_constraint` (bool,
             default True); see below.
 
     The matmuls run in hidden's dtype (autocast's when it is on); softmax, entropy and KL in at least fp32.
@@ -165,34 +162,30 @@ def head_loss(
         for tent and come), `align` (ZeroSiam's symmetric KL, 0 otherwise), `clean_entropy`, `clean_logit_norm`,
         each a detached masked mean, and `clean_top1` ([N] argmax of the clean logits at the selected positions).
     """
-    come = _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, method_kwargs)
+    come = _check_args(head, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, head_kwargs)
     _check_transform(logit_scale, softcap)
-    transform = {"logit_scale": logit_scale, "softcap": softcap}
     rows = hidden[mask]
     weight = lm_head_weight.detach()
     bias = None if lm_head_bias is None else lm_head_bias.detach()
+    grad_enabled = torch.is_grad_enabled()
+    device_type = rows.device.type
+    spec = _ChunkSpec(
+        head=head,
+        # the matmuls run in autocast's dtype when it is on, as they would in the naive path
+        compute_dtype=torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else rows.dtype,
+        alpha=alpha,
+        stop_gradient=stop_gradient,
+        chunk_size=chunk_size,
+        num_classes=come["num_classes"],
+        norm_constraint=come["norm_constraint"],
+        grad_rows=grad_enabled and rows.requires_grad,
+        grad_predictor=grad_enabled and predictor_weight is not None and predictor_weight.requires_grad,
+        logit_scale=logit_scale,
+        softcap=softcap,
+    )
     if chunk_size == 0:
-        loss_sum, stats, top1 = _naive_head(
-            method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come, transform
-        )
+        loss_sum, stats, top1 = _naive_head(rows, predictor_weight, weight, bias, spec)
     else:
-        grad_enabled = torch.is_grad_enabled()
-        device_type = rows.device.type
-        spec = _ChunkSpec(
-            method=method,
-            # the matmuls run in autocast's dtype when it is on, as they would in the naive path
-            compute_dtype=torch.get_autocast_dtype(device_type)
-            if torch.is_autocast_enabled(device_type)
-            else rows.dtype,
-            alpha=alpha,
-            stop_gradient=stop_gradient,
-            chunk_size=chunk_size,
-            num_classes=come["num_classes"],
-            norm_constraint=come["norm_constraint"],
-            grad_rows=grad_enabled and rows.requires_grad,
-            grad_predictor=grad_enabled and predictor_weight is not None and predictor_weight.requires_grad,
-            **transform,
-        )
         loss_sum, stats, top1 = _ChunkedHeadLoss.apply(rows, predictor_weight, weight, bias, spec)
     count = max(rows.shape[0], 1)
     entropy, align, clean_entropy, clean_logit_norm = (stats / count).unbind()
@@ -211,16 +204,14 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, method_kwargs):
+def _check_args(head, hidden, lm_head_weight, mask, predictor_weight, chunk_size, lm_head_bias, head_kwargs):
     """Raise ValueError for bad arguments; return COME's options with their defaults filled in."""
-    if method not in HEADS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, HEADS))}; got {method!r}.")
-    unknown = sorted(set(method_kwargs) - set(_METHOD_KWARGS[method]))
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}; got {head!r}.")
+    unknown = sorted(set(head_kwargs) - set(HEADS[head].options))
     if unknown:
-        allowed = ", ".join(_METHOD_KWARGS[method]) or "none"
-        raise ValueError(
-            f"head_loss got unknown keyword arguments {unknown} for method={method!r} (allowed: {allowed})."
-        )
+        allowed = ", ".join(HEADS[head].options) or "none"
+        raise ValueError(f"head_loss got unknown keyword arguments {unknown} for head={head!r} (allowed: {allowed}).")
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, d]; got shape {tuple(hidden.shape)}.")
     d = hidden.shape[-1]
@@ -237,15 +228,15 @@ def _check_args(method, hidden, lm_head_weight, mask, predictor_weight, chunk_si
         raise ValueError(
             f"lm_head_bias must be [V] with V={lm_head_weight.shape[0]}; got {tuple(lm_head_bias.shape)}."
         )
-    if method == "zerosiam" and predictor_weight is None:
-        raise ValueError("method='zerosiam' needs predictor_weight ([d, d], the predictor's nn.Linear weight).")
-    if method != "zerosiam" and predictor_weight is not None:
-        raise ValueError(f"method={method!r} has no predictor: pass predictor_weight=None.")
+    if HEADS[head].predictor and predictor_weight is None:
+        raise ValueError(f"head={head!r} needs predictor_weight ([d, d], the predictor's nn.Linear weight).")
+    if not HEADS[head].predictor and predictor_weight is not None:
+        raise ValueError(f"head={head!r} has no predictor: pass predictor_weight=None.")
     if predictor_weight is not None and predictor_weight.shape != (d, d):
         raise ValueError(f"predictor_weight must be [d, d] with d={d}; got {tuple(predictor_weight.shape)}.")
     if chunk_size < 0:
         raise ValueError(f"chunk_size must be >= 0 (0 selects the naive reference); got {chunk_size}.")
-    come = {"num_classes": None, "norm_constraint": True, **method_kwargs}
+    come = {"num_classes": None, "norm_constraint": True, **head_kwargs}
     if come["num_classes"] is None:
         come["num_classes"] = lm_head_weight.shape[0]
     elif come["num_classes"] < 1:
@@ -288,21 +279,16 @@ def _opinion_entropy(logits: torch.Tensor, num_classes: int, norm_constraint: bo
     return -(log_belief.exp() * log_belief).sum(-1) - log_uncertainty.exp() * log_uncertainty
 
 
-def _naive_head(method, rows, weight, bias, predictor_weight, alpha, stop_gradient, come, transform):
+def _naive_head(rows, predictor_weight, weight, bias, spec: "_ChunkSpec"):
     """Reference: full [N, V] logits and plain autograd. Returns (loss sum, [4] stat sums, [N] top-1)."""
-    clean_rows = rows if method != "zerosiam" or not stop_gradient else rows.detach()
+    head = HEADS[spec.head]
+    transform = {"logit_scale": spec.logit_scale, "softcap": spec.softcap}
+    clean_rows = rows.detach() if head.predictor and spec.stop_gradient else rows
     clean = _transform(_linear(clean_rows, weight, bias), **transform)
-    if method == "zerosiam":
+    online = None
+    if head.predictor:
         online = _transform(_linear(rows @ predictor_weight.to(rows.dtype).T, weight, bias), **transform)
-        entropy = entropy_from_logits(online)
-        align = symmetric_kl(clean, online)
-        loss = entropy + alpha * align
-        with torch.no_grad():
-            clean_entropy = entropy_from_logits(clean)
-    else:
-        entropy = clean_entropy = entropy_from_logits(clean)
-        align = torch.zeros_like(entropy)
-        loss = entropy if method == "tent" else _opinion_entropy(clean, come["num_classes"], come["norm_constraint"])
+    loss, entropy, align, clean_entropy = head.naive(spec, clean, online)
     with torch.no_grad():
         norm = torch.linalg.vector_norm(clean, dim=-1)
         stats = torch.stack([entropy.sum(), align.sum(), clean_entropy.sum(), norm.sum()])
@@ -310,9 +296,31 @@ def _naive_head(method, rows, weight, bias, predictor_weight, alpha, stop_gradie
     return loss.sum(), stats, top1
 
 
+def _zerosiam_naive(spec, clean, online):
+    """ZeroSiam's per-row loss, online entropy, symmetric KL and clean entropy from [N, V] logits of both branches."""
+    entropy = entropy_from_logits(online)
+    align = symmetric_kl(clean, online)
+    with torch.no_grad():
+        clean_entropy = entropy_from_logits(clean)
+    return entropy + spec.alpha * align, entropy, align, clean_entropy
+
+
+def _tent_naive(spec, clean, online):
+    """Tent's per-row loss (the entropy), entropy, align (0) and clean entropy from the clean [N, V] logits."""
+    entropy = entropy_from_logits(clean)
+    return entropy, entropy, torch.zeros_like(entropy), entropy
+
+
+def _come_naive(spec, clean, online):
+    """COME's per-row opinion entropy, softmax entropy, align (0) and clean entropy from the clean [N, V] logits."""
+    entropy = entropy_from_logits(clean)
+    loss = _opinion_entropy(clean, spec.num_classes, spec.norm_constraint)
+    return loss, entropy, torch.zeros_like(entropy), entropy
+
+
 @dataclass(frozen=True)
 class _ChunkSpec:
-    method: str
+    head: str
     compute_dtype: torch.dtype
     alpha: float
     stop_gradient: bool
@@ -363,14 +371,14 @@ def _chunked_head(rows, predictor_weight, weight, bias, spec: _ChunkSpec):
     if spec.grad_predictor:
         grad_predictor = torch.zeros(d, d, dtype=_stats_dtype(predictor_weight.dtype), device=device)
     if n:
-        zerosiam = spec.method == "zerosiam"
+        branched = HEADS[spec.head].predictor  # ZeroSiam: each chunk holds [target; online] rows
         dtype = spec.compute_dtype
-        predictor = predictor_weight.to(dtype) if zerosiam else None
+        predictor = predictor_weight.to(dtype) if branched else None
         weight = weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-        target_grad = zerosiam and not spec.stop_gradient and spec.grad_rows
+        target_grad = branched and not spec.stop_gradient and spec.grad_rows
         chunk = min(spec.chunk_size, n)
-        branch_rows = (2 if zerosiam else 1) * chunk
+        branch_rows = (2 if branched else 1) * chunk
         # workspaces reused by every chunk: a fresh [chunk, V] allocation per chunk costs page faults on CPU
         logits_buf = torch.empty(branch_rows, weight.shape[0], dtype=stats_dtype, device=device)
         probs_buf = torch.empty_like(logits_buf)
@@ -380,7 +388,7 @@ def _chunked_head(rows, predictor_weight, weight, bias, spec: _ChunkSpec):
         for start in range(0, n, chunk):
             h = rows[start : start + chunk].to(dtype)
             k = h.shape[0]
-            inputs = torch.cat([h, h @ predictor.T]) if zerosiam else h
+            inputs = torch.cat([h, h @ predictor.T]) if branched else h
             logits, probs = logits_buf[: inputs.shape[0]], probs_buf[: inputs.shape[0]]
             _logits_into(logits, inputs, weight, bias, cast_buf)
             slope = None if slope_buf is None else slope_buf[: inputs.shape[0]]
@@ -394,7 +402,7 @@ def _chunked_head(rows, predictor_weight, weight, bias, spec: _ChunkSpec):
                 continue
             _chain_transform_(grad, spec.logit_scale, slope)
             grad_inputs = _logit_grad_to_inputs(grad, weight, cast_buf)
-            if not zerosiam:
+            if not branched:
                 grad_rows[start : start + k] = grad_inputs
                 continue
             # the online branch read P(h) = h @ P.T; with target_grad, grad_inputs is [target; online]
@@ -460,13 +468,7 @@ def _chunk_loss(spec, logits, probs, norm, target_grad):
     Works in place on the chunk's logits [M, V] (ZeroSiam: [target; online]) and the probs buffer of the same shape.
     """
     log_sum_exp = _softmax_(logits, probs)
-    if spec.method == "zerosiam":
-        return _zerosiam_chunk(logits, probs, spec.alpha, target_grad)
-    if spec.method == "tent":
-        entropy, grad = _tent_chunk(logits, probs)
-        return entropy, entropy, torch.zeros_like(entropy), entropy, grad
-    loss, entropy, grad = _come_chunk(logits, probs, log_sum_exp, norm, spec.num_classes, spec.norm_constraint)
-    return loss, entropy, torch.zeros_like(entropy), entropy, grad
+    return HEADS[spec.head].chunk(spec, logits, probs, log_sum_exp, norm, target_grad)
 
 
 def _softmax_(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -481,20 +483,22 @@ def _softmax_(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return (shift + log_total).squeeze(-1)
 
 
-def _tent_chunk(log_probs, probs):
-    """Tent on one chunk, in place. Returns the entropy [M] and its gradient w.r.t. the logits [M, V]."""
+def _tent_chunk(spec, log_probs, probs, log_sum_exp, norm, target_grad):
+    """Tent on one chunk, in place. Returns the loss, entropy, align (0) and clean entropy [M] (the entropy thrice)
+    and the loss's gradient w.r.t. the logits [M, V]."""
     entropy = -_rowdot(probs, log_probs)
     # dH/dz = -p * (log p + H)
     probs.mul_(log_probs.add_(entropy.unsqueeze(-1))).neg_()
-    return entropy, probs
+    return entropy, entropy, torch.zeros_like(entropy), entropy, probs
 
 
-def _zerosiam_chunk(log_probs, probs, alpha, target_grad):
+def _zerosiam_chunk(spec, log_probs, probs, log_sum_exp, norm, target_grad):
     """ZeroSiam on one chunk, in place; rows are [target; online] (k each).
 
     Returns the loss, online entropy, symmetric KL and target entropy ([k] each) and the gradient w.r.t. the logits:
     [2k, V] for [target; online] when `target_grad`, else [k, V] for the online branch alone.
     """
+    alpha = spec.alpha
     k = log_probs.shape[0] // 2
     log_t, log_o, p_t, p_o = log_probs[:k], log_probs[k:], probs[:k], probs[k:]
     entropies = -_rowdot(probs, log_probs)
@@ -514,11 +518,13 @@ def _zerosiam_chunk(log_probs, probs, alpha, target_grad):
     return loss, ent_o, align, ent_t, log_probs if target_grad else log_o
 
 
-def _come_chunk(log_probs, probs, log_sum_exp, norm, num_classes, norm_constraint):
+def _come_chunk(spec, log_probs, probs, log_sum_exp, norm, target_grad):
     """COME on one chunk, in place (see `head_loss`).
 
-    Returns the opinion entropy [M], the softmax entropy [M] and the gradient w.r.t. the logits [M, V].
+    Returns the opinion entropy, the softmax entropy, align (0) and clean entropy [M] (the softmax entropy again) and
+    the gradient w.r.t. the logits [M, V].
     """
+    num_classes, norm_constraint = spec.num_classes, spec.norm_constraint
     entropy = -_rowdot(probs, log_probs)
     log_k = math.log(num_classes)
     log_strength = torch.logaddexp(log_sum_exp, log_sum_exp.new_tensor(log_k))
@@ -536,4 +542,24 @@ def _come_chunk(log_probs, probs, log_sum_exp, norm, num_classes, norm_constrain
         along = _rowdot(shifted, grad) + rest.squeeze(-1) * grad.sum(-1)
         coef = torch.where(norm > 0, along / norm.square(), 0).unsqueeze(-1)
         grad.addcmul_(shifted, coef, value=-1).sub_(coef * rest)
-    return loss, entropy, grad
+    return loss, entropy, torch.zeros_like(entropy), entropy, grad
+
+
+@dataclass(frozen=True)
+class _Head:
+    """One loss head of `head_loss`: its naive reference (`(spec, clean, online) -> (loss, entropy, align, clean
+    entropy)`, per row), its in-place chunk step (the same and the loss's gradient w.r.t. the chunk's logits), the
+    keyword options it takes, and whether it reads a predictor branch (`online`; [target; online] rows in a chunk)."""
+
+    naive: Callable
+    chunk: Callable
+    options: tuple[str, ...] = ()
+    predictor: bool = False
+
+
+# The loss heads `head_loss` computes, by name (the run methods that use them are in `methods/head.py`).
+HEADS = {
+    "zerosiam": _Head(_zerosiam_naive, _zerosiam_chunk, predictor=True),
+    "tent": _Head(_tent_naive, _tent_chunk),
+    "come": _Head(_come_naive, _come_chunk, options=("num_classes", "norm_constraint")),
+}

@@ -27,7 +27,7 @@ from .config import ZeroSiamConfig
 from .engines import import_bitsandbytes
 from .generation import check_lengths
 from .losses import head_logits, head_transform
-from .predictor import PREDICTOR_NAME, attach_predictor, find_predictor
+from .predictor import PREDICTOR_NAME, attach_predictor
 from .quantization import (
     bitsandbytes_available,
     is_4bit,
@@ -422,14 +422,15 @@ def lora_modules(model: PeftModel) -> list[str]:
     return [name.removeprefix(prefix) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
 
 
-def lora_config(args: ZeroSiamConfig, target_modules: list[str]) -> LoraConfig:
-    """The LoRA configuration of a run; the predictor, when the method has one, is saved beside the adapters."""
+def lora_config(args: ZeroSiamConfig, target_modules: list[str], modules_to_save: list[str]) -> LoraConfig:
+    """The LoRA configuration of a run; the modules the method trains beside LoRA (ZeroSiam's predictor) are saved
+    with the adapters."""
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=target_modules,
-        modules_to_save=[PREDICTOR_NAME] if args.method_spec.trains == "lora+predictor" else None,
+        modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
     )
 
@@ -444,7 +445,8 @@ def _peft_on_transformers_5():
 
 
 def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftModel:
-    """Prepare a 4-bit base for training, attach the predictor (ZeroSiam only), then wrap with LoRA.
+    """Prepare a 4-bit base for training, attach what the method trains beside LoRA (ZeroSiam's predictor: its
+    `prepare_model`), then wrap with LoRA and let the method set that up (`adapted_model`).
 
     The same order as `load_adapted_model`. On a 4-bit base the preparation casts the LM head to fp32 first, so the
     predictor, which takes the head's precision (fp32 at least), and the loss head both run in fp32.
@@ -452,19 +454,11 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
     if is_4bit(model):
         model = prepare_4bit_for_training(model, args.gradient_checkpointing)
     target_modules = lora_target_modules(model, args.lora_target_modules)
-    if args.method_spec.trains == "lora+predictor":
-        attach_predictor(model)
+    method = args.method_spec
+    modules_to_save = method.prepare_model(args, model)
     with _peft_on_transformers_5():
-        peft_model = get_peft_model(model, lora_config(args, target_modules))
-    if args.ablation in ("frozen_identity_predictor", "frozen_random_predictor"):
-        predictor = find_predictor(peft_model)
-        if args.ablation == "frozen_random_predictor":
-            with torch.no_grad():
-                generator = torch.Generator().manual_seed(args.seed)
-                d = predictor.weight.shape[0]
-                random = torch.randn(d, d, generator=generator) / d**0.5
-                predictor.weight.copy_(random.to(predictor.weight))
-        predictor.weight.requires_grad_(False)
+        peft_model = get_peft_model(model, lora_config(args, target_modules, modules_to_save))
+    method.adapted_model(args, peft_model)
     return peft_model
 
 

@@ -28,7 +28,7 @@ from .losses import head_transform
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
 from .modeling import build_adapted_model, check_head_input
-from .predictor import PREDICTOR_NAME, find_predictor
+from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
 from .staging import RUN_STATE_FILE, latest_checkpoint
@@ -137,7 +137,7 @@ class ZeroSiamTrainer(Trainer):
         self.head_transform = head_transform(model.get_base_model().config)
         if args.trains or self.method.forwards_prompt:
             check_head_input(model, self.head_transform)
-        self.predictor = find_predictor(model) if self.method.trains == "lora+predictor" else None
+        self.predictor = find_predictor(model)
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
         if args.sampling_temperature is not None:  # the methods that sample their answers
             self._generation_config = sampling_config(self._generation_config, args.sampling_temperature)
@@ -260,18 +260,12 @@ class ZeroSiamTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
-        """AdamW over LoRA at `learning_rate` and over the predictor at `learning_rate * predictor_lr_scale`."""
+        """The Trainer's optimizer over the method's parameter groups (`Method.parameter_groups`)."""
         if self.optimizer is not None:
             return self.optimizer
         opt_model = model if model is not None else self.model
         trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in trainable if PREDICTOR_NAME not in n], "weight_decay": self.args.weight_decay}
-        ]
-        predictor_params = [p for n, p in trainable if PREDICTOR_NAME in n]
-        if predictor_params:
-            lr = self.args.learning_rate * self.args.predictor_lr_scale
-            groups.append({"params": predictor_params, "lr": lr, "weight_decay": 0.0})
+        groups = self.method.parameter_groups(self.args, trainable)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
@@ -316,7 +310,7 @@ class ZeroSiamTrainer(Trainer):
         loss_mask = torch.zeros_like(is_answer)
         loss_mask[:, :-1] = is_answer[:, 1:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
-        rewards = self.method.from_answers(self, scored, k) if scored is not None else None
+        rewards = self.method.from_answers(self, scored) if scored is not None else None
         if rewards is not None:
             batch["rewards"] = rewards.to(input_ids.device)
         return batch
@@ -364,7 +358,7 @@ class ZeroSiamTrainer(Trainer):
         completions = []
         for start in range(0, len(prompt_ids), size):
             ids, mask = prompt_ids[start : start + size], prompt_mask[start : start + size]
-            context, processors = self.method.decoding(model, self.args, ids, mask)
+            context, processors = self.method.decoding(self, model, ids, mask)
             if self.method.forwards_prompt:
                 self.cost["forward_tokens"] += int(mask.sum())
             # each prompt once, then its last token once per sample (generation.prompt_cache)

@@ -4,12 +4,17 @@ from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 
 class Method:
     """One test-time method. A subclass declares what the method trains, which tokens carry its signal, how many
     answers it samples per prompt, when it resets and which options it takes; it implements its loss (or its
-    decoding hook). Instances hold no state: the trainer passes itself to every hook.
+    decoding hook). Instances hold no state.
+
+    Hooks: those that build the model and its optimizer run before a trainer exists and take the run's config first
+    (`prepare_model`, `adapted_model`, `parameter_groups`); those of a step take the trainer first (`loss`,
+    `decoding`, `from_answers`), which holds the config (`trainer.args`), the LM head and the logging.
 
     Class attributes:
         name: the `--method` value.
@@ -43,19 +48,33 @@ class Method:
         """Whether the trainer takes optimizer steps for it."""
         return self.trains in ("lora", "lora+predictor")
 
+    def prepare_model(self, args, model: nn.Module) -> list[str]:
+        """Before LoRA wraps `model`: attach what the method trains beside LoRA, and return those modules' names,
+        which peft trains and saves with the adapter (`modules_to_save`). Nothing by default."""
+        return []
+
+    def adapted_model(self, args, model: nn.Module) -> None:
+        """After LoRA wrapped `model` (a `PeftModel`): set up the modules `prepare_model` attached (an ablation
+        freezes them, say). Nothing by default."""
+
+    def parameter_groups(self, args, parameters: list[tuple[str, nn.Parameter]]) -> list[dict]:
+        """The optimizer's parameter groups over the trainable `(name, parameter)` pairs: by default one, at the
+        run's learning rate and weight decay."""
+        return [{"params": [p for _, p in parameters], "weight_decay": args.weight_decay}]
+
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
         """The loss of one batch built by the trainer's `_prepare_inputs`; methods that train nothing have none."""
         raise NotImplementedError(f"--method {self.name} has no training loss.")
 
-    def decoding(self, model, args, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    def decoding(self, trainer, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
         """A context for the generation of these prompts' answers and logits processors to apply while decoding:
         `(context manager, list of LogitsProcessor)`. Plain decoding by default.
 
-        `model` is the (unwrapped) model that answers, `args` the run's config (for the method's options).
+        `model` is the (unwrapped) model that answers; its options are in `trainer.args`.
         """
         return nullcontext(), []
 
-    def from_answers(self, trainer, records: list[dict], num_generations: int) -> torch.Tensor | None:
+    def from_answers(self, trainer, records: list[dict]) -> torch.Tensor | None:
         """Sampling methods: what the reward needs from the scored answers ([N]: TTRL's vote, RENT's has-an-answer),
         read from their extracted answers only; None when the loss's statistics are all it needs."""
         return None
@@ -70,7 +89,10 @@ def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
         attention_mask=attention_mask,
         position_ids=position_ids,
         output_hidden_states=True,
-        logits_to_keep=1,  # the methods compute their own logits, chunk by chunk
+        # the methods compute their own logits, chunk by chunk. An index, not the int 1: the slice [:, -1:] of
+        # hidden states that need a gradient sent the head's matmul through a batched product over a copy of its
+        # weight per row ([B, d, V]; 0.45 GB and most of a second on a CPU, at batch 8 with the embedded model)
+        logits_to_keep=torch.tensor([input_ids.shape[1] - 1], device=input_ids.device),
         use_cache=False,
     )
     return outputs, outputs.hidden_states[-1]

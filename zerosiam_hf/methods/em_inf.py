@@ -82,7 +82,8 @@ class EMInf(Method):
         "sampling_temperature": 0.1,
     }
 
-    def decoding(self, model, args, prompt_ids, prompt_mask):
+    def decoding(self, trainer, model, prompt_ids, prompt_mask):
+        args = trainer.args
         processor = EntropyMinimizationLogitsProcessor(
             args.em_inf_steps, args.em_inf_lr, args.em_inf_kl_weight, args.em_inf_threshold
         )

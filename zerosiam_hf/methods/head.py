@@ -5,6 +5,7 @@ from typing import ClassVar
 import torch
 
 from ..losses import head_loss
+from ..predictor import PREDICTOR_NAME, attach_predictor, find_predictor
 from .base import Method
 
 
@@ -43,6 +44,32 @@ class ZeroSiam(HeadMethod):
 
     def head_kwargs(self, args, transform: dict) -> dict:
         return {**transform, "alpha": args.alpha, "stop_gradient": args.ablation != "no_stop_gradient"}
+
+    def prepare_model(self, args, model) -> list[str]:
+        attach_predictor(model)
+        return [PREDICTOR_NAME]
+
+    def adapted_model(self, args, model) -> None:
+        if args.ablation not in ("frozen_identity_predictor", "frozen_random_predictor"):
+            return
+        predictor = find_predictor(model)
+        if args.ablation == "frozen_random_predictor":
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(args.seed)
+                d = predictor.weight.shape[0]
+                random = torch.randn(d, d, generator=generator) / d**0.5
+                predictor.weight.copy_(random.to(predictor.weight))
+        predictor.weight.requires_grad_(False)
+
+    def parameter_groups(self, args, parameters) -> list[dict]:
+        """LoRA at the learning rate; the predictor at `learning_rate * predictor_lr_scale`, without weight decay."""
+        groups = [{"params": [p for n, p in parameters if PREDICTOR_NAME not in n], "weight_decay": args.weight_decay}]
+        predictor = [p for n, p in parameters if PREDICTOR_NAME in n]
+        if predictor:  # a frozen predictor (an ablation) has no trainable parameter
+            groups.append(
+                {"params": predictor, "lr": args.learning_rate * args.predictor_lr_scale, "weight_decay": 0.0}
+            )
+        return groups
 
 
 class Tent(HeadMethod):

@@ -21,7 +21,7 @@ class Rent(SamplingMethod):
     online_only = True  # the no-answer penalty reads the answers as the online protocol extracts them
     options = {**SamplingMethod.options, "beta": 0.001}
 
-    def from_answers(self, trainer, records, num_generations):
+    def from_answers(self, trainer, records):
         # whether each sample has an answer in the asked-for form; gold-based fields are never read
         return torch.tensor([record["pred_strict"] is not None for record in records])
 

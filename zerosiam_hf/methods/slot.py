@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import head_logits, head_transform
+from ..losses import head_logits
 from .base import Method, final_hidden_states
 
 
@@ -119,7 +119,7 @@ class SLOT(Method):
     needs_static_generation = "adds a per-prompt delta to the hidden states of each batch row"
     options = {"slot_steps": 5, "slot_lr": 0.1}
 
-    def decoding(self, model, args, prompt_ids, prompt_mask):
+    def decoding(self, trainer, model, prompt_ids, prompt_mask):
         with torch.no_grad():
             _, hidden = final_hidden_states(model, prompt_ids, prompt_mask)
         head = model.get_output_embeddings()
@@ -130,8 +130,8 @@ class SLOT(Method):
             head.bias,
             prompt_ids[:, 1:],
             real[:, :-1] & real[:, 1:],
-            steps=args.slot_steps,
-            lr=args.slot_lr,
-            **head_transform(model.get_base_model().config if hasattr(model, "get_base_model") else model.config),
+            steps=trainer.args.slot_steps,
+            lr=trainer.args.slot_lr,
+            **trainer.head_transform,
         )
         return add_delta(head, delta), []

@@ -29,7 +29,8 @@ class TTRL(SamplingMethod):
     online_only = True  # the vote reads the answers as the online protocol extracts them
     options = {**SamplingMethod.options, "beta": 0.001}
 
-    def from_answers(self, trainer, records, num_generations):
+    def from_answers(self, trainer, records):
+        num_generations = trainer.args.num_generations
         # The trainer's record of the batch already holds each group's vote (`majority_answer`, the extracted answers
         # voting through the benchmark's checker), so the vote runs once; the gold-based fields are never read.
         rewards = []
