@@ -397,7 +397,7 @@ def test_saved_adapter_reloads_with_plain_peft_in_a_fresh_process(adapted, tmp_p
 
 
 def test_load_adapted_model_restores_lora_and_predictor(adapted):
-    base, _, _ = load_model_and_tokenizer(ModelArguments(model=adapted.model_dir))
+    base, _, _ = load_model_and_tokenizer(ModelArguments(model=adapted.model_dir, dtype="float32"))
     reloaded = load_adapted_model(base, str(adapted.dir))
     expected, actual = adapted.model.state_dict(), reloaded.state_dict()
     assert expected.keys() == actual.keys()
@@ -410,7 +410,9 @@ def test_load_adapted_model_restores_lora_and_predictor(adapted):
     assert not any(p.requires_grad for p in reloaded.parameters())
 
     trainable_again = load_adapted_model(
-        load_model_and_tokenizer(ModelArguments(model=adapted.model_dir))[0], str(adapted.dir), is_trainable=True
+        load_model_and_tokenizer(ModelArguments(model=adapted.model_dir, dtype="float32"))[0],
+        str(adapted.dir),
+        is_trainable=True,
     )
     names = {name for name, p in trainable_again.named_parameters() if p.requires_grad}
     assert names == {

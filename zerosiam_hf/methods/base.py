@@ -1,10 +1,45 @@
 """What every test-time method declares, and the hooks the trainer calls."""
 
+import math
 from contextlib import nullcontext
-from typing import Any, ClassVar
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import torch
 from torch import nn
+
+
+def option(default: Any, help: str, *, positive: bool = False) -> Field:
+    """A method option: its default and its help, written once (`--help`, the docs' table and the checks read them).
+    Every number must be finite and >= 0; `positive` refuses 0 as well."""
+    return field(default=default, metadata={"help": help, "positive": positive})
+
+
+@dataclass
+class Options:
+    """A method's own options, one `option` field each (a subclass per method), checked when made."""
+
+    def __post_init__(self):
+        for declared in fields(self):
+            name, value = declared.name, getattr(self, declared.name)
+            choices = get_args(declared.type) if get_origin(declared.type) is Literal else ()
+            if choices and value not in choices:
+                raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            # `nan < 0` is False: a NaN weight or rate would pass a sign check and poison every update.
+            if not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value}.")
+            if value < 0:
+                raise ValueError(f"--{name} must be >= 0, got {value}.")
+            if declared.metadata["positive"] and value <= 0:
+                raise ValueError(f"--{name} must be > 0, got {value}.")
+
+    @classmethod
+    def redefault(cls, name: str, default: Any) -> Field:
+        """The option `name` of these options with another default and the same help and checks: for a method
+        that shares another's option (Intuitor's sampling temperature)."""
+        return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
 
 class Method:
@@ -28,8 +63,8 @@ class Method:
         online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
         needs_static_generation: why its answers need `--generation_backend static` (what its decoding does beyond
             plain greedy answers, the only ones the continuous backend makes), or "" when they are plain greedy.
-        options: its own options (fields of `ZeroSiamConfig`) and their defaults; any other method-specific option
-            given with it is an error.
+        options_class: its own options, an `Options` dataclass declared in its module; `ZeroSiamConfig` gets a field
+            for each, and any other method's option given with it is an error.
     """
 
     name: ClassVar[str]
@@ -41,7 +76,12 @@ class Method:
     online_only: ClassVar[bool] = False
     forwards_prompt: ClassVar[bool] = False
     needs_static_generation: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {}
+    options_class: ClassVar[type[Options]] = Options
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Its options' defaults, by name."""
+        return {declared.name: declared.default for declared in fields(self.options_class)}
 
     @property
     def updates_weights(self) -> bool:
