@@ -1,19 +1,24 @@
 """The method registry and the sampling methods (GRPO): each objective against a formula written here, what moves and
 what must not, k answers scored as first-sample, avg@k and maj@k, and options a method does not take refused."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import PROBLEMS, make_config, make_model
+from helpers import PROBLEMS, adapt_argv, make_config, make_model, read_jsonl, subprocess_env
+from safetensors.torch import load_file
 
 from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.generation import generate_batches
 from zerosiam_hf.losses import head_transform
-from zerosiam_hf.methods import METHODS, read_method_settings
+from zerosiam_hf.methods import METHODS, markdown_tables, read_method_settings
 from zerosiam_hf.methods.base import final_hidden_states
 from zerosiam_hf.methods.em_inf import EntropyMinimizationLogitsProcessor
 from zerosiam_hf.methods.grpo import group_advantages, grpo_loss, per_answer_mean, token_statistics
@@ -29,6 +34,85 @@ def test_every_method_declares_itself():
         assert set(method.signals) <= {"response", "prompt"}
         assert method.resets in ("never", "prompt")
         assert set(method.options) <= {f for f in ZeroSiamConfig.__dataclass_fields__}
+
+
+def test_the_docs_tables_are_the_registry():
+    docs = (Path(__file__).parents[1] / "docs" / "METHODS.md").read_text()
+    assert markdown_tables() in docs, "docs/METHODS.md: paste zerosiam_hf.methods.markdown_tables() over its tables"
+
+
+# A method from one module: its options, its loss; registering it is the one other line.
+TOY_METHOD = """
+from dataclasses import dataclass
+
+from zerosiam_hf.losses import entropy_from_logits, head_logits
+from zerosiam_hf.methods.base import Method, Options, option
+
+
+@dataclass
+class ToyOptions(Options):
+    toy_weight: float = option(2.0, "scale of the answer's entropy", positive=True)
+
+
+class Toy(Method):
+    name = "toy"
+    help = "the answer's mean entropy times toy_weight"
+    signals = ("response",)
+    options_class = ToyOptions
+
+    def loss(self, trainer, model, inputs):
+        mask = inputs["loss_mask"]
+        hidden = trainer.final_hidden_states(model, inputs)[mask]
+        logits = head_logits(hidden, trainer.lm_head.weight, trainer.lm_head.bias, **trainer.head_transform)
+        entropy = entropy_from_logits(logits).mean()
+        trainer.log_metrics_step({"toy/entropy": entropy.detach()})
+        return trainer.args.toy_weight * entropy
+"""
+
+REGISTER_AND_RUN = """
+import contextlib, io, json, sys
+from zerosiam_hf.methods import METHODS
+from toy_method import Toy
+
+METHODS[Toy.name] = Toy()  # the registry line
+
+from zerosiam_hf.commands import adapt
+from zerosiam_hf.methods import markdown_tables
+
+argv = json.loads(sys.argv[1])
+seen = {"table": markdown_tables()}
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    adapt.main(["--help"])
+seen["help"] = out.getvalue()
+with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.suppress(SystemExit):
+    adapt.main([*argv, "--method", "tent", "--toy_weight", "1"])
+seen["refused"] = err.getvalue()
+with contextlib.redirect_stdout(io.StringIO()):
+    adapt.main([*argv, "--method", "toy", "--toy_weight", "3", "--max_steps", "2"])
+print(json.dumps(seen))
+"""
+
+
+def test_a_method_from_one_module_and_one_registry_line_runs_online(tmp_path, tiny_model_dir, problems_file):
+    (tmp_path / "toy_method.py").write_text(TOY_METHOD)
+    argv = adapt_argv(tiny_model_dir, problems_file, tmp_path / "run")
+    env = {**subprocess_env(), "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTER_AND_RUN, json.dumps(argv)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert "--toy_weight" in seen["help"] and "toy: scale of the answer's entropy (2.0)." in " ".join(
+        seen["help"].split()
+    )
+    assert "--toy_weight is not an option of --method tent" in seen["refused"]
+    assert "| toy | LoRA | response | 1, greedy | never | toy_weight 2.0 |" in seen["table"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["config"]["ZeroSiamConfig"]["toy_weight"] == 3.0
+    assert [row["toy/entropy"] > 0 for row in record["log_history"] if "toy/entropy" in row] == [True, True]
+    assert len(read_jsonl(tmp_path / "run" / "predictions.jsonl")) == 4  # answered online, two per step
+    lora_b = [t for name, t in load_file(tmp_path / "run" / "adapter_model.safetensors").items() if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(t) for t in lora_b)  # LoRA B starts at zero: the updates moved it
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Literal
 
 from huggingface_hub import is_offline_mode
@@ -11,17 +11,12 @@ from transformers.integrations import integration_utils as reporting
 
 from .engines import hidden
 from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend, check_lengths
-from .methods import METHOD_OPTIONS, METHODS
-from .methods.slot import MAX_LR as MAX_SLOT_LR
+from .methods import METHODS, declared_options, option_defaults
 from .records import is_secret
 
 
 SIGNALS = ("response", "prompt")
 PROTOCOLS = ("online", "offline")
-ABLATIONS = ("none", "no_stop_gradient", "frozen_identity_predictor", "frozen_random_predictor")
-# Options that only some methods take: None means "the method's default" (`Method.options`), and a value given to a
-# method that does not take the option is an error.
-_UNSET = None
 
 
 def _generation_field(name: str):
@@ -32,24 +27,15 @@ def _generation_field(name: str):
 
 
 @dataclass
-class ZeroSiamConfig(TrainingArguments):
-    """`TrainingArguments` plus the settings of ZeroSiam test-time adaptation.
-
-    The defaults differ from `TrainingArguments` where test-time adaptation needs it: a constant learning rate,
-    one pass over the test stream, logging every step, a checkpoint every 50 steps, and the dataset's extra columns
-    kept.
-    """
+class _MethodSettings(TrainingArguments):
+    """The method and what every method reads: its signal, the protocol, the episodic reset."""
 
     method: Literal[tuple(METHODS)] = field(
         default="zerosiam",
         metadata={"help": "Test-time method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."},
     )
-    alpha: float | None = field(
-        default=_UNSET,
-        metadata={"help": "zerosiam: weight of the symmetric KL between the online and the target branch (1.0)."},
-    )
     signal: Literal[SIGNALS] | None = field(
-        default=_UNSET,
+        default=None,
         metadata={
             "help": "Positions that carry the loss: the model's own answer (teacher-forced), or the prompt's "
             "next-token distributions. Default: the method's own (response; tlm: prompt)."
@@ -69,61 +55,37 @@ class ZeroSiamConfig(TrainingArguments):
             "is then adapted on first and answered after its update, since answer-first would never see an update."
         },
     )
-    # 1x, not the larger scales of the authors' vision code: Adam moves every entry of the d x d predictor by about
-    # its learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart
-    # (docs/results/defaults.md).
-    predictor_lr_scale: float | None = field(
-        default=_UNSET,
-        metadata={"help": "zerosiam: the predictor learns at learning_rate * predictor_lr_scale (1.0)."},
-    )
-    ablation: Literal[ABLATIONS] | None = field(
-        default=_UNSET,
-        metadata={
-            "help": "zerosiam: gradient through the target branch, or a predictor that is frozen at the identity or "
-            "at a random matrix (none)."
-        },
-    )
-    entropy_temperature: float | None = field(
-        default=_UNSET,
-        metadata={"help": "em_ft: the entropy is that of softmax(logits / entropy_temperature) (0.5)."},
-    )
-    tlm_threshold: float | None = field(
-        default=_UNSET,
-        metadata={
-            "help": "tlm: prompts whose mean NLL (log-perplexity) is above this threshold are trained on (3.0)."
-        },
-    )
-    tlm_weight: float | None = field(
-        default=_UNSET, metadata={"help": "tlm: lambda of the sample weight lambda * exp(NLL - threshold) (0.1)."}
-    )
-    slot_steps: int | None = field(
-        default=_UNSET, metadata={"help": "slot: optimizer steps on each prompt's delta before it is answered."}
-    )
-    slot_lr: float | None = field(default=_UNSET, metadata={"help": "slot: learning rate of the delta."})
-    em_inf_steps: int | None = field(
-        default=_UNSET, metadata={"help": "em_inf: optimizer steps on the logits at each decoding step."}
-    )
-    em_inf_lr: float | None = field(default=_UNSET, metadata={"help": "em_inf: learning rate on the logits."})
-    em_inf_kl_weight: float | None = field(
-        default=_UNSET, metadata={"help": "em_inf: weight of the KL to the original logits."}
-    )
-    em_inf_threshold: float | None = field(
-        default=_UNSET, metadata={"help": "em_inf: a decoding step whose entropy (nats) is below this is left as is."}
-    )
-    num_generations: int | None = field(
-        default=_UNSET,
-        metadata={"help": "ttrl, rent, intuitor: answers sampled per prompt (k); the first one is the prediction."},
-    )
-    sampling_temperature: float | None = field(
-        default=_UNSET,
-        metadata={
-            "help": "ttrl, rent, intuitor, em_inf: temperature of the sampled answers (1.0; intuitor 0.9, em_inf 0.1)."
-        },
-    )
-    beta: float | None = field(
-        default=_UNSET,
-        metadata={"help": "ttrl, rent, intuitor: weight of the KL to the base model (LoRA off) in the GRPO loss."},
-    )
+
+
+def _option_field(name: str, takers: list) -> tuple:
+    """The config's field of one method option: None stands for the method's default, and the help names the
+    methods that take it and their defaults."""
+    declared = takers[0][1]
+    methods = ", ".join(method for method, _ in takers)
+    text = f"{methods}: {declared.metadata['help']} ({option_defaults(takers)})."
+    return name, declared.type | None, field(default=None, metadata={"help": text})
+
+
+# Each method's own options (`Method.options_class`, declared in its module) as fields of the config, which the
+# command line, --config and --help read; a method given another method's option refuses it.
+METHOD_OPTIONS = declared_options(METHODS.values())
+_MethodOptions = make_dataclass(
+    "_MethodOptions",
+    [_option_field(name, takers) for name, takers in METHOD_OPTIONS.items()],
+    bases=(_MethodSettings,),
+)
+_MethodOptions.__module__ = __name__
+
+
+@dataclass
+class ZeroSiamConfig(_MethodOptions):
+    """`TrainingArguments` plus the settings of ZeroSiam test-time adaptation.
+
+    The defaults differ from `TrainingArguments` where test-time adaptation needs it: a constant learning rate,
+    one pass over the test stream, logging every step, a checkpoint every 50 steps, and the dataset's extra columns
+    kept.
+    """
+
     loss_chunk_size: int = field(
         default=1024,
         metadata={"help": "Positions per chunk of the memory-bounded loss head; 0 computes it naively (reference)."},
@@ -227,31 +189,13 @@ class ZeroSiamConfig(TrainingArguments):
         _check_choice("protocol", self.protocol, PROTOCOLS)
         check_backend(self.generation_backend)
         self._resolve_method_options()
-        _check_choice("ablation", self.ablation, ABLATIONS + (None,))
-        for name in ("learning_rate", "lora_dropout", *METHOD_OPTIONS):
+        for name in ("learning_rate", "lora_dropout"):
             value = getattr(self, name)
-            if value is None or isinstance(value, str):
-                continue
-            # `nan < 0` is False: a NaN weight or rate would pass a sign check and poison every update.
+            # `nan < 0` is False: a NaN rate would pass a sign check and poison every update.
             if not math.isfinite(value):
                 raise ValueError(f"--{name} must be a finite number, got {value}.")
             if value < 0:
                 raise ValueError(f"--{name} must be >= 0, got {value}.")
-        for name in (
-            "entropy_temperature",
-            "sampling_temperature",
-            "slot_steps",
-            "slot_lr",
-            "em_inf_steps",
-            "num_generations",
-        ):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
-        if self.slot_lr is not None and self.slot_lr > MAX_SLOT_LR:
-            raise ValueError(
-                f"--slot_lr must be at most {MAX_SLOT_LR}, got {self.slot_lr}: each step moves every entry of the "
-                "delta by up to slot_lr, and past 1 it outweighs the hidden states it is added to (SLOT uses 0.1)."
-            )
         if not (math.isfinite(self.collapse_min_entropy) and self.collapse_min_entropy >= 0):
             raise ValueError(f"--collapse_min_entropy must be a finite number >= 0, got {self.collapse_min_entropy}.")
         if not 0 <= self.collapse_max_degenerate <= 1:
@@ -328,6 +272,7 @@ class ZeroSiamConfig(TrainingArguments):
         for name, default in method.options.items():
             if getattr(self, name) is None:
                 setattr(self, name, default)
+        method.options_class(**{name: getattr(self, name) for name in method.options})  # its own checks
         if self.signal is None:
             self.signal = method.signals[0] if method.signals else None
         elif self.signal not in method.signals:
@@ -397,7 +342,12 @@ class SharedRunConfig(ZeroSiamConfig):
     and each run takes those of its method (`for_method`)."""
 
     def _resolve_method_options(self) -> None:
-        pass
+        """Check each option given against every method that takes it; the runs fill in their defaults."""
+        for name, takers in METHOD_OPTIONS.items():
+            if getattr(self, name) is None:
+                continue
+            for method, _ in takers:
+                METHODS[method].options_class(**{name: getattr(self, name)})
 
     def check_methods(self, methods: list[str]) -> None:
         """Refuse a method option that none of `methods` takes."""

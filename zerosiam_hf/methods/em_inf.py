@@ -11,11 +11,13 @@ each row is optimised and stopped on its own, exactly as a batch of one.
 """
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor
 
-from .base import Method
+from .base import Method, Options, option
+from .grpo import SamplingOptions
 
 
 class EntropyMinimizationLogitsProcessor(LogitsProcessor):
@@ -65,6 +67,17 @@ class EntropyMinimizationLogitsProcessor(LogitsProcessor):
         return logits.detach()
 
 
+# EM_PT samples at temperature 0.1: under greedy decoding the optimised logits keep their argmax (every logit above
+# exp(-H) rises by the same Adam step), so the answers would be plain greedy ones.
+@dataclass
+class EMInfOptions(Options):
+    em_inf_steps: int = option(3, "optimizer steps on the logits at each decoding step", positive=True)
+    em_inf_lr: float = option(0.1, "learning rate on the logits")
+    em_inf_kl_weight: float = option(0.05, "weight of the KL to the original logits")
+    em_inf_threshold: float = option(0.3, "a decoding step whose entropy (nats) is below this is left as is")
+    sampling_temperature: float = SamplingOptions.redefault("sampling_temperature", 0.1)
+
+
 class EMInf(Method):
     name = "em_inf"
     help = "EM-INF: each decoding step's logits optimised for low entropy near the original; no weight changes"
@@ -72,15 +85,7 @@ class EMInf(Method):
     signals = ()
     online_only = True
     needs_static_generation = "optimises the logits at each decoding step in its own logits processor"
-    # EM_PT samples at temperature 0.1: under greedy decoding the optimised logits keep their argmax (every logit
-    # above exp(-H) rises by the same Adam step), so the answers would be plain greedy ones.
-    options = {
-        "em_inf_steps": 3,
-        "em_inf_lr": 0.1,
-        "em_inf_kl_weight": 0.05,
-        "em_inf_threshold": 0.3,
-        "sampling_temperature": 0.1,
-    }
+    options_class = EMInfOptions
 
     def decoding(self, trainer, model, prompt_ids, prompt_mask):
         args = trainer.args

@@ -8,13 +8,13 @@ the KL to the base model (LoRA off) is TRL's and verl's k3 estimator exp(r - l) 
 """
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..losses import head_logits
-from .base import Method
+from .base import Method, Options, option
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
@@ -109,13 +109,20 @@ def per_answer_mean(values: torch.Tensor, rows: torch.Tensor, count: int) -> tor
     return totals / tokens.clamp(min=1)
 
 
+@dataclass
+class SamplingOptions(Options):
+    num_generations: int = option(4, "answers sampled per prompt (k); the first one is the prediction", positive=True)
+    sampling_temperature: float = option(1.0, "temperature of the sampled answers", positive=True)
+    beta: float = option(0.0, "weight of the KL to the base model (LoRA off) in the GRPO loss")
+
+
 class SamplingMethod(Method):
     """A GRPO method: `num_generations` sampled answers per prompt, rewarded by `reward`."""
 
     signals = ("response",)
     samples = True
     needs_static_generation = "samples --num_generations answers per prompt"
-    options: ClassVar[dict] = {"num_generations": 4, "sampling_temperature": 1.0, "beta": 0.0}
+    options_class = SamplingOptions
 
     def reward(self, stats: dict, from_answers: torch.Tensor | None) -> torch.Tensor:
         """[N] rewards from per-answer statistics (`entropy`, `certainty`, means over the answer's tokens) and what

@@ -1,12 +1,36 @@
 """Entropy methods of the loss head (`losses.head_loss`): ZeroSiam, Tent, COME and one-shot EM (EM-FT)."""
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from ..losses import head_loss
 from ..predictor import PREDICTOR_NAME, attach_predictor, find_predictor
-from .base import Method
+from .base import Method, Options, option
+
+
+ABLATIONS = ("none", "no_stop_gradient", "frozen_identity_predictor", "frozen_random_predictor")
+
+
+# 1x, not the larger scales of the authors' vision code: Adam moves every entry of the d x d predictor by about its
+# learning rate per step, and at 10x the first step alone pulls the branches tens of nats apart
+# (docs/results/defaults.md).
+@dataclass
+class ZeroSiamOptions(Options):
+    alpha: float = option(1.0, "weight of the symmetric KL between the online and the target branch")
+    predictor_lr_scale: float = option(1.0, "the predictor learns at learning_rate * predictor_lr_scale")
+    ablation: Literal[ABLATIONS] = option(
+        "none",
+        "gradient through the target branch, or a predictor that is frozen at the identity or at a random matrix",
+    )
+
+
+@dataclass
+class EMFTOptions(Options):
+    entropy_temperature: float = option(
+        0.5, "the entropy is that of softmax(logits / entropy_temperature)", positive=True
+    )
 
 
 class HeadMethod(Method):
@@ -40,7 +64,7 @@ class ZeroSiam(HeadMethod):
     help = "entropy of a predictor branch aligned to the stop-gradient clean branch by a symmetric KL"
     trains = "lora+predictor"
     head = "zerosiam"
-    options = {"alpha": 1.0, "predictor_lr_scale": 1.0, "ablation": "none"}
+    options_class = ZeroSiamOptions
 
     def head_kwargs(self, args, transform: dict) -> dict:
         return {**transform, "alpha": args.alpha, "stop_gradient": args.ablation != "no_stop_gradient"}
@@ -91,7 +115,7 @@ class EMFT(HeadMethod):
     help = "one-shot EM (EM-FT): entropy of softmax(logits / T) over the answer's tokens"
     head = "tent"
     signals = ("response",)
-    options = {"entropy_temperature": 0.5}
+    options_class = EMFTOptions
 
     def head_kwargs(self, args, transform: dict) -> dict:
         # softcap(s z) / T = (c / T) tanh((s / T) z / (c / T)): the temperature divides both the scale and the cap

@@ -7,13 +7,21 @@ over the response tokens. Intuitor reads the logits at the response tokens' own 
 predict them; here the predicting positions, the ones the log-probabilities use (see docs/METHODS.md).
 """
 
-from .grpo import SamplingMethod
+from dataclasses import dataclass
+
+from .grpo import SamplingMethod, SamplingOptions
+
+
+@dataclass
+class IntuitorOptions(SamplingOptions):
+    sampling_temperature: float = SamplingOptions.redefault("sampling_temperature", 0.9)
+    beta: float = SamplingOptions.redefault("beta", 0.005)
 
 
 class Intuitor(SamplingMethod):
     name = "intuitor"
     help = "GRPO on k sampled answers, reward the answer's self-certainty (mean KL(uniform || p))"
-    options = {**SamplingMethod.options, "sampling_temperature": 0.9, "beta": 0.005}
+    options_class = IntuitorOptions
 
     def reward(self, stats, from_answers):
         return stats["certainty"]

@@ -7,19 +7,26 @@ answer cannot be extracted gets the constant entropy `entropy_base` = 7.0 instea
 the benchmark's strict form (the last \\boxed{} for math, `#### N` for GSM8K), the form the prompt asks for.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from .grpo import SamplingMethod
+from .grpo import SamplingMethod, SamplingOptions
 
 
 NO_ANSWER_ENTROPY = 7.0  # RENT's entropy_base
+
+
+@dataclass
+class RentOptions(SamplingOptions):
+    beta: float = SamplingOptions.redefault("beta", 0.001)
 
 
 class Rent(SamplingMethod):
     name = "rent"
     help = "GRPO on k sampled answers, reward minus the answer's mean token entropy (-7 without an answer)"
     online_only = True  # the no-answer penalty reads the answers as the online protocol extracts them
-    options = {**SamplingMethod.options, "beta": 0.001}
+    options_class = RentOptions
 
     def from_answers(self, trainer, records):
         # whether each sample has an answer in the asked-for form; gold-based fields are never read

@@ -11,13 +11,14 @@ elementwise) each row moves exactly as it would if optimised alone.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..losses import head_logits
-from .base import Method, final_hidden_states
+from .base import Method, Options, final_hidden_states, option
 
 
 # The largest --slot_lr taken, refused above rather than warned of, since no answer past it is worth scoring: each
@@ -107,6 +108,20 @@ def add_delta(lm_head: nn.Module, delta: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
+@dataclass
+class SLOTOptions(Options):
+    slot_steps: int = option(5, "optimizer steps on each prompt's delta before it is answered", positive=True)
+    slot_lr: float = option(0.1, "learning rate of the delta", positive=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.slot_lr > MAX_LR:
+            raise ValueError(
+                f"--slot_lr must be at most {MAX_LR}, got {self.slot_lr}: each step moves every entry of the delta by "
+                "up to slot_lr, and past 1 it outweighs the hidden states it is added to (SLOT uses 0.1)."
+            )
+
+
 class SLOT(Method):
     name = "slot"
     help = "SLOT: a per-prompt vector added before the LM head, fitted to the prompt, used for its answer"
@@ -117,7 +132,7 @@ class SLOT(Method):
     forwards_prompt = True
     # continuous batching packs every answer's tokens into one row, where a per-row delta has no row to go to
     needs_static_generation = "adds a per-prompt delta to the hidden states of each batch row"
-    options = {"slot_steps": 5, "slot_lr": 0.1}
+    options_class = SLOTOptions
 
     def decoding(self, trainer, model, prompt_ids, prompt_mask):
         with torch.no_grad():

@@ -8,11 +8,13 @@ so the NLL is used directly. In the online setting the selection NLL comes from 
 in the offline setting it comes from the frozen base model: pass that model's logits to select there if needed.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..losses import entropy_from_logits, head_logits
-from .base import Method
+from .base import Method, Options, option
 
 
 def tlm_loss(
@@ -53,11 +55,19 @@ def tlm_loss(
     return loss, nll_detached, selected
 
 
+@dataclass
+class TLMOptions(Options):
+    tlm_threshold: float = option(
+        3.0, "prompts whose mean NLL (log-perplexity) is above this threshold are trained on"
+    )
+    tlm_weight: float = option(0.1, "lambda of the sample weight lambda * exp(NLL - threshold)")
+
+
 class TLM(Method):
     name = "tlm"
     help = "TLM: the prompt's NLL, on prompts above a log-perplexity threshold, weighted towards the harder ones"
     signals = ("prompt",)
-    options = {"tlm_threshold": 3.0, "tlm_weight": 0.1}
+    options_class = TLMOptions
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
         hidden = trainer.final_hidden_states(model, inputs)

@@ -9,10 +9,16 @@ here a missing answer is None, never wins and is never rewarded.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from .grpo import SamplingMethod
+from .grpo import SamplingMethod, SamplingOptions
+
+
+@dataclass
+class TTRLOptions(SamplingOptions):
+    beta: float = SamplingOptions.redefault("beta", 0.001)
 
 
 def vote_rewards(answers: Sequence[str | None], label: str | None, same: Callable[[str, str], bool]) -> list[float]:
@@ -27,7 +33,7 @@ class TTRL(SamplingMethod):
     name = "ttrl"
     help = "GRPO on k sampled answers, reward 1 for agreeing with their majority answer"
     online_only = True  # the vote reads the answers as the online protocol extracts them
-    options = {**SamplingMethod.options, "beta": 0.001}
+    options_class = TTRLOptions
 
     def from_answers(self, trainer, records):
         num_generations = trainer.args.num_generations
