@@ -6,7 +6,7 @@ above the memory allocated once the inputs exist; on CPU, where each variant run
 resident set size (`ru_maxrss`) minus its resident size once the inputs exist. Times are medians of repeated calls,
 the variants taking turns on the same inputs: wall time, and on CPU also the process's CPU time, the figure to read
 where other processes share the cores. The table ends with the ratios that docs/SPEED.md sets goals for;
-the measuring helpers are in `zerosiam_hf.speed`.
+the stages and their helpers are in `zerosiam_hf.bench`.
 
 Usage (from the repository root, with the package installed, `pip install -e .`):
 
@@ -28,31 +28,19 @@ Usage (from the repository root, with the package installed, `pip install -e .`)
 
 import dataclasses
 import logging
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from zerosiam_hf.bench.online import measure_generation, measure_online
+from zerosiam_hf.bench.speed import CPU_CHUNK, CPU_TOKENS, GPU_CHUNK, machine_info, measure_loss_head
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.engines import hide_optional_engines
 from zerosiam_hf.losses import HEADS
 from zerosiam_hf.records import write_json
-from zerosiam_hf.speed import (
-    format_table,
-    machine_info,
-    measure_peak,
-    measure_peak_in_child,
-    ratios,
-    time_round_robin,
-)
 
 
 logger = logging.getLogger(__name__)
-
-EMBEDDED_HEAD = {"hidden": 576, "vocab": 49152}  # SmolLM2-135M-Instruct, the project's embedded model
-GPU_SHAPES = [(16384, 576, 49152), (8192, 4096, 128256)]  # (tokens, hidden, vocab); the second is Llama-3.1-8B's
-CPU_TOKENS, CPU_CHUNK, GPU_CHUNK = 512, 128, 1024
 
 
 STAGES = ("loss_head", "online", "generation", "roofline")
@@ -145,195 +133,6 @@ class SpeedArguments:
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
 
-def measure_loss_head(args: SpeedArguments, device: str, dtype: str) -> list[dict]:
-    """Time and measure every (method, naive | chunked) variant at each shape."""
-    cuda = device.startswith("cuda")
-    if args.tokens is None and args.hidden is None and args.vocab is None and cuda:
-        shapes = GPU_SHAPES
-    else:
-        shapes = [
-            (
-                args.tokens or (GPU_SHAPES[0][0] if cuda else CPU_TOKENS),
-                args.hidden or EMBEDDED_HEAD["hidden"],
-                args.vocab or EMBEDDED_HEAD["vocab"],
-            )
-        ]
-    chunk_size = args.chunk_size or (GPU_CHUNK if cuda else CPU_CHUNK)
-    variants = [(method, size) for method in args.methods for size in (0, chunk_size)]
-    report = []
-    for tokens, hidden, vocab in shapes:
-        shape = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "dtype": dtype}
-        setting = {**shape, "device": device, "seed": args.seed, "threads": args.threads}
-        results = []
-        for method, size in variants:
-            measure = measure_peak if cuda else measure_peak_in_child
-            result = {"method": method, "implementation": "chunked" if size else "naive", "chunk_size": size}
-            result.update(measure(setting, method, size))
-            if cuda:
-                torch.cuda.empty_cache()
-            logger.info("memory: %s", result)
-            results.append(result)
-        for result, timing in zip(results, time_round_robin(setting, variants, args.warmup, args.repeats)):
-            result.update(timing)
-        shape.update(results=results, ratios=ratios(results))
-        print(format_table(shape) + "\n", flush=True)
-        report.append(shape)
-    return report
-
-
-def measure_online(args: SpeedArguments, device: str) -> dict:
-    """Wall time of the online protocol (none, tent, zerosiam) against plain evaluation on the same prompts.
-
-    Every variant loads the model afresh and answers the same prompts at the same batch size; `evaluate` is
-    `generate_completions` on the base model, the others are `ZeroSiamTrainer.train()` with one update per batch
-    (none: no update). Generated lengths differ once a model adapts, so they are reported beside the times.
-    """
-    import tempfile
-
-    from zerosiam_hf.config import ZeroSiamConfig
-    from zerosiam_hf.data import DataArguments, build_prompts, gold_answers, load_problems
-    from zerosiam_hf.generation import generate_completions
-    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
-    from zerosiam_hf.trainer import ZeroSiamTrainer
-
-    data_args = DataArguments(dataset=args.online_dataset, max_samples=args.online_prompts)
-    problems, identity = load_problems(data_args)
-    gold = gold_answers(problems, data_args.make_checker())
-    times: dict[str, list[float]] = {}
-    tokens: dict[str, list[float]] = {}
-    for _ in range(args.online_rounds):
-        for variant in ("evaluate", "none", "tent", "zerosiam"):
-            model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=args.online_model))
-            model.to(device)
-            prompts = build_prompts(problems, tokenizer, data_args.instruction, max_prompt_length=512)
-            with tempfile.TemporaryDirectory() as tmp:
-                if variant == "evaluate":
-                    start = time.perf_counter()
-                    completions = generate_completions(
-                        model,
-                        tokenizer,
-                        prompts["prompt_ids"],
-                        max_new_tokens=args.online_max_new_tokens,
-                        batch_size=args.online_batch_size,
-                    )
-                    seconds = time.perf_counter() - start
-                    lengths = [len(c) for c in completions]
-                else:
-                    config = ZeroSiamConfig(
-                        output_dir=tmp,
-                        method=variant,
-                        per_device_train_batch_size=args.online_batch_size,
-                        max_new_tokens=args.online_max_new_tokens,
-                        report_to="none",
-                        disable_tqdm=True,
-                        seed=args.seed,
-                        use_cpu=device == "cpu",
-                    )
-                    trainer = ZeroSiamTrainer(model, config, prompts, tokenizer, gold=gold)
-                    start = time.perf_counter()
-                    trainer.train()
-                    seconds = time.perf_counter() - start
-                    lengths = [r["tokens"] for r in trainer.online_records.values()]
-            times.setdefault(variant, []).append(seconds)
-            tokens.setdefault(variant, []).append(statistics.fmean(lengths))
-            logger.info("online %s: %.1f s, %.1f tokens per answer", variant, seconds, tokens[variant][-1])
-    rows = [
-        {"variant": v, "seconds": statistics.median(times[v]), "answer_tokens": statistics.fmean(tokens[v])}
-        for v in times
-    ]
-    base = times["evaluate"]
-    for row in rows:
-        row["ratio_to_evaluate"] = row["seconds"] / statistics.median(base)
-    lines = ["| variant | wall s | tokens per answer | / evaluate |", "|---|---|---|---|"]
-    lines += [
-        f"| {r['variant']} | {r['seconds']:.1f} | {r['answer_tokens']:.1f} | {r['ratio_to_evaluate']:.2f} |"
-        for r in rows
-    ]
-    print("\n".join(lines) + "\n", flush=True)
-    settings = {k: getattr(args, k) for k in ("online_model", "online_prompts", "online_batch_size")}
-    settings["online_max_new_tokens"] = args.online_max_new_tokens
-    return {
-        "settings": settings,
-        "data": identity,
-        "rows": rows,
-    }
-
-
-def measure_generation(args: SpeedArguments, device: str) -> dict:
-    """Tokens per second of the continuous backend against the static one: the embedded model answers the same GSM8K
-    prompts greedily with each backend at each batch size, the backends taking turns in every round so that a
-    shared CPU's load hits both alike; the ratio is of wall times, with the process's CPU time (all its threads:
-    continuous batching decodes in a thread of its own) beside it. Greedy answers must be equal; the report says
-    whether they were."""
-    from zerosiam_hf.data import DataArguments, build_prompts, load_problems
-    from zerosiam_hf.generation import generate_completions
-    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
-
-    data_args = DataArguments(dataset=args.online_dataset, max_samples=args.generation_prompts)
-    problems, identity = load_problems(data_args)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=args.online_model))
-    model.to(device)
-    prompts = build_prompts(problems, tokenizer, data_args.instruction, max_prompt_length=512)["prompt_ids"]
-    rows = []
-    for batch_size in args.generation_batch_sizes:
-        seconds, cpu_seconds, answers = {"static": [], "continuous": []}, {"static": [], "continuous": []}, {}
-        for round_ in range(args.generation_rounds):
-            # alternate which backend goes first, so that neither always follows the other's cache state
-            order = ("static", "continuous") if round_ % 2 == 0 else ("continuous", "static")
-            for backend in order:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                answers[backend] = generate_completions(
-                    model,
-                    tokenizer,
-                    prompts,
-                    max_new_tokens=args.generation_max_new_tokens,
-                    batch_size=batch_size,
-                    backend=backend,
-                )
-                seconds[backend].append(time.perf_counter() - start)
-                cpu_seconds[backend].append(time.process_time() - start_cpu)  # every thread of the process
-                logger.info(
-                    "generation batch %d %s: %.1f s (CPU %.1f s)",
-                    batch_size,
-                    backend,
-                    seconds[backend][-1],
-                    cpu_seconds[backend][-1],
-                )
-        tokens = sum(len(answer) for answer in answers["static"])
-        ratios_ = [s / c for s, c in zip(seconds["static"], seconds["continuous"])]
-        rows.append(
-            {
-                "batch_size": batch_size,
-                "tokens": tokens,
-                "answer_lengths": [len(answer) for answer in answers["static"]],
-                "same_answers": answers["static"] == answers["continuous"],
-                "seconds": seconds,
-                "cpu_seconds": cpu_seconds,
-                "static_tokens_per_s": tokens / statistics.median(seconds["static"]),
-                "continuous_tokens_per_s": tokens / statistics.median(seconds["continuous"]),
-                "ratio_per_round": ratios_,
-                "ratio": statistics.median(ratios_),
-                "cpu_ratio": statistics.median(
-                    s / c for s, c in zip(cpu_seconds["static"], cpu_seconds["continuous"])
-                ),
-            }
-        )
-    lines = [
-        "| batch | prompts | tokens | cut at cap | static tok/s | continuous tok/s | continuous / static | CPU time "
-        "static / continuous | same |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cut = sum(n >= args.generation_max_new_tokens for n in r["answer_lengths"])
-        lines.append(
-            f"| {r['batch_size']} | {len(prompts)} | {r['tokens']} | {cut} | {r['static_tokens_per_s']:.1f} | "
-            f"{r['continuous_tokens_per_s']:.1f} | {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['same_answers']} |"
-        )
-    print("\n".join(lines) + "\n", flush=True)
-    settings = {"model": args.online_model, "prompts": len(prompts), "max_new_tokens": args.generation_max_new_tokens}
-    return {"settings": settings, "data": identity, "rows": rows}
-
-
 def measure_roofline(args: SpeedArguments, device: str) -> dict:
     """The machine's ceilings, then each phase of one online step of the embedded (or given) model against them."""
     from zerosiam_hf.bench.roofline import ceilings, format_rows, measure_phases
@@ -388,15 +187,44 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------ loss head
     if "loss_head" in args.stages:
-        report["loss_head"] = measure_loss_head(args, device, dtype)
+        report["loss_head"] = measure_loss_head(
+            device,
+            dtype,
+            methods=args.methods,
+            tokens=args.tokens,
+            hidden=args.hidden,
+            vocab=args.vocab,
+            chunk_size=args.chunk_size,
+            seed=args.seed,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+        )
 
     # ------------------------------------------------------------------ online loop
     if "online" in args.stages:
-        report["online"] = measure_online(args, device)
+        report["online"] = measure_online(
+            device,
+            model=args.online_model,
+            dataset=args.online_dataset,
+            prompts=args.online_prompts,
+            batch_size=args.online_batch_size,
+            max_new_tokens=args.online_max_new_tokens,
+            rounds=args.online_rounds,
+            seed=args.seed,
+        )
 
     # ------------------------------------------------------------------ generation backends
     if "generation" in args.stages:
-        report["generation"] = measure_generation(args, device)
+        report["generation"] = measure_generation(
+            device,
+            model=args.online_model,
+            dataset=args.online_dataset,
+            prompts=args.generation_prompts,
+            batch_sizes=args.generation_batch_sizes,
+            max_new_tokens=args.generation_max_new_tokens,
+            rounds=args.generation_rounds,
+        )
 
     # ------------------------------------------------------------------ roofline
     if "roofline" in args.stages:

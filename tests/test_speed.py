@@ -8,7 +8,7 @@ import statistics
 import pytest
 from helpers import REPO
 
-from zerosiam_hf.speed import RATIOS
+from zerosiam_hf.bench.speed import RATIOS
 
 
 # Loaded from its file: putting scripts/ on sys.path would let scripts/evaluate.py shadow the `evaluate` package.
@@ -115,7 +115,7 @@ def test_generation_stage_times_both_backends_on_the_same_prompts(tiny_model_dir
     [
         (["--methods", "magic"], "--methods takes"),
         (["--tokens", "0"], "--tokens must be >= 1"),
-        (["--stages", "everything"], "--stages takes loss_head, online and generation"),
+        (["--stages", "everything"], "--stages takes loss_head, online, generation, roofline"),
         (["--generation_batch_sizes", "16", "0"], "--generation_batch_sizes must be positive"),
     ],
 )

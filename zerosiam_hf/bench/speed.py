@@ -1,10 +1,11 @@
-"""Measuring helpers of scripts/measure_speed.py: the loss head's random inputs and one step, peak memory (CUDA
-allocator, or resident set size in a fresh child process on CPU), variants timed taking turns, the report's ratios
-and table, and the machine's description; the time and peak memory of one adaptation update over an answer of a
-given length. The goals the figures are held against are in docs/SPEED.md."""
+"""The loss-head stage of scripts/measure_speed.py and its helpers: the loss head's random inputs and one step, peak
+memory (CUDA allocator, or resident set size in a fresh child process on CPU), variants timed taking turns, the
+report's ratios and table, and the machine's description. The goals the figures are held against are in
+docs/SPEED.md."""
 
 import concurrent.futures
 import gc
+import logging
 import multiprocessing
 import os
 import platform
@@ -14,9 +15,14 @@ import time
 
 import torch
 
-from .losses import head_loss
+from ..losses import head_loss
 
 
+logger = logging.getLogger(__name__)
+
+EMBEDDED_HEAD = {"hidden": 576, "vocab": 49152}  # SmolLM2-135M-Instruct, the project's embedded model
+GPU_SHAPES = [(16384, 576, 49152), (8192, 4096, 128256)]  # (tokens, hidden, vocab); the second is Llama-3.1-8B's
+CPU_TOKENS, CPU_CHUNK, GPU_CHUNK = 512, 128, 1024
 # The ratios the report gives (name, numerator, denominator), each a (method, implementation, measure); cpu_ms, the
 # process's CPU time, is measured on CPU only, where other processes sharing the cores inflate the wall time. The
 # goals they are held against are in docs/SPEED.md.
@@ -28,6 +34,56 @@ RATIOS = [
     ("peak zerosiam naive / tent naive", ("zerosiam", "naive", "peak_mib"), ("tent", "naive", "peak_mib")),
     ("wall time tent chunked / tent naive", ("tent", "chunked", "time_ms"), ("tent", "naive", "time_ms")),
 ]
+
+
+def measure_loss_head(
+    device: str,
+    dtype: str,
+    *,
+    methods: list[str],
+    tokens: int | None = None,
+    hidden: int | None = None,
+    vocab: int | None = None,
+    chunk_size: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    warmup: int = 1,
+    repeats: int = 5,
+) -> list[dict]:
+    """Time and measure every (method, naive | chunked) variant at each shape: the one given (unset sizes default to
+    the embedded model's head), or with none given on a GPU, the two of GPU_SHAPES."""
+    cuda = device.startswith("cuda")
+    if tokens is None and hidden is None and vocab is None and cuda:
+        shapes = GPU_SHAPES
+    else:
+        shapes = [
+            (
+                tokens or (GPU_SHAPES[0][0] if cuda else CPU_TOKENS),
+                hidden or EMBEDDED_HEAD["hidden"],
+                vocab or EMBEDDED_HEAD["vocab"],
+            )
+        ]
+    chunk_size = chunk_size or (GPU_CHUNK if cuda else CPU_CHUNK)
+    variants = [(method, size) for method in methods for size in (0, chunk_size)]
+    report = []
+    for tokens, hidden, vocab in shapes:
+        shape = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "dtype": dtype}
+        setting = {**shape, "device": device, "seed": seed, "threads": threads}
+        results = []
+        for method, size in variants:
+            measure = measure_peak if cuda else measure_peak_in_child
+            result = {"method": method, "implementation": "chunked" if size else "naive", "chunk_size": size}
+            result.update(measure(setting, method, size))
+            if cuda:
+                torch.cuda.empty_cache()
+            logger.info("memory: %s", result)
+            results.append(result)
+        for result, timing in zip(results, time_round_robin(setting, variants, warmup, repeats)):
+            result.update(timing)
+        shape.update(results=results, ratios=ratios(results))
+        print(format_table(shape) + "\n", flush=True)
+        report.append(shape)
+    return report
 
 
 def resident_bytes() -> int:
