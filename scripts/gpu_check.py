@@ -1,30 +1,49 @@
-"""What ZeroSiam costs on a GPU at real shapes, with random-weight models: the loss head, one online step at the
-paper's settings against generation alone, static against continuous-batching generation, and one update's memory
-against answer length (see zerosiam_hf/gpu_check.py). Needs only torch, transformers, peft and accelerate; writes one
-JSON. On one H200 all but the generation section took 2 minutes (docs/BENCHMARKS.md):
+"""What ZeroSiam costs on a GPU at real shapes, with random-weight models: one update's memory against answer length,
+one online step at the paper's settings against generation alone, the loss head, a roofline of the online step's
+phases, and static against continuous-batching generation (see zerosiam_hf/bench/gpu_check.py). Needs torch,
+transformers, peft and accelerate (and datasets for the roofline); writes one JSON, rewritten as each section ends.
+Sized to end within one 8-minute call on one H100 (docs/BENCHMARKS.md):
 
     python scripts/gpu_check.py --output gpu_check.json
 
-`--plan tiny` runs the same code at toy shapes (on a CPU: seconds).
+    # from a checkout with nothing installed (a bare GPU image)
+    PYTHONPATH=. python scripts/gpu_check.py --output gpu_check.json
+
+`--plan tiny` runs the same code at toy shapes (on a CPU: seconds); `--sections` runs some sections only.
 """
 
-import argparse
-import sys
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zerosiam_hf.engines import hide_optional_engines
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a bare checkout, nothing installed
+hide_optional_engines()  # before bench.gpu_check imports peft, as every command does
 
-from zerosiam_hf.gpu_check import PLANS, SECTIONS, run_check  # noqa: E402
+from zerosiam_hf.bench.gpu_check import PLANS, SECTIONS, run_check  # noqa: E402
+from zerosiam_hf.cli import exits_cleanly, parse_args  # noqa: E402
 
 
+@dataclass
+class GpuCheckArguments:
+    """Arguments of scripts/gpu_check.py."""
+
+    output: str = field(
+        default="gpu_check.json", metadata={"help": "The JSON to write (rewritten after each section)."}
+    )
+    plan: Literal[tuple(sorted(PLANS))] = field(
+        default="gpu", metadata={"help": "Shapes and sizes: gpu (real) or tiny."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
+    sections: list[str] | None = field(
+        default=None, metadata={"choices": list(SECTIONS), "help": "Default: all, in order."}
+    )
+
+
+@exits_cleanly
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="gpu_check.json", help="The JSON to write (rewritten after each section).")
-    parser.add_argument("--plan", choices=sorted(PLANS), default="gpu", help="Shapes and sizes: gpu (real) or tiny.")
-    parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
-    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=None, help="Default: all, in order.")
-    args = parser.parse_args(argv)
+    """Parse the arguments, run the check's sections and say where their JSON is."""
+    (args,) = parse_args((GpuCheckArguments,), argv)
     result = run_check(args.plan, args.output, device=args.device, sections=args.sections)
     print(f"GPU check ({args.plan}) written to {args.output}: {', '.join(result['sections'])}")
     return result

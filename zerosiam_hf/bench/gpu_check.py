@@ -1,5 +1,5 @@
 """The GPU check (scripts/gpu_check.py): what ZeroSiam costs at real shapes, on a machine with only torch,
-transformers, peft and accelerate (no datasets, no hub, no network).
+transformers, peft and accelerate (no hub, no network; the roofline section also needs datasets).
 
 Models are built from their configs with random weights, which cost the same time and memory as trained ones; with
 random weights an answer never stops early, so every generated answer has its full length. Sections:
@@ -7,15 +7,15 @@ random weights an answer never stops early, so every generated answer has its fu
 - `loss_head`: the loss head alone (Tent and ZeroSiam, naive and chunked) at Llama-3.1-8B's head, time and peak;
 - `online_step`: one step of the online protocol at the paper's settings (answer a batch greedily, then one update
   of LoRA and the predictor on prompt + answer), against generation alone;
+- `roofline`: the machine's ceilings, then each phase of one online step against them (`bench.roofline`);
 - `generation`: the pipeline's two generation backends (`--generation_backend static`, `continuous`), as a run calls
   them for one batch (continuous batching starts its manager at each call);
 - `long_answers`: one update's time and peak memory against answer length and batch, with and without gradient
   checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against.
 
-`PLANS["gpu"]` sizes the check for one H200 (its first three sections took 2 minutes there, docs/BENCHMARKS.md; the
-generation section had not ended 100 s later); `PLANS["tiny"]` runs the same code at toy shapes on
-a CPU in the tests, so the check cannot rot. The JSON is rewritten after each section: a run cut short keeps what it
-measured.
+`PLANS["gpu"]` sizes the check to end within one 8-minute call on one H100 (78 GiB; the estimate per section is in
+docs/BENCHMARKS.md); `PLANS["tiny"]` runs the same code at toy shapes on a CPU in the tests, so the check cannot rot.
+The JSON is rewritten after each section: a run cut short keeps what it measured.
 """
 
 import gc
@@ -24,18 +24,22 @@ import platform
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import accelerate
 import peft
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .generation import generate_batch, generate_continuous
-from .losses import head_loss
-from .methods.base import final_hidden_states
-from .predictor import attach_predictor, find_predictor
+from ..config import ZeroSiamConfig
+from ..generation import generate_batch, generate_continuous
+from ..losses import head_loss, head_transform
+from ..methods import METHODS
+from ..methods.base import final_hidden_states
+from ..predictor import attach_predictor, find_predictor
 from .speed import measure_peak, time_round_robin
 
 
@@ -78,6 +82,7 @@ SHAPES = {
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 # Sections run in this order: the memory points first, the generation backends (the least certain to finish) last.
+# A generation step's `budget_s` bounds its time: a row predicted to end past it is skipped (recorded as such).
 PLANS = {
     "gpu": {
         "long_answers": [
@@ -86,28 +91,74 @@ PLANS = {
         ],
         "online_step": {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batch": 8, "prompt": 512, "answer": 512},
         "loss_head": {"shape": "llama-3.1-8b", "tokens": 8192, "dtype": "bfloat16", "chunk_size": 1024, "repeats": 5},
+        "roofline": {
+            "shape": "llama-3.1-8b",
+            "dtype": "bfloat16",
+            "method": "zerosiam",
+            "batch": 8,
+            "prompt": 512,
+            "answer": 128,
+            "repeats": 3,
+            "matrix": 8192,  # the product size and read buffer of measure_speed.py's roofline stage on a GPU
+            "read_bytes": 4 << 30,
+        },
         "generation": [
-            {"shape": "smollm2-135m", "dtype": "float32", "batches": [16, 64], "prompt": 128, "answer": 256},
-            {"shape": "llama-3.1-8b", "dtype": "bfloat16", "batches": [16, 64], "prompt": 128, "answer": 256},
+            {
+                "shape": "llama-3.1-8b",
+                "dtype": "bfloat16",
+                "batches": [8, 64],
+                "prompt": 128,
+                "answer": 128,
+                "budget_s": 150,
+            },
+            {
+                "shape": "smollm2-135m",
+                "dtype": "float32",
+                "batches": [64],
+                "prompt": 128,
+                "answer": 128,
+                "budget_s": 45,
+            },
         ],
     },
     "tiny": {
         "long_answers": [{"shape": "tiny", "dtype": "float32", "batches": [1, 2], "answers": [8, 16]}],
         "online_step": {"shape": "tiny", "dtype": "float32", "batch": 2, "prompt": 8, "answer": 8},
         "loss_head": {"shape": "tiny", "tokens": 64, "dtype": "float32", "chunk_size": 16, "repeats": 2},
-        "generation": [{"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8}],
+        "roofline": {
+            "shape": "tiny",
+            "dtype": "float32",
+            "method": "zerosiam",
+            "batch": 2,
+            "prompt": 8,
+            "answer": 4,
+            "repeats": 1,
+            "matrix": 64,
+            "read_bytes": 1 << 20,
+        },
+        "generation": [
+            {"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8, "budget_s": 600}
+        ],
     },
 }
 PROMPT_TOKENS = 128  # the prompt before each long answer
-CHUNK_SIZE = 1024  # the loss head's default chunk (--loss_chunk_size)
+WARMUP_TOKENS = 8  # a warm-up's answer: enough to run every kernel of prefill and decoding once
 
 
 def run_check(plan: str, output: str | Path, device: str | None = None, sections: list[str] | None = None) -> dict:
     """Run the plan's sections in order, rewriting the JSON at `output` after each, and return the result."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = PLANS[plan]
+    sections = sections or list(steps)
+    if "roofline" in sections:
+        try:
+            import datasets  # noqa: F401  (ZeroSiamTrainer's prompts, which bench.roofline builds)
+        except ImportError:
+            raise ValueError(
+                "the roofline section needs the datasets package: install it, or give --sections without roofline."
+            ) from None
     result = {"plan": plan, "environment": environment(device), "sections": {}}
-    for name in sections or list(steps):
+    for name in sections:
         start = time.perf_counter()
         result["sections"][name] = SECTIONS[name](steps[name], device)
         result["sections"][name]["seconds"] = time.perf_counter() - start
@@ -158,18 +209,17 @@ def online_step_section(step: dict, device: str) -> dict:
     """Generation alone against generation followed by one update (ZeroSiam, then Tent) on the same batch."""
     model, predictor, optimizer = adapted_model(step["shape"], step["dtype"], device)
     prompts = random_prompts(step["shape"], step["batch"], step["prompt"], device)
-    generate = partial(greedy, model, prompts, step["answer"])
-    ids = generate()  # warm-up, and the answers every update trains on
-    update(model, predictor, optimizer, ids, step["prompt"], "zerosiam")  # the optimiser state exists from here
-    rows = {"generate": _timed(generate, device)[0]}
+    greedy(model, prompts, WARMUP_TOKENS)  # a short warm-up: the timed call's answers are the ones trained on
+    rows = {}
+    rows["generate"], ids = _timed(partial(greedy, model, prompts, step["answer"]), device)
     for method in ("zerosiam", "tent"):
-        rows[f"update_{method}"] = _timed(
-            partial(update, model, predictor, optimizer, ids, step["prompt"], method), device
-        )[0]
+        step_once = partial(update, model, predictor, optimizer, ids, step["prompt"], method)
+        rows[f"update_{method}"] = _measured(step_once, device, optimizer)
     gen = rows["generate"]["time_s"]
     ratios = {
         f"(generate + update_{m}) / generate": (gen + rows[f"update_{m}"]["time_s"]) / gen
         for m in ("zerosiam", "tent")
+        if "time_s" in rows[f"update_{m}"]
     }
     del model, predictor, optimizer
     _free()
@@ -177,19 +227,26 @@ def online_step_section(step: dict, device: str) -> dict:
 
 
 def generation_section(steps: list[dict], device: str) -> dict:
-    """Tokens per second of the static and continuous backends (generation.py), greedy."""
+    """Tokens per second of the static and continuous backends (generation.py), greedy. A row whose warm-up predicts
+    that it would end past its step's `budget_s` (counted from the model's build) is recorded as skipped."""
     rows = []
     for step in steps:
+        start = time.perf_counter()
         model = build_model(step["shape"], step["dtype"], device)
         for batch in step["batches"]:
             prompts = random_prompts(step["shape"], batch, step["prompt"], device)
             for backend in ("static", "continuous"):
                 row = {"shape": step["shape"], "dtype": step["dtype"], "batch": batch, "backend": backend}
                 try:
-                    run = partial(_generate, model, prompts, step["answer"], backend)
-                    run()  # warm-up
-                    measured, tokens = _timed(run, device)
-                    row.update(measured, tokens=tokens, tokens_per_s=tokens / measured["time_s"])
+                    warmup = _timed(partial(_generate, model, prompts, WARMUP_TOKENS, backend), device)[0]["time_s"]
+                    # the warm-up's time per token, start-up included, over-predicts the timed call
+                    predicted = warmup * step["answer"] / WARMUP_TOKENS
+                    spent = time.perf_counter() - start
+                    if spent + predicted > step["budget_s"]:
+                        row["skipped"] = f"{spent:.0f} s spent + {predicted:.0f} s predicted > {step['budget_s']} s"
+                    else:
+                        measured, tokens = _timed(partial(_generate, model, prompts, step["answer"], backend), device)
+                        row.update(measured, tokens=tokens, tokens_per_s=tokens / measured["time_s"])
                 except Exception as error:  # an API this transformers lacks: recorded, the check goes on
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
                 rows.append(row)
@@ -214,13 +271,7 @@ def long_answers_section(steps: list[dict], device: str) -> dict:
                     row["gradient_checkpointing"] = checkpointing
                     ids = random_prompts(step["shape"], batch, PROMPT_TOKENS + answer, device)
                     step_once = partial(update, model, predictor, optimizer, ids, PROMPT_TOKENS, "zerosiam")
-                    try:
-                        step_once()  # warm-up
-                        row.update(_timed(step_once, device)[0])
-                    except torch.OutOfMemoryError:  # a point past the card is a finding, not a failure
-                        row["out_of_memory"] = True
-                        optimizer.zero_grad(set_to_none=True)
-                        _free()
+                    row.update(_measured(step_once, device, optimizer))
                     rows.append(row)
         held.append({"shape": step["shape"], "dtype": step["dtype"], **_model_bytes(model, optimizer)})
         del model, predictor, optimizer
@@ -228,9 +279,32 @@ def long_answers_section(steps: list[dict], device: str) -> dict:
     return {"steps": steps, "prompt": PROMPT_TOKENS, "rows": rows, "held": held}
 
 
+def roofline_section(step: dict, device: str) -> dict:
+    """The machine's matrix peaks per dtype and read bandwidth, then each phase of one online step of the shape's
+    model against the floor they set (`bench.roofline`, as measure_speed.py's roofline stage)."""
+    from .roofline import ceilings, measure_phases  # imports datasets, which the other sections do without
+
+    peaks = ceilings(device, [torch.float32, torch.bfloat16], step["matrix"], step["read_bytes"])
+    model = build_model(step["shape"], step["dtype"], device)
+    rows = measure_phases(
+        model,
+        special_tokenizer(),
+        method=step["method"],
+        batch=step["batch"],
+        prompt=step["prompt"],
+        answer=step["answer"],
+        peaks=peaks,
+        repeats=step["repeats"],
+    )
+    del model
+    _free()
+    return {**step, "ceilings": peaks, "rows": rows}
+
+
 SECTIONS = {
     "loss_head": loss_head_section,
     "online_step": online_step_section,
+    "roofline": roofline_section,
     "generation": generation_section,
     "long_answers": long_answers_section,
 }
@@ -255,6 +329,16 @@ def adapted_model(shape: str, dtype: str, device: str):
     predictor = find_predictor(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     return model, predictor, optimizer
+
+
+def special_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer of the configs' pad, bos and eos tokens only: what a trainer reads from one when its prompts are
+    token ids already (the random models have no tokenizer of their own)."""
+    specials = {"<pad>": 0, "<s>": 1, "</s>": 2}  # the ids of build_model's config
+    backend = Tokenizer(models.WordLevel(specials, unk_token="<pad>"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def random_prompts(shape: str, batch: int, length: int, device: str) -> torch.Tensor:
@@ -290,22 +374,42 @@ def update(model, predictor, optimizer, ids: torch.Tensor, prompt_length: int, m
     """One optimiser step of `method`'s loss on the answer positions of `ids` (prompt first), as the trainer does."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    method_loss(model, predictor, ids, prompt_length, method).backward()
+    optimizer.step()
+    model.eval()
+
+
+def method_loss(model, predictor, ids: torch.Tensor, prompt_length: int, method: str) -> torch.Tensor:
+    """`method`'s loss on the answer positions of `ids` (prompt first): `head_loss` with the arguments the method
+    passes (`methods.head`), its options at a run's defaults."""
+    spec = METHODS[method]
     mask = torch.ones_like(ids)
     _, hidden = final_hidden_states(model, ids, mask)
     loss_mask = torch.zeros_like(ids, dtype=torch.bool)
     loss_mask[:, prompt_length - 1 : -1] = True  # the positions that predict answer tokens
     head = model.get_output_embeddings()
-    loss = head_loss(
-        method,
+    options = SimpleNamespace(**spec.options)  # the method's defaults, as a run given none of its options
+    return head_loss(
+        spec.head,
         hidden,
         head.weight,
         loss_mask,
-        predictor_weight=predictor.weight if method == "zerosiam" else None,
-        chunk_size=CHUNK_SIZE,
+        predictor_weight=predictor.weight if spec.trains == "lora+predictor" else None,
+        chunk_size=ZeroSiamConfig.loss_chunk_size,
+        lm_head_bias=head.bias,
+        **spec.head_kwargs(options, head_transform(model.get_base_model().config)),
     ).loss
-    loss.backward()
-    optimizer.step()
-    model.eval()
+
+
+def _measured(step_once, device: str, optimizer) -> dict:
+    """`_timed`'s row of one update after an untimed one, or `out_of_memory` where the card is too small for it."""
+    try:
+        step_once()
+        return _timed(step_once, device)[0]
+    except torch.OutOfMemoryError:  # a point past the card is a finding, not a failure
+        optimizer.zero_grad(set_to_none=True)
+        _free()
+        return {"out_of_memory": True}
 
 
 def _timed(fn, device: str) -> tuple[dict, object]:
