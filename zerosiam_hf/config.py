@@ -11,6 +11,7 @@ from transformers.integrations import integration_utils as reporting
 
 from .engines import hidden
 from .generation import GENERATION_BACKENDS, GenerationArguments, check_backend, check_lengths
+from .losses import CHUNK_SIZE
 from .methods import METHODS, declared_options, option_defaults
 from .records import is_secret
 
@@ -87,7 +88,7 @@ class ZeroSiamConfig(_MethodOptions):
     """
 
     loss_chunk_size: int = field(
-        default=1024,
+        default=CHUNK_SIZE,
         metadata={"help": "Positions per chunk of the memory-bounded loss head; 0 computes it naively (reference)."},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})

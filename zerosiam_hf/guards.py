@@ -26,7 +26,7 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
     as the Trainer's callback state (`ExportableState`).
     """
 
-    def __init__(self, max_in_a_row: int = 5):
+    def __init__(self, max_in_a_row: int):  # --max_skipped_updates, whose default is the config's
         self.max_in_a_row = max_in_a_row
         self.skipped = 0
         self.in_a_row = 0
@@ -119,7 +119,7 @@ class CollapseGuard(TrainerCallback, ExportableState):
     event: it is a callback so that its count travels with a checkpoint as the Trainer's callback state.
     """
 
-    def __init__(self, min_entropy: float = 0.1, max_degenerate: float = 0.5):
+    def __init__(self, min_entropy: float, max_degenerate: float):  # the config's --collapse_* options
         self.min_entropy = min_entropy
         self.max_degenerate = max_degenerate
         self.resets = 0

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 
 
+# Positions per chunk of the memory-bounded loss heads (`--loss_chunk_size`): a few [CHUNK_SIZE, V] buffers at a time.
+CHUNK_SIZE = 1024
+
+
 @dataclass
 class HeadLoss:
     """Loss of one head call and its detached diagnostics, each a masked mean over the selected positions."""
@@ -113,7 +117,7 @@ def head_loss(
     predictor_weight: torch.Tensor | None = None,
     alpha: float = 1.0,
     stop_gradient: bool = True,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
     lm_head_bias: torch.Tensor | None = None,
     logit_scale: float = 1.0,
     softcap: float | None = None,

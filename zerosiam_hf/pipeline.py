@@ -45,7 +45,7 @@ from .records import (
     write_json,
     write_jsonl,
 )
-from .staging import OutputArguments, latest_checkpoint, staged_output, staging_path
+from .staging import OutputArguments, checkpoint_to_resume, latest_checkpoint, staged_output, staging_path
 from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, check_checkpoint_identity
 
 
@@ -206,20 +206,6 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
             f"and the run's records stay in {staging}."
         )
     return record
-
-
-def checkpoint_to_resume(value: str | None, staging: Path) -> str | None:
-    """The checkpoint `--resume_from_checkpoint` names: `true` for the newest complete one in the staging folder."""
-    if not value:
-        return None
-    if value.lower() == "true":
-        checkpoint = latest_checkpoint(staging)
-        if checkpoint is None:
-            raise ValueError(f"--resume_from_checkpoint true: {staging} holds no complete checkpoint to resume from.")
-        return checkpoint
-    if not Path(value).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {value}: no such folder; give a checkpoint-<step> folder or true.")
-    return value
 
 
 def evaluate_command(record: dict, model_args: ModelArguments, data_args: DataArguments, args: ZeroSiamConfig) -> str:

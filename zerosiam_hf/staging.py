@@ -244,6 +244,20 @@ def latest_checkpoint(folder: str | os.PathLike) -> str | None:
     return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))) if complete else None
 
 
+def checkpoint_to_resume(value: str | bool | None, folder: str | os.PathLike) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names: `true` (or True) for the newest complete one in `folder`."""
+    if not value:
+        return None
+    if value is True or str(value).lower() == "true":
+        checkpoint = latest_checkpoint(folder)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint true: {folder} holds no complete checkpoint to resume from.")
+        return checkpoint
+    if not Path(value).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such folder; give a checkpoint-<step> folder or true.")
+    return str(value)
+
+
 def copy_folder(source: Path, target: Path, copy=None) -> None:
     """Copy the folder `source` into `target` file by file (with `copy`, default shutil.copy2). shutil.copytree
     gathers every failure into one shutil.Error that names no file and has no errno; here the first one (a full disk)

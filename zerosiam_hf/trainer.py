@@ -31,7 +31,7 @@ from .modeling import build_adapted_model, check_head_input
 from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
-from .staging import RUN_STATE_FILE, latest_checkpoint
+from .staging import RUN_STATE_FILE, checkpoint_to_resume
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -172,10 +172,7 @@ class ZeroSiamTrainer(Trainer):
         a checkpoint and raises `RunStopped`; the answers scored so far are in `output_dir/predictions.jsonl`, one
         line each as they come.
         """
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = latest_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint in {self.args.output_dir}.")
+        resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
         stream = Path(self.args.output_dir) / PREDICTIONS_FILE
         if resume_from_checkpoint:
             self._load_run_state(resume_from_checkpoint)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..losses import head_logits
+from ..losses import CHUNK_SIZE, head_logits
 from .base import Method, Options, option
 
 
@@ -61,7 +61,7 @@ def token_statistics(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
     logit_scale: float = 1.0,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
