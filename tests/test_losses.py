@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zerosiam_hf.losses import HEADS, entropy_from_logits, head_logits, head_loss, masked_mean, symmetric_kl
+from zerosiam_hf.losses import HEADS, entropy_from_logits, head_logits, head_loss, symmetric_kl
 
 
 B, T, D, V = 3, 5, 16, 37
@@ -80,23 +80,6 @@ def test_symmetric_kl_by_hand():
 def test_equal_branches_have_zero_alignment():
     logits = torch.randn(4, V)
     torch.testing.assert_close(symmetric_kl(logits, logits + 1.5), torch.zeros(4), atol=1e-6, rtol=0)
-
-
-def test_masked_mean_ignores_masked_positions():
-    values = torch.tensor([[1.0, float("nan"), 3.0], [float("inf"), 5.0, 100.0]], requires_grad=True)
-    mask = torch.tensor([[True, False, True], [False, True, False]])
-    mean = masked_mean(values, mask)
-    torch.testing.assert_close(mean, torch.tensor(3.0))
-    mean.backward()
-    torch.testing.assert_close(values.grad, mask.float() / 3)
-
-
-def test_masked_mean_of_empty_mask_is_zero():
-    values = torch.randn(2, 3, requires_grad=True)
-    mean = masked_mean(values, torch.zeros(2, 3, dtype=torch.bool))
-    assert mean.item() == 0.0
-    mean.backward()
-    assert torch.equal(values.grad, torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("chunk_size", [0, 4])

@@ -301,8 +301,8 @@ class ZeroSiamConfig(_MethodOptions):
         return METHODS[self.method]
 
     @property
-    def trains(self) -> bool:
-        """Whether this run updates any weight."""
+    def updates_weights(self) -> bool:
+        """Whether this run takes optimizer steps (`Method.updates_weights`; `Method.trains` says what it trains)."""
         return METHODS[self.method].updates_weights
 
 

@@ -49,13 +49,6 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor
     return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where the boolean `mask` (same shape) is true; 0 when the mask selects nothing."""
-    # where() rather than a product, so that a non-finite value at a masked-out position cannot leak in
-    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
-    return total / mask.sum().clamp(min=1)
-
-
 def head_logits(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,

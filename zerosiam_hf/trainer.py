@@ -135,7 +135,7 @@ class ZeroSiamTrainer(Trainer):
         # the methods read the model's logits as its head makes them (soft-cap, scale); an architecture whose head
         # they cannot reproduce is refused here, before anything is generated
         self.head_transform = head_transform(model.get_base_model().config)
-        if args.trains or self.method.forwards_prompt:
+        if args.updates_weights or self.method.forwards_prompt:
             check_head_input(model, self.head_transform)
         self.predictor = find_predictor(model)
         self._generation_config = greedy_config(model, processing_class, args.max_new_tokens)
@@ -271,7 +271,7 @@ class ZeroSiamTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         """One answered batch; a method that updates no weight (`none`, `slot`, `em_inf`) answers and scores it and
         skips the update."""
-        if not self.args.trains:
+        if not self.args.updates_weights:
             self._prepare_inputs(inputs)
             return torch.zeros((), device=self.args.device)
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -290,7 +290,7 @@ class ZeroSiamTrainer(Trainer):
             scored = self._record(index, completions)
         elif online:
             self._pending_episode = (prompt_ids, prompt_mask, index)
-        if not self.args.trains:
+        if not self.args.updates_weights:
             return inputs
         if self.args.signal == "prompt":
             return {"input_ids": prompt_ids, "attention_mask": prompt_mask, "loss_mask": prompt_mask.bool()}
@@ -319,8 +319,8 @@ class ZeroSiamTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     # ----------------------------------------------------------------------------------------------- for the methods
-    def final_hidden_states(self, model, inputs: dict) -> torch.Tensor:
-        """[B, T, d] final hidden states (the LM head's input) of one backbone forward over `inputs`."""
+    def head_input(self, model, inputs: dict) -> torch.Tensor:
+        """The LM head's input, [B, T, d] final hidden states, of one backbone forward over `inputs`."""
         return final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])[1]
 
     def log_head_metrics(self, result) -> None:
@@ -459,7 +459,7 @@ class ZeroSiamTrainer(Trainer):
         """Add the step's averaged diagnostics to the Trainer's logs (so `report_to` sees them)."""
         logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
         self._metrics.clear()
-        if self.args.trains:
+        if self.args.updates_weights:
             logs["guard/skipped_updates"] = self._guard(NonFiniteGuard).skipped
         if self.args.collapse_guard:
             logs["guard/resets"] = self._guard(CollapseGuard).resets

@@ -102,7 +102,7 @@ def markdown_tables() -> str:
 
 
 # Beside a run's outputs: the method and its options. A decoding-time method (slot, em_inf) changes no weight, so
-# these settings are all there is to reload: `METHODS[name].decoding(model, SimpleNamespace(**options), ...)`.
+# these settings are all there is to reload: `METHODS[name].decoding(run, model, ...)` with `run.args` holding them.
 METHOD_FILE = "method.json"
 
 
@@ -116,13 +116,3 @@ def write_method_settings(folder: str | os.PathLike, args) -> None:
         "options": {name: getattr(args, name) for name in method.options},
     }
     (Path(folder) / METHOD_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def read_method_settings(folder: str | os.PathLike) -> tuple[Method, dict]:
-    """The method saved in `folder` and its options, as `write_method_settings` wrote them."""
-    file = Path(folder) / METHOD_FILE
-    try:
-        settings = json.loads(file.read_text())
-        return METHODS[settings["method"]], settings["options"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{file}: not a method file written by zerosiam-hf ({type(error).__name__}).") from None

@@ -131,7 +131,7 @@ class SamplingMethod(Method):
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
         args = trainer.args
-        hidden = trainer.final_hidden_states(model, inputs)
+        hidden = trainer.head_input(model, inputs)
         mask = inputs["loss_mask"]
         targets = inputs["input_ids"][:, 1:][mask[:, :-1]]
         rows = mask.nonzero()[:, 0]
@@ -156,7 +156,7 @@ class SamplingMethod(Method):
         if args.beta > 0:
             trainer.cost["forward_tokens"] += int(inputs["attention_mask"].sum())
             with torch.no_grad(), trainer.accelerator.unwrap_model(model).disable_adapter():
-                ref_hidden = trainer.final_hidden_states(model, inputs)
+                ref_hidden = trainer.head_input(model, inputs)
                 ref_logps = token_statistics(
                     ref_hidden[mask],
                     head.weight,

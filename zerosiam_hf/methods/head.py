@@ -43,7 +43,7 @@ class HeadMethod(Method):
         return transform
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
-        hidden = trainer.final_hidden_states(model, inputs)
+        hidden = trainer.head_input(model, inputs)
         predictor = trainer.predictor
         result = head_loss(
             self.head,

@@ -70,7 +70,7 @@ class TLM(Method):
     options_class = TLMOptions
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
-        hidden = trainer.final_hidden_states(model, inputs)
+        hidden = trainer.head_input(model, inputs)
         mask = inputs["loss_mask"]
         # position t predicts token t + 1: every prompt token after the first is a label, as TLM's labels = input_ids
         counted = mask[:, :-1] & mask[:, 1:]
