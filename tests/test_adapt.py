@@ -200,7 +200,7 @@ def test_unknown_model_is_reported_before_the_data_loads(capsys, monkeypatch, pr
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the unknown model was reported")
 
-    monkeypatch.setattr(pipeline, "load_problems", no_data)
+    monkeypatch.setattr(pipeline, "load_scored_problems", no_data)
     call = partial(adapt.main, adapt_argv("no-such-model", problems_file, tmp_path / "run"))
     assert_usage_error(capsys, call, "unknown --model 'no-such-model': use an alias")
 

@@ -211,30 +211,7 @@ class ZeroSiamConfig(_MethodOptions):
             raise ValueError(f"--loss_chunk_size must be >= 0 (0 = naive), got {self.loss_chunk_size}.")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"--generation_batch_size must be a positive integer, got {self.generation_batch_size}.")
-        # TrainingArguments' own numbers that a run relies on: it checks few of them, some only after the model loads
-        # (a ZeroDivisionError for no accumulation), some never (a NaN decay is caught when the adapter is published).
-        for name, valid, wanted in (
-            ("gradient_accumulation_steps", lambda v: v >= 1, "a positive integer"),
-            ("num_train_epochs", lambda v: v > 0, "a finite number > 0"),
-            ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
-            ("adam_epsilon", lambda v: v > 0, "a finite number > 0"),
-            ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("warmup_steps", lambda v: v >= 0, "a finite number >= 0 (steps, or a share of the run below 1)"),
-            ("max_grad_norm", lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
-            ("logging_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
-            ("save_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
-            # numpy's generator, which set_seed seeds, takes these only; its own error names no flag
-            ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
-            ("data_seed", lambda v: v is None or 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
-        ):
-            value = getattr(self, name)
-            if not ((value is None or math.isfinite(value)) and valid(value)):
-                raise ValueError(f"--{name} must be {wanted}, got {value}.")
-        if self.max_steps != -1 and self.max_steps < 1:
-            raise ValueError(
-                f"--max_steps must be a positive integer, or -1 for --num_train_epochs passes; got {self.max_steps}."
-            )
+        _check_trainer_numbers(self)
         if self.fsdp and self.use_cpu:
             raise ValueError(
                 "--fsdp with --use_cpu true runs plain DDP, a full copy of the model per process (accelerate shards "
@@ -304,6 +281,34 @@ class ZeroSiamConfig(_MethodOptions):
     def updates_weights(self) -> bool:
         """Whether this run takes optimizer steps (`Method.updates_weights`; `Method.trains` says what it trains)."""
         return METHODS[self.method].updates_weights
+
+
+def _check_trainer_numbers(args: TrainingArguments) -> None:
+    """Refuse a TrainingArguments number a run cannot use, in one line naming its flag."""
+    # TrainingArguments' own numbers that a run relies on: it checks few of them, some only after the model loads
+    # (a ZeroDivisionError for no accumulation), some never (a NaN decay is caught when the adapter is published).
+    for name, valid, wanted in (
+        ("gradient_accumulation_steps", lambda v: v >= 1, "a positive integer"),
+        ("num_train_epochs", lambda v: v > 0, "a finite number > 0"),
+        ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+        ("adam_epsilon", lambda v: v > 0, "a finite number > 0"),
+        ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("warmup_steps", lambda v: v >= 0, "a finite number >= 0 (steps, or a share of the run below 1)"),
+        ("max_grad_norm", lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
+        ("logging_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
+        ("save_steps", lambda v: v > 0, "a finite number > 0 (steps, or a share of the run below 1)"),
+        # numpy's generator, which set_seed seeds, takes these only; its own error names no flag
+        ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
+        ("data_seed", lambda v: v is None or 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
+    ):
+        value = getattr(args, name)
+        if not ((value is None or math.isfinite(value)) and valid(value)):
+            raise ValueError(f"--{name} must be {wanted}, got {value}.")
+    if args.max_steps != -1 and args.max_steps < 1:
+        raise ValueError(
+            f"--max_steps must be a positive integer, or -1 for --num_train_epochs passes; got {args.max_steps}."
+        )
 
 
 def _check_backend_fits(method: str, backend: str) -> None:

@@ -296,37 +296,20 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
 
     `answer` holds the field the gold is read from (for Minerva the solution); `gold_answers` reads it.
     """
+    checker = args.make_checker()
+    try:
+        dataset, identity, _ = load_scored_problems(args, checker)
+    finally:
+        checker.close()
+    return dataset, identity
+
+
+def load_scored_problems(args: DataArguments, checker) -> tuple[Dataset, dict, dict]:
+    """`load_problems` and the gold answers by row index as `checker` parsed them to validate them
+    (`gold_answers`): a caller that scores with `checker` parses each gold once."""
     file = _find_file(args.dataset, args.split)
     _check_cache(args.dataset)
-    if file is not None:
-        if file.stat().st_size == 0:
-            raise ValueError(f"--dataset {file}: the file is empty; give a file with problems.")
-        if file.suffix.lower() != ".parquet":
-            _check_utf8(file)
-        try:
-            dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix.lower()], data_files=str(file), split="train")
-        except Exception as error:  # datasets raises many types for a malformed file
-            if "corresponds to no data" in str(error) or _parquet_without_rows(file):
-                raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
-            bad_line = _first_bad_json_line(file)
-            if bad_line is not None:
-                raise ValueError(f"--dataset {file}: {bad_line}; fix that line.") from None
-            raise ValueError(
-                f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__})."
-            ) from error
-        identity = {"source": "file", "path": str(file.resolve()), "sha256": _sha256(file)}
-    else:
-        hub_id, config, split = _hub_source(args)
-        try:
-            dataset = datasets.load_dataset(hub_id, config, split=split)
-        except Exception as error:
-            local = f"{_data_dir_fix(args.dataset, args.split)}, or " if args.dataset in BENCHMARKS else ""
-            raise ValueError(
-                f"--dataset {args.dataset}: could not load {hub_id} from the hub ({type(error).__name__}); "
-                f"without hub access {local}give a file with --dataset."
-            ) from error
-        identity = {"source": "hub", "id": hub_id, "config": config, "fingerprint": dataset._fingerprint}
-        identity["revision"] = _hub_revision(hub_id)
+    dataset, identity = _read_file(file) if file is not None else _read_hub(args)
     benchmark = BENCHMARKS.get(args.dataset)
     identity.update(benchmark=benchmark.name if benchmark else None, checker=args.checker, split=args.split)
     question, answer = (benchmark.question_field, benchmark.answer_field) if benchmark else ("question", "answer")
@@ -348,15 +331,55 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
     # Messages about one row name the file it is in, when --dataset names a benchmark or a folder.
     source = args.dataset if file is None or Path(args.dataset) == file else f"{args.dataset} ({file})"
     row_name = _row_name(file)
-    checker = args.make_checker()
-    try:  # every gold must parse before the model is loaded
+    gold = _checked_gold(dataset, args, checker, source, row_name, identity)
+    _check_questions(dataset, source, row_name)
+    identity["selected"] = len(dataset)
+    return dataset, identity, gold
+
+
+def _read_file(file: Path) -> tuple[Dataset, dict]:
+    """The rows of a data file and its identity; a file that cannot be read as problems is one line naming it."""
+    if file.stat().st_size == 0:
+        raise ValueError(f"--dataset {file}: the file is empty; give a file with problems.")
+    if file.suffix.lower() != ".parquet":
+        _check_utf8(file)
+    try:
+        dataset = datasets.load_dataset(FILE_BUILDERS[file.suffix.lower()], data_files=str(file), split="train")
+    except Exception as error:  # datasets raises many types for a malformed file
+        if "corresponds to no data" in str(error) or _parquet_without_rows(file):
+            raise ValueError(f"--dataset {file}: the file holds no rows; give a file with problems.") from None
+        bad_line = _first_bad_json_line(file)
+        if bad_line is not None:
+            raise ValueError(f"--dataset {file}: {bad_line}; fix that line.") from None
+        raise ValueError(f"--dataset {file}: could not be read as {file.suffix} ({type(error).__name__}).") from error
+    return dataset, {"source": "file", "path": str(file.resolve()), "sha256": _sha256(file)}
+
+
+def _read_hub(args: DataArguments) -> tuple[Dataset, dict]:
+    """The rows of a hub dataset and its identity (its fingerprint, and its commit when the hub answers)."""
+    hub_id, config, split = _hub_source(args)
+    try:
+        dataset = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as error:
+        local = f"{_data_dir_fix(args.dataset, args.split)}, or " if args.dataset in BENCHMARKS else ""
+        raise ValueError(
+            f"--dataset {args.dataset}: could not load {hub_id} from the hub ({type(error).__name__}); "
+            f"without hub access {local}give a file with --dataset."
+        ) from error
+    identity = {"source": "hub", "id": hub_id, "config": config, "fingerprint": dataset._fingerprint}
+    identity["revision"] = _hub_revision(hub_id)
+    return dataset, identity
+
+
+def _checked_gold(dataset: Dataset, args: DataArguments, checker, source: str, row_name, identity: dict) -> dict:
+    """Every gold parsed by `checker` before the model is loaded; a user's file also gets its golds audited (those
+    no answer can match are refused, or with --allow_unscorable_golds recorded in `identity` and counted wrong)."""
+    try:
         gold = gold_answers(dataset, checker, row_name)
         # A named benchmark's golds are audited by the tests (test_gold_audit); a user's file gets its audit here.
-        unscorable = [] if benchmark else checker.unscorable(gold)
+        unscorable = [] if args.dataset in BENCHMARKS else checker.unscorable(gold)
     except ValueError as error:
         raise ValueError(f"--dataset {source}: {error}.") from None
-    finally:
-        checker.close()
     if unscorable:
         rows = ", ".join(map(row_name, unscorable[:20])) + (", ..." if len(unscorable) > 20 else "")
         problem = (
@@ -367,9 +390,7 @@ def load_problems(args: DataArguments) -> tuple[Dataset, dict]:
             raise ValueError(f"{problem}; fix them, or pass --allow_unscorable_golds true to count them as wrong.")
         logger.warning("%s; they count as wrong (--allow_unscorable_golds).", problem)
         identity["unscorable_golds"] = unscorable
-    _check_questions(dataset, source, row_name)
-    identity["selected"] = len(dataset)
-    return dataset, identity
+    return gold
 
 
 def _hub_revision(hub_id: str) -> str | None:

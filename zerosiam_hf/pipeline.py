@@ -17,7 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from .config import ZeroSiamConfig
-from .data import DataArguments, build_prompts, file_sha256, gold_answers, load_problems, prompts_cut
+from .data import DataArguments, build_prompts, file_sha256, load_scored_problems, prompts_cut
 from .errors import RunStopped
 from .generation import GenerationArguments, answer_and_score
 from .invocation import changed_flags, redacted, resume_command, same_command, sibling_command
@@ -124,48 +124,49 @@ def adapt_or_reuse(
 
 
 def _adapt_into(staging: Path, model_args, data_args, args, config, state, command, resume_hint) -> dict:
+    """One adaptation written into `staging`: data, model, trainer, the run, then its record (`_finish_run`)."""
     checkpoint = checkpoint_to_resume(args.resume_from_checkpoint, staging)
-    # ------------------------------------------------------------------------------------------------ data
-    problems, data_identity = load_problems(data_args)
-    logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
-    identity = run_identity(config, data_identity)
-    if checkpoint is not None:  # another run's checkpoint, or data edited since it, before the model loads
-        check_checkpoint_identity(checkpoint, identity)
-
-    # ------------------------------------------------------------------------------------------------ model
-    with state.main_process_first():  # the embedded model is converted once, by the first process
-        model, tokenizer, model_spec = load_model_and_tokenizer(
-            model_args, lengths=(args.max_prompt_length, args.max_new_tokens)
-        )
-        prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
-    data_identity["prompts_cut"] = prompts_cut(prompts)
     checker = data_args.make_checker()
-    gold = gold_answers(problems, checker) if args.protocol == "online" else None
-
-    # ------------------------------------------------------------------------------------------------ trainer
-    args.output_dir = str(staging)
-    trainer = ZeroSiamTrainer(
-        model=model,
-        args=args,
-        train_dataset=prompts,
-        processing_class=tokenizer,
-        gold=gold,
-        checker=checker,
-        run_identity=identity,
-    )
-
-    # ------------------------------------------------------------------------------------------------ adapt
-    start = time.perf_counter()
     try:
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
-    except RunStopped as stop:
-        if not stop.resumable:
-            raise
-        secret = f" (with your token in place of {REDACTED})" if REDACTED in resume_hint else ""
-        raise RunStopped(f"{stop}; resume with: {resume_hint}{secret}", stop.exit_code) from None
+        # -------------------------------------------------------------------------------------------- data
+        problems, data_identity, gold = load_scored_problems(data_args, checker)
+        logger.info("%d problems from %s", len(problems), data_identity.get("path") or data_identity.get("id"))
+        identity = run_identity(config, data_identity)
+        if checkpoint is not None:  # another run's checkpoint, or data edited since it, before the model loads
+            check_checkpoint_identity(checkpoint, identity)
+
+        # -------------------------------------------------------------------------------------------- model
+        with state.main_process_first():  # the embedded model is converted once, by the first process
+            model, tokenizer, model_spec = load_model_and_tokenizer(
+                model_args, lengths=(args.max_prompt_length, args.max_new_tokens)
+            )
+            prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
+        data_identity["prompts_cut"] = prompts_cut(prompts)
+
+        # -------------------------------------------------------------------------------------------- trainer
+        args.output_dir = str(staging)
+        trainer = ZeroSiamTrainer(
+            model=model,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            gold=gold if args.protocol == "online" else None,
+            checker=checker,
+            run_identity=identity,
+        )
+
+        # -------------------------------------------------------------------------------------------- adapt
+        start = time.perf_counter()
+        try:
+            train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        except RunStopped as stop:
+            if not stop.resumable:
+                raise
+            secret = f" (with your token in place of {REDACTED})" if REDACTED in resume_hint else ""
+            raise RunStopped(f"{stop}; resume with: {resume_hint}{secret}", stop.exit_code) from None
+        adapt_seconds = time.perf_counter() - start
     finally:
         checker.close()
-    adapt_seconds = time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------------ save
     trainer.save_model(args.output_dir)
@@ -188,6 +189,13 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         "timings": {"adapt_seconds": adapt_seconds},
         "log_history": trainer.state.log_history,
     }
+    _finish_run(staging, state, record, records)
+    return record
+
+
+def _finish_run(staging: Path, state, record: dict, records: list[dict]) -> None:
+    """Write the run's record and its answers in dataset order, drop its checkpoints, and refuse an adapter with NaN
+    or Inf, which is then never published."""
     if state.is_main_process:
         if records:
             write_jsonl(staging / PREDICTIONS_FILE, records)  # the streamed answers, now in dataset order
@@ -205,7 +213,6 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
             f"the adapter holds NaN or Inf in {len(bad)} of {total} tensors (first: {bad[0]}); it was not published, "
             f"and the run's records stay in {staging}."
         )
-    return record
 
 
 def evaluate_command(record: dict, model_args: ModelArguments, data_args: DataArguments, args: ZeroSiamConfig) -> str:
@@ -316,8 +323,16 @@ def evaluate(
 
 
 def _evaluate_into(staging, model_args, data_args, generation, args, config) -> dict:
+    checker = data_args.make_checker()
+    try:
+        return _evaluate_with(staging, model_args, data_args, generation, args, config, checker)
+    finally:
+        checker.close()
+
+
+def _evaluate_with(staging, model_args, data_args, generation, args, config, checker) -> dict:
     # ------------------------------------------------------------------------------------------------ data
-    problems, data_identity = load_problems(data_args)
+    problems, data_identity, gold = load_scored_problems(data_args, checker)
 
     # ------------------------------------------------------------------------------------------------ model
     model, tokenizer, model_spec = load_model_and_tokenizer(
@@ -329,8 +344,6 @@ def _evaluate_into(staging, model_args, data_args, generation, args, config) -> 
         load_adapted_model(model, args.adapter).unload()
     prompts = build_prompts(problems, tokenizer, data_args.instruction, generation.max_prompt_length)
     data_identity["prompts_cut"] = prompts_cut(prompts)
-    checker = data_args.make_checker()
-    gold = gold_answers(problems, checker)
     answering = {
         "max_new_tokens": generation.max_new_tokens,
         "batch_size": generation.batch_size,
@@ -340,17 +353,14 @@ def _evaluate_into(staging, model_args, data_args, generation, args, config) -> 
 
     # ------------------------------------------------------------------------------------------------ evaluate
     results = {}
-    try:
-        if args.adapter is None or not args.skip_base:
-            results["base"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
-            write_jsonl(staging / "predictions-base.jsonl", records)
-        if args.adapter is not None:
-            # The base pass is done: wrapping the same weights with the adapter costs no second load.
-            model = load_adapted_model(model, args.adapter)
-            results["adapted"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
-            write_jsonl(staging / "predictions-adapted.jsonl", records)
-    finally:
-        checker.close()
+    if args.adapter is None or not args.skip_base:
+        results["base"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
+        write_jsonl(staging / "predictions-base.jsonl", records)
+    if args.adapter is not None:
+        # The base pass is done: wrapping the same weights with the adapter costs no second load.
+        model = load_adapted_model(model, args.adapter)
+        results["adapted"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
+        write_jsonl(staging / "predictions-adapted.jsonl", records)
 
     # ------------------------------------------------------------------------------------------------ save
     record = {

@@ -62,6 +62,20 @@ class _StepHooks(TrainerCallback):
         self.trainer._end_step()
 
 
+def _check_inputs(args, train_dataset: Dataset, gold: dict | None) -> None:
+    """Refuse a config that is not a `ZeroSiamConfig`, prompts not made by `data.build_prompts` or holding gold
+    answers, and an online run without the gold answers it scores with."""
+    if not isinstance(args, ZeroSiamConfig):
+        raise TypeError(f"args must be a ZeroSiamConfig, got {type(args).__name__}.")
+    columns = set(train_dataset.column_names)
+    if not {"prompt_ids", "index"} <= columns:
+        raise ValueError("train_dataset needs `prompt_ids` and `index` columns: pass it through data.build_prompts.")
+    if columns & {"answer", "gold"}:
+        raise ValueError("train_dataset holds gold answers; drop them (data.build_prompts does) and pass `gold`.")
+    if args.protocol == "online" and gold is None:
+        raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
+
+
 class ZeroSiamTrainer(Trainer):
     """Adapts LoRA adapters (and the ZeroSiam predictor) on unlabeled prompts, one update per batch.
 
@@ -93,17 +107,7 @@ class ZeroSiamTrainer(Trainer):
         callbacks: list[TrainerCallback] | None = None,
         run_identity: dict | None = None,
     ):
-        if not isinstance(args, ZeroSiamConfig):
-            raise TypeError(f"args must be a ZeroSiamConfig, got {type(args).__name__}.")
-        columns = set(train_dataset.column_names)
-        if not {"prompt_ids", "index"} <= columns:
-            raise ValueError(
-                "train_dataset needs `prompt_ids` and `index` columns: pass it through data.build_prompts."
-            )
-        if columns & {"answer", "gold"}:
-            raise ValueError("train_dataset holds gold answers; drop them (data.build_prompts does) and pass `gold`.")
-        if args.protocol == "online" and gold is None:
-            raise ValueError("the online protocol scores each answer: pass gold=data.gold_answers(problems, checker).")
+        _check_inputs(args, train_dataset, gold)
         refuse_zero3()
         if not isinstance(model, PeftModel):
             model = build_adapted_model(model, args)
@@ -148,8 +152,15 @@ class ZeroSiamTrainer(Trainer):
         self._pending_episode = None
         self._step_start = {}
         self._signal_stop = SignalStop()
-        # The guards keep their counters as callback state, which a resumed Trainer restores into new instances:
-        # they are looked up where used (`_guard`), never held.
+        self._add_guards(model)
+
+    def _add_guards(self, model: PeftModel) -> None:
+        """The guards and step hooks, and the initial state that the episodic and the collapse resets restore.
+
+        The guards keep their counters as callback state, which a resumed Trainer restores into new instances: they
+        are looked up where used (`_guard`), never held.
+        """
+        args = self.args
         self.add_callback(NonFiniteGuard(args.max_skipped_updates))
         self.add_callback(self._signal_stop)
         self.add_callback(_StepHooks(self))
