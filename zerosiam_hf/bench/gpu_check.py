@@ -21,6 +21,7 @@ The JSON is rewritten after each section: a run cut short keeps what it measured
 import gc
 import json
 import platform
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -30,16 +31,16 @@ import accelerate
 import peft
 import torch
 import transformers
-from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer
 
 from ..config import ZeroSiamConfig
 from ..generation import generate_batch, generate_continuous
 from ..losses import head_loss, head_transform
 from ..methods import METHODS
 from ..methods.base import final_hidden_states
-from ..predictor import attach_predictor, find_predictor
+from ..modeling import build_adapted_model
+from ..predictor import find_predictor
 from .speed import measure_peak, time_round_robin
 
 
@@ -79,7 +80,6 @@ SHAPES = {
     ),
 }
 # The project's default LoRA: rank 8, alpha 16, on the attention block's linear layers (modeling.lora_target_modules).
-LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 # Sections run in this order: the memory points first, the generation backends (the least certain to finish) last.
 # A generation step's `budget_s` bounds its time: a row predicted to end past it is skipped (recorded as such).
@@ -322,13 +322,17 @@ def build_model(shape: str, dtype: str, device: str) -> LlamaForCausalLM:
 
 
 def adapted_model(shape: str, dtype: str, device: str):
-    """The model with the project's default LoRA and a ZeroSiam predictor, and AdamW over both, as adapt.py trains."""
-    model = build_model(shape, dtype, device)
-    attach_predictor(model)
-    model = get_peft_model(model, LoraConfig(**LORA, modules_to_save=["zerosiam_predictor"]))
-    predictor = find_predictor(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
-    return model, predictor, optimizer
+    """The model adapted as a ZeroSiam run at its defaults adapts it (`build_adapted_model`: LoRA and the predictor),
+    its predictor, and the Trainer's optimizer over the method's parameter groups."""
+    # the settings of a run given no option; nothing is written to output_dir
+    args = ZeroSiamConfig(
+        output_dir=tempfile.gettempdir(), method="zerosiam", report_to="none", use_cpu=device == "cpu"
+    )
+    model = build_adapted_model(build_model(shape, dtype, device), args)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer = optimizer_cls(args.method_spec.parameter_groups(args, trainable), **optimizer_kwargs)
+    return model, find_predictor(model), optimizer
 
 
 def special_tokenizer() -> PreTrainedTokenizerFast:
