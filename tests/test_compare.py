@@ -479,3 +479,21 @@ def test_a_run_made_in_the_staging_folder_matches_the_same_run_published_or_publ
     assert records.settings_identity(made_in_staging) == records.settings_identity(published)
     other = {"DataArguments": {"dataset": "results/cmp.partials/synthetic-base-seed0.jsonl"}}
     assert records.changed_settings(other, published) == ["--dataset"]
+
+
+def test_a_cost_a_run_did_not_count_reads_n_a_and_the_other_costs_stay():
+    def run(generated: int, prefill: int | None) -> dict:
+        cost = {"generated_tokens": generated, "trained_tokens": 0, "forward_tokens": 0, "problems": 2}
+        if prefill is not None:
+            cost["prefill_tokens"] = prefill
+        return {
+            "results": {"cost": cost},
+            "timings": {"adapt_seconds": 4.0},
+            "config": {"ZeroSiamConfig": {"ablation": None}},
+        }
+
+    rows = {row["method"]: row for row in comparison.cost_rows({"none": [run(8, 6)], "ttrl": [run(32, None)]})}
+    assert rows["ttrl"]["per_problem"]["prefill_tokens"] is None and rows["ttrl"]["relative"]["prefill_tokens"] is None
+    assert rows["ttrl"]["per_problem"]["generated_tokens"] == 16 and rows["ttrl"]["relative"]["generated_tokens"] == 4
+    ttrl_line = next(line for line in comparison.cost_table(list(rows.values())).splitlines() if "ttrl" in line)
+    assert ttrl_line.split(" | ")[1:3] == ["16 (4.00x)", "n/a"]

@@ -587,3 +587,21 @@ def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, toke
     }
     streamed = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(streamed, key=lambda r: r["index"]) == whole.online_results()[1]  # each answer streamed once
+
+
+def test_a_counter_a_resumed_checkpoint_did_not_keep_is_left_out_of_the_cost(tmp_path, tokenizer, prompts, gold):
+    whole = make_trainer(tmp_path, tokenizer, prompts, gold, save_steps=1, save_total_limit=None)
+    whole.train()
+    assert whole.total_cost()["prefill_tokens"] > 0
+    state_file = tmp_path / "run" / "checkpoint-1" / "zerosiam_state.json"
+    state = json.loads(state_file.read_text())
+    del state["cost"]["prefill_tokens"]  # as a checkpoint written before prefill tokens were counted
+    state_file.write_text(json.dumps(state))
+
+    resumed = make_trainer(tmp_path, tokenizer, prompts, gold, save_steps=1, save_total_limit=None)
+    resumed.train(resume_from_checkpoint=str(state_file.parent))
+    cost = resumed.total_cost()
+    assert "prefill_tokens" not in cost  # unknown for step 1: n/a, not a count of the later steps alone
+    assert cost["generated_tokens"] == whole.total_cost()["generated_tokens"]
+    later = json.loads((tmp_path / "run" / "checkpoint-2" / "zerosiam_state.json").read_text())
+    assert "prefill_tokens" not in later["cost"]  # and stays unknown through a second resume

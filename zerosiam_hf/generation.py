@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
-from transformers import ContinuousBatchingConfig, GenerationConfig, LogitsProcessorList
+from transformers import ContinuousBatchingConfig, GenerationConfig, LogitsProcessorList, cache_utils
 
 from .checkers import score_completions
 from .scoring import accuracy
@@ -198,6 +198,11 @@ def generate_batch(
     return [row[:length].tolist() for row, length in zip(generated, lengths)]
 
 
+# The cache layers of hybrid models (linear attention, Mamba-style conv) that hold recurrent states; transformers
+# before 5.2x has no such mixin, and no repeat to get wrong.
+_RECURRENT_LAYERS = tuple(filter(None, [getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)]))
+
+
 def cache_argument(model) -> str:
     """The name under which `model`'s forward and generate() take a KV cache, and its output holds one: cache since
     transformers 5.2x (the lock's), past_key_values before (a bare GPU image's 5.17)."""
@@ -207,7 +212,8 @@ def cache_argument(model) -> str:
 
 def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, samples: int) -> dict:
     """generate()'s cache argument holding the KV cache of every prompt token but the last, computed once per prompt
-    and repeated `samples` times (consecutive rows); empty for one-token prompts, which have nothing to cache.
+    and repeated `samples` times (consecutive rows); empty for one-token prompts, which have nothing to cache, and
+    for hybrid models, whose recurrent states are not repeated (generate() then reads every copy of the prompt).
     generate() then reads only the last token of each copy, at the position it would have given it."""
     if input_ids.shape[1] < 2:
         return {}
@@ -219,7 +225,10 @@ def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
         attention_mask=attention_mask[:, :-1],
         position_ids=position_ids[:, :-1],
         use_cache=True,
+        logits_to_keep=1,  # the cache is what this forward is for
     )[name]
+    if any(isinstance(layer, _RECURRENT_LAYERS) for layer in getattr(cache, "layers", ())):
+        return {}  # a recurrent state (linear attention, conv) is not repeated by batch_repeat_interleave
     cache.batch_repeat_interleave(samples)
     return {name: cache}
 

@@ -149,6 +149,7 @@ class ZeroSiamTrainer(Trainer):
         # through the generator's prefill, tokens through a forward and backward pass of the backbone, and tokens
         # through an extra forward without backward.
         self.cost = {"generated_tokens": 0, "prefill_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
+        self._uncounted = set()  # counters a resumed checkpoint did not keep: unknown for the whole run
         self._pending_episode = None
         self._step_start = {}
         self._signal_stop = SignalStop()
@@ -225,7 +226,7 @@ class ZeroSiamTrainer(Trainer):
                 # the guards' counters travel as the Trainer's callback state (trainer_state.json)
                 run_state = {
                     "online_records": list(self.online_records.values()),
-                    "cost": self.cost,
+                    "cost": self._counted(),
                     "identity": self.run_identity,
                 }
                 write_json(scratch / name / RUN_STATE_FILE, run_state)
@@ -248,8 +249,10 @@ class ZeroSiamTrainer(Trainer):
             check_checkpoint_identity(checkpoint, self.run_identity)
         run_state = read_run_state(checkpoint)
         self.online_records = {record["index"]: record for record in run_state["online_records"]}
-        # a checkpoint written before a counter existed resumes it from zero
-        self.cost = {**self.cost, **(run_state.get("cost") or {})}
+        saved = run_state.get("cost") or {}
+        # a checkpoint written before a counter existed misses the steps before it: the record leaves it out (n/a)
+        self._uncounted = set(self.cost) - set(saved)
+        self.cost = {**self.cost, **saved}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
@@ -369,7 +372,7 @@ class ZeroSiamTrainer(Trainer):
             context, processors = self.method.decoding(self, model, ids, mask)
             if self.method.forwards_prompt:
                 self.cost["forward_tokens"] += int(mask.sum())
-            # each prompt once, then its last token once per sample (generation.prompt_cache)
+            # the prompts but their last tokens once, the last tokens once per sample (generation.prompt_cache)
             self.cost["prefill_tokens"] += int(mask.sum()) + (k - 1) * len(ids)
             with context:
                 completions += generate_batches(
@@ -476,11 +479,16 @@ class ZeroSiamTrainer(Trainer):
             logs["guard/resets"] = self._guard(CollapseGuard).resets
         super().log(logs, start_time)
 
+    def _counted(self) -> dict[str, int]:
+        return {name: count for name, count in self.cost.items() if name not in self._uncounted}
+
     def total_cost(self) -> dict[str, int]:
-        """The tokens spent (`cost`), summed over processes; every process must call it."""
-        counts = torch.tensor(list(self.cost.values()), dtype=torch.long, device=self.args.device)
+        """The tokens spent (`cost`, but for counters a resumed checkpoint did not keep), summed over processes;
+        every process must call it."""
+        counted = self._counted()
+        counts = torch.tensor(list(counted.values()), dtype=torch.long, device=self.args.device)
         counts = self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
-        return dict(zip(self.cost, counts.tolist()))
+        return dict(zip(counted, counts.tolist()))
 
     def online_results(self) -> tuple[dict, list[dict]]:
         """Accuracy of the answers given along the way, and the scored records in dataset order."""
