@@ -37,6 +37,8 @@ from zerosiam_hf.bench.speed import CPU_CHUNK, CPU_TOKENS, GPU_CHUNK, machine_in
 from zerosiam_hf.cli import exits_cleanly, parse_args
 from zerosiam_hf.engines import hide_optional_engines
 from zerosiam_hf.losses import HEADS
+from zerosiam_hf.methods import METHODS
+from zerosiam_hf.methods.head import HeadMethod
 from zerosiam_hf.records import write_json
 
 
@@ -109,6 +111,11 @@ class SpeedArguments:
     roofline_answer: int = field(default=96, metadata={"help": "Tokens per answer (the README's cap)."})
 
     def __post_init__(self):
+        heads = [name for name, method in METHODS.items() if isinstance(method, HeadMethod)]
+        if self.roofline_method not in heads:
+            raise ValueError(
+                f"--roofline_method times a loss-head update: one of {', '.join(heads)}; got {self.roofline_method!r}."
+            )
         unknown = sorted(set(self.methods) - set(HEADS))
         if unknown:
             raise ValueError(f"--methods takes {', '.join(HEADS)}; got {unknown}.")
@@ -142,7 +149,7 @@ def measure_roofline(args: SpeedArguments, device: str) -> dict:
         ModelArguments(model=args.roofline_model, dtype=args.roofline_dtype)
     )
     model.to(device)
-    dtypes = [torch.float32, torch.bfloat16]
+    dtypes = list(dict.fromkeys([torch.float32, torch.bfloat16, model.dtype]))  # the model's own among them
     # a matrix of 2048 fills the CPU's units; a GPU needs larger ones, and a buffer well past its cache
     size, nbytes = (8192, 4 << 30) if device == "cuda" else (2048, 1 << 30)
     peaks = ceilings(device, dtypes, size, nbytes)

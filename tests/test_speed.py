@@ -117,6 +117,7 @@ def test_generation_stage_times_both_backends_on_the_same_prompts(tiny_model_dir
         (["--tokens", "0"], "--tokens must be >= 1"),
         (["--stages", "everything"], "--stages takes loss_head, online, generation, roofline"),
         (["--generation_batch_sizes", "16", "0"], "--generation_batch_sizes must be positive"),
+        (["--roofline_method", "ttrl"], "--roofline_method times a loss-head update: one of tent, come, zerosiam"),
     ],
 )
 def test_bad_arguments_exit_with_one_line(capsys, tmp_path, argv, message):

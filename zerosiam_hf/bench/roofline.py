@@ -9,6 +9,7 @@ FLOPs over the peak of its dtype and its bytes over the bandwidth; the fraction 
 measured time, 1 at the floor.
 """
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -128,11 +129,14 @@ def measure_phases(model, tokenizer, *, method: str, batch: int, prompt: int, an
     # generation: LoRA folded in, eval mode, no gradients, as generate_batches runs it
     model.eval()
     with torch.no_grad(), merged_lora(model):
-        prefill = best_seconds(lambda: model(input_ids=ids, use_cache=True), repeats, sync)
-        flops = 2 * weights * batch * prompt + attention_flops(config, batch, prompt, prompt) // 2
+        # generate()'s prefill: the head on the last position only
+        prefill = best_seconds(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), repeats, sync)
+        head_weights = model.get_output_embeddings().weight.numel()
+        flops = 2 * (weights - head_weights) * batch * prompt + 2 * head_weights * batch
+        flops += attention_flops(config, batch, prompt, prompt) // 2
         rows.append(phase_row("prefill", prefill, flops, weight_bytes, peak, bandwidth))
         name = cache_argument(model)
-        cache = model(input_ids=ids, use_cache=True)[name]
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1)[name]
         last = ids[:, -1:]
 
         def decode():
@@ -148,7 +152,9 @@ def measure_phases(model, tokenizer, *, method: str, batch: int, prompt: int, an
     whole = best_seconds(lambda: generate_batches(model, [(ids, torch.ones_like(ids))], generation), 1, sync)
     nbytes = weight_bytes + kv_bytes(config, batch, prompt + answer // 2, dtype.itemsize)
     flops = 2 * weights * batch + attention_flops(config, batch, 1, prompt + answer // 2)
-    rows.append(phase_row("decoding step (generate)", (whole - prefill) / answer, flops, nbytes, peak, bandwidth))
+    # the prefill gives the first token, the other answer - 1 are decoding steps
+    step = (whole - prefill) / max(answer - 1, 1)
+    rows.append(phase_row("decoding step (generate)", step, flops, nbytes, peak, bandwidth))
 
     # the update, on prompt + answer, as the trainer builds it
     model.train()
@@ -174,12 +180,16 @@ def measure_phases(model, tokenizer, *, method: str, batch: int, prompt: int, an
         backward_seconds.append(time.perf_counter() - middle)
     backbone = 2 * weights * tokens + attention_flops(config, batch, full.shape[1], full.shape[1]) // 2
     head_weights = vocab * hidden
+    # a lower bound of the head's traffic: its weight read by each chunk's logits and gradient products, and its
+    # float32 [rows, V] logits, probabilities and gradient each written and read once
+    chunks = math.ceil(selected / args.loss_chunk_size)
+    head_bytes = 2 * chunks * head_weights * dtype.itemsize + 3 * 2 * branches * selected * vocab * 4
     rows.append(
         phase_row(
             "update forward + loss head",
             min(forward_seconds[1:]),
             backbone - 2 * head_weights * tokens + head_flops,
-            weight_bytes,
+            weight_bytes + head_bytes,
             peak,
             bandwidth,
         )
@@ -200,23 +210,21 @@ def measure_phases(model, tokenizer, *, method: str, batch: int, prompt: int, an
     mask = torch.ones(1, selected, dtype=torch.bool, device=device)
     predictor = None if trainer.predictor is None else trainer.predictor.weight
 
-    def head():
+    def head():  # the method's own call (HeadMethod.loss) on hidden states of the answer positions' count
         result = head_loss(
-            "zerosiam" if predictor is not None else "tent",
+            trainer.method.head,
             rows_hidden,
             trainer.lm_head.weight,
             mask,
             predictor_weight=predictor,
             chunk_size=args.loss_chunk_size,
+            lm_head_bias=trainer.lm_head.bias,
+            **trainer.method.head_kwargs(args, trainer.head_transform),
         )
         result.loss.backward()
 
     seconds = best_seconds(head, repeats, sync)
-    rows.append(
-        phase_row(
-            "loss head (forward + backward)", seconds, head_flops, vocab * hidden * dtype.itemsize, peak, bandwidth
-        )
-    )
+    rows.append(phase_row("loss head (forward + backward)", seconds, head_flops, head_bytes, peak, bandwidth))
 
     optimizer = trainer.create_optimizer()
     for param in trainable:
