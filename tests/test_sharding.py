@@ -34,9 +34,10 @@ from zerosiam_hf.launch import check_one_run, has_accelerator
 DRIVER = str(REPO / "tests" / "sharded_adapt.py")  # adapt.py, plus a report from inside each process
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-# Two processes of two prompts against one process of four: the same global batch, two updates over eight problems.
-SHARDED = flags(per_device_train_batch_size=2, max_new_tokens=4)
-ONE_PROCESS = flags(per_device_train_batch_size=4, max_new_tokens=4)
+# Two processes of two prompts against one process of four: the same global batch, two updates over eight problems;
+# in float32, whose sums in another order the tolerance below allows (--dtype auto is bf16 on some CPUs)
+SHARDED = flags(per_device_train_batch_size=2, max_new_tokens=4, dtype="float32")
+ONE_PROCESS = flags(per_device_train_batch_size=4, max_new_tokens=4, dtype="float32")
 # float32 sums of the same terms in another order (two halves of a batch averaged across processes)
 ATOL = 1e-6
 

@@ -44,7 +44,7 @@ class GenerationArguments:
             "help": "static: generate() on left-padded batches, each decoding until its longest answer ends. "
             "continuous: transformers' continuous batching (generate_batch, paged attention): an answer that ends "
             "leaves the batch and a waiting prompt takes its place, the batch size capping the answers decoded "
-            "together. Greedy answers are the same token for token; speeds in docs/BENCHMARKS.md."
+            "together. Greedy answers are the same token for token in float32; speeds in docs/BENCHMARKS.md."
         },
     )
 
