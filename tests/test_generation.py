@@ -33,7 +33,7 @@ from zerosiam_hf.generation import (
 from zerosiam_hf.generation import (
     generate_continuous as continuous,
 )
-from zerosiam_hf.modeling import build_adapted_model
+from zerosiam_hf.modeling import ModelArguments, build_adapted_model, load_model_and_tokenizer
 from zerosiam_hf.trainer import ZeroSiamTrainer
 
 
@@ -230,3 +230,22 @@ def test_one_token_prompts_sample_without_a_cache(tokenizer):
     torch.manual_seed(0)
     repeated = generate_batches(model, [pad([[7]] * 3 + [[9]] * 3, tokenizer.pad_token_id, side="left")], config)
     assert answers == repeated and len(answers) == 6
+
+
+def test_a_half_precision_head_reads_a_contiguous_input_and_answers_the_same_bits(tiny_model_dir, tokenizer):
+    model, _, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir, dtype="bfloat16"))
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    answers = generate_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    assert seen and all(seen)  # generate()'s prefill slice reaches the head contiguous
+    ids, mask = pad(prompts, tokenizer.pad_token_id, side="left")
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hooked = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+    assert torch.equal(hooked, torch.nn.functional.linear(hidden[:, -1:], head.weight))  # the slice's own bits
+    head._forward_pre_hooks.clear()
+    assert generate_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == answers
+    float32, _, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir, dtype="float32"))
+    assert not float32.get_output_embeddings()._forward_pre_hooks  # float32 keeps the slice's rounding

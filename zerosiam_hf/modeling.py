@@ -57,6 +57,14 @@ def auto_dtype() -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+def _contiguous_input(head: torch.nn.Module, args: tuple) -> tuple:
+    """The LM head's input made contiguous. generate()'s prefill hands the head the strided slice of each row's last
+    position; a half-precision product with it goes through a batched matmul over a per-row copy of the head's weight
+    (0.6 s at batch 8 on the embedded model on a CPU, against 2 ms contiguous), for the same bits. In float32 the
+    slice's path is fast, and its rounding differs from the contiguous one's: float32 keeps it."""
+    return (args[0].contiguous(), *args[1:])
+
+
 def load_dtype(name: str) -> torch.dtype:
     """The weights dtype `--dtype name` loads on this machine."""
     return DTYPES[name] or auto_dtype()
@@ -298,6 +306,8 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if is_4bit(model):
         keep_4bit_layers_unpacked(model)
+    elif dtype in (torch.bfloat16, torch.float16):
+        model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     with _remote_code_refused(model_args.model):
         tokenizer = AutoTokenizer.from_pretrained(path, **trust)
     # Batched generation of a decoder needs the prompts flush right.
