@@ -151,7 +151,8 @@ def readme_main_command() -> list[str]:
     """The README's main command (the one after the set-up, in its first code block), as argv."""
     block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
     command = block.split("&& ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
-    return shlex.split(command)
+    # the shell's substitution, as bash would make it
+    return [str(os.cpu_count()) if word == "$(nproc)" else word for word in shlex.split(command)]
 
 
 def test_the_readme_main_command_writes_only_progress_and_its_own_log_to_stderr(tmp_path):
