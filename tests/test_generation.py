@@ -62,13 +62,19 @@ def answers_of_varied_length(model, tokenizer) -> list[list[int]]:
     return prompts
 
 
-@pytest.mark.parametrize("merge_lora", [True, False])
-def test_continuous_answers_equal_static_token_for_token_on_a_lora_model(tmp_path, tokenizer, merge_lora):
+def lora_model_that_answers_otherwise(tokenizer, tmp_path):
+    """The tiny model with LoRA adapters whose delta changes its answers (LoRA B starts at zero)."""
     model = build_adapted_model(make_model(tokenizer), make_config(tmp_path, method="tent", lora_r=4))
-    with torch.no_grad():  # LoRA B starts at zero: give the adapters a delta that changes the answers
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("merge_lora", [True, False])
+def test_continuous_answers_equal_static_token_for_token_on_a_lora_model(tmp_path, tokenizer, merge_lora):
+    model = lora_model_that_answers_otherwise(tokenizer, tmp_path)
     prompts = answers_of_varied_length(model, tokenizer)
     options = {"max_new_tokens": 24, "batch_size": 4, "merge_lora": merge_lora}
     static = generate_completions(model, tokenizer, prompts, **options)
@@ -184,11 +190,7 @@ class RecordScores:
 
 @pytest.mark.parametrize("merge_lora", [True, False])
 def test_k_samples_from_one_prefill_have_the_log_probabilities_of_a_full_forward(tokenizer, merge_lora, tmp_path):
-    model = build_adapted_model(make_model(tokenizer), make_config(tmp_path, method="tent", lora_r=4))
-    with torch.no_grad():  # LoRA B starts at zero: give the adapters a delta that changes the answers
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
+    model = lora_model_that_answers_otherwise(tokenizer, tmp_path)
     generator = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 256, (n,), generator=generator).tolist() for n in (5, 11, 2)]
     ids, mask = pad(prompts, tokenizer.pad_token_id, side="left")
