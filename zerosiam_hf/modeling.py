@@ -18,7 +18,14 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
 from transformers.distributed import DistributedConfig
 from transformers.pytorch_utils import Conv1D
 
@@ -470,6 +477,14 @@ def build_adapted_model(model: PreTrainedModel, args: ZeroSiamConfig) -> PeftMod
         peft_model = get_peft_model(model, lora_config(args, target_modules, modules_to_save))
     method.adapted_model(args, peft_model)
     return peft_model
+
+
+def method_optimizer(args: ZeroSiamConfig, model) -> torch.optim.Optimizer:
+    """The Trainer's optimizer (`--optim` and its settings) over the method's parameter groups of `model`'s trainable
+    parameters (`Method.parameter_groups`)."""
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls(args.method_spec.parameter_groups(args, trainable), **optimizer_kwargs)
 
 
 def nonfinite_tensors(weights_file: str | os.PathLike) -> tuple[list[str], int]:

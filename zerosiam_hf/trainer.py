@@ -27,7 +27,7 @@ from .launch import refuse_zero3
 from .losses import head_transform
 from .methods import write_method_settings
 from .methods.base import final_hidden_states
-from .modeling import build_adapted_model, check_head_input
+from .modeling import build_adapted_model, check_head_input, method_optimizer
 from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_vote
@@ -274,11 +274,7 @@ class ZeroSiamTrainer(Trainer):
         """The Trainer's optimizer over the method's parameter groups (`Method.parameter_groups`)."""
         if self.optimizer is not None:
             return self.optimizer
-        opt_model = model if model is not None else self.model
-        trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
-        groups = self.method.parameter_groups(self.args, trainable)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer = method_optimizer(self.args, model if model is not None else self.model)
         return self.optimizer
 
     # ----------------------------------------------------------------------------------------------- one step

@@ -32,14 +32,14 @@ import peft
 import torch
 import transformers
 from tokenizers import Tokenizer, models
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..config import ZeroSiamConfig
 from ..generation import generate_batch, generate_continuous
 from ..losses import head_loss, head_transform
 from ..methods import METHODS
 from ..methods.base import final_hidden_states
-from ..modeling import build_adapted_model
+from ..modeling import build_adapted_model, method_optimizer
 from ..predictor import find_predictor
 from .speed import measure_peak, time_round_robin
 
@@ -329,10 +329,7 @@ def adapted_model(shape: str, dtype: str, device: str):
         output_dir=tempfile.gettempdir(), method="zerosiam", report_to="none", use_cpu=device == "cpu"
     )
     model = build_adapted_model(build_model(shape, dtype, device), args)
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    optimizer = optimizer_cls(args.method_spec.parameter_groups(args, trainable), **optimizer_kwargs)
-    return model, find_predictor(model), optimizer
+    return model, find_predictor(model), method_optimizer(args, model)
 
 
 def special_tokenizer() -> PreTrainedTokenizerFast:
