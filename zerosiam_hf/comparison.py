@@ -18,6 +18,7 @@ from .config import SharedRunConfig, ZeroSiamConfig
 from .data import DataArguments
 from .errors import RunStopped, UsageError
 from .invocation import redacted
+from .methods import METHODS
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
 from .records import RUN_FILE, logged_series, read_jsonl, versions, write_json, write_jsonl
@@ -53,7 +54,9 @@ def _last(record: dict, key: str) -> float | None:
 
 def _label(method: str, runs: list[dict]) -> str:
     ablation = runs[0]["config"]["ZeroSiamConfig"]["ablation"]
-    return method if ablation in (None, "none") else f"{method} ({ablation})"
+    label = method if ablation in (None, "none") else f"{method} ({ablation})"
+    # an oracle's row says so in every table: its reward read the gold answers
+    return f"{label} (oracle)" if METHODS[method].reads_gold else label
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -580,6 +583,13 @@ def report(
     if result["samples"]:
         table += "\nSampling methods, online accuracy % (flexible):\n\n" + sample_table(result["samples"])
     result["paired"] = paired_rows(records, scores)
+    oracles = [method for method in methods if METHODS[method].reads_gold]
+    if oracles:
+        result["oracles"] = oracles
+        table = (
+            f"Rows marked (oracle) hold {', '.join(oracles)}, whose reward read the gold answers: a ceiling for the "
+            "label-free methods, not a test-time method.\n\n" + table
+        )
     table += (
         "\nFlexible accuracy with 95% intervals (bootstrap over seeds and problems, 2000 replicates) and each method "
         "beside none on the same problems and seeds (paired bootstrap; exact sign test over problems, ties left out; "

@@ -25,6 +25,7 @@ _NOT_IDENTITY = {
     "push_to_hub",
     "resume_from_checkpoint",
     "dataloader_pin_memory",
+    "oracle",  # compare's permission to include an oracle: which methods ran is in --methods
 }
 # The staging folder's suffix at the end of a path's part (staging.staging_path), which `_published` drops.
 _STAGED = re.compile(r"\.partial(?=/|$)")

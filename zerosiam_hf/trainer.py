@@ -1,6 +1,7 @@
 """`ZeroSiamTrainer`: test-time adaptation of a causal LM's next-token distributions with a `transformers.Trainer`."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftModel
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -26,7 +28,7 @@ from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .launch import refuse_zero3
 from .losses import head_transform
 from .methods import write_method_settings
-from .methods.base import final_hidden_states
+from .methods.base import final_hidden_states, label_free
 from .modeling import build_adapted_model, check_head_input, method_optimizer
 from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
@@ -35,6 +37,9 @@ from .staging import RUN_STATE_FILE, checkpoint_to_resume
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
+# In a checkpoint, beside the Trainer's files: the method's own state (`Method.initial_state`), when it has one.
+METHOD_STATE_FILE = "method_state.safetensors"
+logger = logging.getLogger(__name__)
 
 
 class PromptCollator:
@@ -135,6 +140,8 @@ class ZeroSiamTrainer(Trainer):
         self.online_records: dict[int, dict] = {}
         self._metrics = defaultdict(list)
         self.method = args.method_spec
+        if self.method.reads_gold:
+            logger.warning("--method %s is an oracle: its reward reads the gold answers.", self.method.name)
         self.lm_head = model.get_output_embeddings()
         # the methods read the model's logits as its head makes them (soft-cap, scale); an architecture whose head
         # they cannot reproduce is refused here, before anything is generated
@@ -169,6 +176,7 @@ class ZeroSiamTrainer(Trainer):
             self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.method_state = self.method.initial_state(self)
 
     @property
     def is_sharded(self) -> bool:
@@ -230,6 +238,9 @@ class ZeroSiamTrainer(Trainer):
                     "identity": self.run_identity,
                 }
                 write_json(scratch / name / RUN_STATE_FILE, run_state)
+                if self.method_state:
+                    state = {key: value.detach().cpu().contiguous() for key, value in self.method_state.items()}
+                    save_file(state, scratch / name / METHOD_STATE_FILE)
             super()._save_checkpoint(model, trial)
         except BaseException:
             if self.args.should_save:
@@ -253,6 +264,15 @@ class ZeroSiamTrainer(Trainer):
         # a checkpoint written before a counter existed misses the steps before it: the record leaves it out (n/a)
         self._uncounted = set(self.cost) - set(saved)
         self.cost = {**self.cost, **saved}
+        if self.method_state:
+            file = Path(checkpoint) / METHOD_STATE_FILE
+            if not file.is_file():
+                raise ValueError(
+                    f"--resume_from_checkpoint {checkpoint}: no {METHOD_STATE_FILE} there, the state --method "
+                    f"{self.method.name} keeps beside its weights; resume from a checkpoint of this method or start over."
+                )
+            saved_state = load_file(file)
+            self.method_state = {key: saved_state[key].to(value) for key, value in self.method_state.items()}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's save (the adapter, for the methods that train one), plus the method and its settings."""
@@ -317,6 +337,8 @@ class ZeroSiamTrainer(Trainer):
         loss_mask = torch.zeros_like(is_answer)
         loss_mask[:, :-1] = is_answer[:, 1:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        if scored is not None and not self.method.reads_gold:
+            scored = label_free(scored)
         rewards = self.method.from_answers(self, scored) if scored is not None else None
         if rewards is not None:
             batch["rewards"] = rewards.to(input_ids.device)
@@ -440,8 +462,10 @@ class ZeroSiamTrainer(Trainer):
         return next((callback for callback in self.callback_handler.callbacks if isinstance(callback, kind)), None)
 
     def _end_step(self) -> None:
-        """After each optimizer step, in this order: an episodic run answers the batch with the updated weights and
-        restores the initial state; the collapse guard reads the step's statistics and restores it on collapse."""
+        """After each optimizer step, in this order: the method updates its own state (`Method.end_step`); an
+        episodic run answers the batch with the updated weights and restores the initial state; the collapse guard
+        reads the step's statistics and restores it on collapse."""
+        self.method.end_step(self)
         if self.args.episodic:
             if self._pending_episode is not None:
                 prompt_ids, prompt_mask, index = self._pending_episode
@@ -458,11 +482,13 @@ class ZeroSiamTrainer(Trainer):
                 self._reset_to_initial()
 
     def _reset_to_initial(self) -> None:
-        """Put LoRA and the predictor back to their initial values and forget the optimizer's state."""
+        """Put LoRA and the predictor back to their initial values, make the method's own state afresh from them
+        and forget the optimizer's state."""
         with torch.no_grad():
             for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
                 if name in self._initial_state:
                     param.copy_(self._initial_state[name])
+        self.method_state = self.method.initial_state(self)
         getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

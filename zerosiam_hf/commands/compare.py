@@ -83,10 +83,24 @@ class CompareArguments:
         },
     )
 
+    oracle: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow a method that reads the gold answers (gold_grpo) among --methods: its rows are marked "
+            "(oracle) and the tables say what that means."
+        },
+    )
+
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
+        oracles = [m for m in self.methods if METHODS[m].reads_gold]
+        if oracles and not self.oracle:
+            raise ValueError(
+                f"--methods {' '.join(oracles)}: an oracle that reads the gold answers; add --oracle true to compare "
+                "it as the ceiling (its rows are marked), or leave it out."
+            )
         if len(self.seeds) < 1:
             raise ValueError("--seeds needs at least one seed.")
         bad = [seed for seed in self.seeds if not 0 <= seed < 2**32]  # as ZeroSiamConfig checks each run's --seed

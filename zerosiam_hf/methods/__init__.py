@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .base import Method
 from .em_inf import EMInf
+from .empo import EMPO
+from .gold_grpo import GoldGRPO
 from .head import EMFT, Come, Tent, ZeroSiam
 from .intuitor import Intuitor
 from .none import NoAdaptation
@@ -19,6 +21,7 @@ from .rent import Rent
 from .slot import SLOT
 from .tlm import TLM
 from .ttrl import TTRL
+from .urlvr import URLVR
 
 
 METHODS: dict[str, Method] = {
@@ -35,6 +38,9 @@ METHODS: dict[str, Method] = {
         TTRL(),
         Rent(),
         Intuitor(),
+        EMPO(),
+        URLVR(),
+        GoldGRPO(),
     )
 }
 
@@ -93,7 +99,8 @@ def markdown_tables() -> str:
         resets = {"never": "never", "prompt": "every prompt"}[method.resets] if method.trains != "nothing" else "-"
         own = ", ".join(f"{name} {default}" for name, default in options.items()) or "-"
         trains = _TRAINS.get(method.trains, method.trains)
-        rows.append(f"| {method.name} | {trains} | {signal} | {answers} | {resets} | {own} |")
+        name = f"{method.name} (oracle: reads the gold)" if method.reads_gold else method.name
+        rows.append(f"| {name} | {trains} | {signal} | {answers} | {resets} | {own} |")
     rows += ["", "| option | methods | default | what it sets |", "|---|---|---|---|"]
     for name, takers in declared_options(METHODS.values()).items():
         methods = ", ".join(method for method, _ in takers)

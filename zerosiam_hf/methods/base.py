@@ -65,6 +65,9 @@ class Method:
             plain greedy answers, the only ones the continuous backend makes), or "" when they are plain greedy.
         options_class: its own options, an `Options` dataclass declared in its module; `ZeroSiamConfig` gets a field
             for each, and any other method's option given with it is an error.
+        reads_gold: True for an oracle that is rewarded by the gold answers (gold_grpo): a ceiling, never a test-time
+            method. Every other method's `from_answers` gets the scored answers without any field computed from the
+            gold (`LABEL_FREE_FIELDS` only), and a comparison takes an oracle only when told (`--oracle true`).
     """
 
     name: ClassVar[str]
@@ -77,6 +80,7 @@ class Method:
     forwards_prompt: ClassVar[bool] = False
     needs_static_generation: ClassVar[str] = ""
     options_class: ClassVar[type[Options]] = Options
+    reads_gold: ClassVar[bool] = False
 
     @property
     def options(self) -> dict[str, Any]:
@@ -115,9 +119,31 @@ class Method:
         return nullcontext(), []
 
     def from_answers(self, trainer, records: list[dict]) -> torch.Tensor | None:
-        """Sampling methods: what the reward needs from the scored answers ([N]: TTRL's vote, RENT's has-an-answer),
-        read from their extracted answers only; None when the loss's statistics are all it needs."""
+        """Sampling methods: what the reward needs from the answers ([N]: TTRL's vote, RENT's has-an-answer); None
+        when the loss's statistics are all it needs. `records` hold the `LABEL_FREE_FIELDS` of each answer, nothing
+        computed from the gold, unless the method `reads_gold`."""
         return None
+
+    def initial_state(self, trainer) -> dict[str, torch.Tensor]:
+        """The method's own state beside the weights the optimizer trains (Co-rewarding's teacher), made from the
+        model as it is when the trainer starts and after each episodic or collapse reset (the trained weights back
+        at their initial values then). The trainer keeps it as `trainer.method_state`, saves it in each checkpoint
+        and restores it on resume, so methods stay stateless. None by default."""
+        return {}
+
+    def end_step(self, trainer) -> None:
+        """After each optimizer step, before the episodic and collapse resets: update `trainer.method_state`.
+        Nothing by default."""
+
+
+# What an answer's record says without its gold: a label-free method's `from_answers` sees these fields only.
+LABEL_FREE_FIELDS = ("index", "completion", "tokens", "pred_strict", "pred_flexible", "majority_answer")
+
+
+def label_free(records: list[dict]) -> list[dict]:
+    """The records with only their `LABEL_FREE_FIELDS`: whether an answer is right, and anything else computed from
+    the gold, left out."""
+    return [{key: record[key] for key in LABEL_FREE_FIELDS if key in record} for record in records]
 
 
 def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
