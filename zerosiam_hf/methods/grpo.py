@@ -1,5 +1,6 @@
-"""GRPO for the sampling methods (TTRL, RENT, Intuitor): k sampled answers per prompt, a reward the method makes
-itself, advantages normalised within each prompt's group, and a policy-gradient loss over the answers' tokens.
+"""GRPO for the sampling methods (TTRL, RENT, Intuitor, EMPO, URLVR, ...): k sampled answers per prompt, a reward the
+method makes itself, advantages normalised within each prompt's group, and a policy-gradient loss over the answers'
+tokens.
 
 The update is on-policy and taken once per generation (TRL's `num_iterations=1`): the importance ratio
 exp(logp - sg(logp)) is 1 in value, so PPO's clipping never acts and the gradient is -A * grad(logp). The loss is
@@ -102,11 +103,14 @@ def token_statistics(
     return logp, entropy.detach(), certainty.detach()
 
 
+def per_answer_sum(values: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Sum of per-token `values` [M] for each of `count` answers, given each token's answer `rows` [M]; 0 if empty."""
+    return torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+
+
 def per_answer_mean(values: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
     """Mean of per-token `values` [M] for each of `count` answers, given each token's answer `rows` [M]; 0 if empty."""
-    totals = torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
-    tokens = torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, rows, torch.ones_like(values))
-    return totals / tokens.clamp(min=1)
+    return per_answer_sum(values, rows, count) / per_answer_sum(torch.ones_like(values), rows, count).clamp(min=1)
 
 
 @dataclass
@@ -125,9 +129,14 @@ class SamplingMethod(Method):
     options_class = SamplingOptions
 
     def reward(self, stats: dict, from_answers: torch.Tensor | None) -> torch.Tensor:
-        """[N] rewards from per-answer statistics (`entropy`, `certainty`, means over the answer's tokens) and what
-        `Method.from_answers` read in the scored answers."""
+        """[N] rewards from per-answer statistics and what `Method.from_answers` read in the scored answers. The
+        statistics, detached, are means over the answer's tokens of their `entropy`, `certainty` and `logp` (the
+        sampled tokens' log-probabilities), and `logp_sum`, the answer's log-likelihood."""
         raise NotImplementedError
+
+    def batch_rewards(self, args, stats: dict, from_answers: torch.Tensor | None) -> torch.Tensor:
+        """[N] rewards under the run's options `args`: `reward`'s, unless the method's options choose the reward."""
+        return self.reward(stats, from_answers)
 
     def loss(self, trainer, model, inputs: dict) -> torch.Tensor:
         args = trainer.args
@@ -149,8 +158,10 @@ class SamplingMethod(Method):
         stats = {
             "entropy": per_answer_mean(entropy, rows, count),
             "certainty": per_answer_mean(certainty, rows, count),
+            "logp": per_answer_mean(logp.detach(), rows, count),
+            "logp_sum": per_answer_sum(logp.detach(), rows, count),
         }
-        rewards = self.reward(stats, inputs.get("rewards"))
+        rewards = self.batch_rewards(args, stats, inputs.get("rewards"))
         advantages = group_advantages(rewards, args.num_generations)
         ref_logps = None
         if args.beta > 0:
