@@ -269,7 +269,8 @@ class ZeroSiamTrainer(Trainer):
             if not file.is_file():
                 raise ValueError(
                     f"--resume_from_checkpoint {checkpoint}: no {METHOD_STATE_FILE} there, the state --method "
-                    f"{self.method.name} keeps beside its weights; resume from a checkpoint of this method or start over."
+                    f"{self.method.name} keeps beside its weights; resume from a checkpoint of this method, or start "
+                    "over."
                 )
             saved_state = load_file(file)
             self.method_state = {key: saved_state[key].to(value) for key, value in self.method_state.items()}

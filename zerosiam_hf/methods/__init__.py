@@ -11,6 +11,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 
 from .base import Method
+from .co_reward import CoReward
 from .em_inf import EMInf
 from .empo import EMPO
 from .gold_grpo import GoldGRPO
@@ -40,6 +41,7 @@ METHODS: dict[str, Method] = {
         Intuitor(),
         EMPO(),
         URLVR(),
+        CoReward(),
         GoldGRPO(),
     )
 }
