@@ -45,11 +45,14 @@ class Options:
 class Method:
     """One test-time method. A subclass declares what the method trains, which tokens carry its signal, how many
     answers it samples per prompt, when it resets and which options it takes; it implements its loss (or its
-    decoding hook). Instances hold no state.
+    decoding hook). Instances hold no state: what a method keeps beside the weights the optimizer trains (an EMA
+    teacher) lives on the trainer, made by `initial_state` and updated by `end_step`, so that checkpoints and resets
+    cover it for every method alike.
 
     Hooks: those that build the model and its optimizer run before a trainer exists and take the run's config first
     (`prepare_model`, `adapted_model`, `parameter_groups`); those of a step take the trainer first (`loss`,
-    `decoding`, `from_answers`), which holds the config (`trainer.args`), the LM head and the logging.
+    `decoding`, `from_answers`, `initial_state`, `end_step`), which holds the config (`trainer.args`), the LM head and
+    the logging.
 
     Class attributes:
         name: the `--method` value.
