@@ -15,7 +15,8 @@ verl/verl/trainer/ppo/ray_trainer.py (`apply_ttrl_gt`, the majority vote):
 - majority: TTRL's reward, 1 for agreeing with the majority-voted answer (its vote, reused).
 
 URLVR's external self-verification (the policy grades its own answer from a judging prompt, `apply_self_verify`) is
-not built: a 135M model's verdicts on its own answers are close to chance, so that reward would be noise.
+not built: a 135M model's verdicts on its own answers would be close to chance (a judgement, not measured), so that
+reward would be noise.
 """
 
 from collections.abc import Callable
