@@ -256,7 +256,7 @@ def problems_dataset() -> Dataset:
 
 def test_build_prompts_uses_the_chat_template_and_drops_the_gold(tokenizer):
     prompts = build_prompts(problems_dataset(), tokenizer, NUMERIC_INSTRUCTION, max_prompt_length=512)
-    assert prompts.column_names == ["index", "prompt_ids", "prompt_length"]
+    assert prompts.column_names == ["question", "index", "prompt_ids", "prompt_length", "instruction"]
     assert prompts["index"] == list(range(len(PROBLEMS)))
     for (question, answer), ids in zip(PROBLEMS, prompts["prompt_ids"]):
         assert tokenizer.decode(ids) == f"<|user|>{question}\n\n{NUMERIC_INSTRUCTION}<|end|><|assistant|>"

@@ -403,25 +403,32 @@ def _hub_revision(hub_id: str) -> str | None:
         return None
 
 
-def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_length: int) -> Dataset:
-    """Tokenize each question once into `prompt_ids` (chat template where the tokenizer has one).
+def question_prompt_ids(tokenizer, question: str, instruction: str) -> list[int]:
+    """The uncut prompt of one question: the question, a blank line and `instruction` as one user turn of the chat
+    template, or as plain text and a newline where the tokenizer has no template."""
+    text = f"{question}\n\n{instruction}" if instruction else question
+    if tokenizer.chat_template is not None:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer(text + "\n")["input_ids"]
+    return list(ids)
 
-    The result holds `index`, `prompt_ids` and the uncut `prompt_length` only: the gold answers are dropped here, so
-    that nothing downstream of this function (adaptation included) can feed them to the model.
+
+def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_length: int) -> Dataset:
+    """Tokenize each question once into `prompt_ids` (`question_prompt_ids`, cut to `max_prompt_length`).
+
+    The result holds `index`, `prompt_ids`, the uncut `prompt_length`, and the `question` and `instruction` that make
+    the prompt (a method may ask the model again with another wording: Self-Harmony's paraphrase); the gold answers
+    are dropped here, so that nothing downstream of this function (adaptation included) can feed them to the model.
     """
-    has_template = tokenizer.chat_template is not None
 
     def encode(row):
-        text = f"{row['question']}\n\n{instruction}" if instruction else row["question"]
-        if has_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        else:
-            ids = tokenizer(text + "\n")["input_ids"]
+        ids = question_prompt_ids(tokenizer, row["question"], instruction)
         # Cutting from the left keeps the end of the question and the generation prompt.
-        return {"prompt_ids": list(ids)[-max_prompt_length:], "prompt_length": len(ids)}
+        return {"prompt_ids": ids[-max_prompt_length:], "prompt_length": len(ids), "instruction": instruction or ""}
 
-    prompts = dataset.map(encode, remove_columns=["question", "answer"], desc="Tokenizing prompts")
+    prompts = dataset.map(encode, remove_columns=["answer"], desc="Tokenizing prompts")
     cut = prompts_cut(prompts)
     if cut:
         logger.warning(

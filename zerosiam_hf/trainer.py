@@ -28,7 +28,7 @@ from .guards import CollapseGuard, NonFiniteGuard, SignalStop
 from .launch import refuse_zero3
 from .losses import head_transform
 from .methods import write_method_settings
-from .methods.base import final_hidden_states, label_free
+from .methods.base import SecondView, final_hidden_states, label_free
 from .modeling import build_adapted_model, check_head_input, method_optimizer
 from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
@@ -314,11 +314,15 @@ class ZeroSiamTrainer(Trainer):
         inputs = super()._prepare_inputs(inputs)
         prompt_ids, prompt_mask, index = inputs["input_ids"], inputs["attention_mask"], inputs["index"]
         online, episodic = self.args.protocol == "online", self.args.episodic
-        completions, scored = None, None
+        completions, scored, view = None, None, None
         if self.args.signal == "response" or (online and not episodic):
             completions = self._generate(prompt_ids, prompt_mask)
+        if online and not episodic and self.args.updates_weights:
+            view = self.method.second_view(self, index)
+        if view is not None:
+            view, view_answers = self._answer_second_view(view, index)
         if online and not episodic:
-            scored = self._record(index, completions)
+            scored = self._record(index, completions, view.notes if view else None)
         elif online:
             self._pending_episode = (prompt_ids, prompt_mask, index)
         if not self.args.updates_weights:
@@ -328,6 +332,10 @@ class ZeroSiamTrainer(Trainer):
         k = self.args.num_generations if self.method.samples else 1
         if k > 1:
             prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
+        if view is not None:
+            prompt_ids, prompt_mask, completions, scored = self._with_second_view(
+                view, view_answers, prompt_ids, prompt_mask, completions, scored
+            )
         completion_ids, completion_mask = pad(
             completions, self.processing_class.pad_token_id, side="right", device=prompt_ids.device
         )
@@ -379,12 +387,15 @@ class ZeroSiamTrainer(Trainer):
             self._metrics[key].append(value)
 
     # ----------------------------------------------------------------------------------------------- helpers
-    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    def _generate(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config=None, samples: int | None = None
+    ) -> list[list[int]]:
         """The method's answers (greedy from the clean branch, or `num_generations` samples per prompt, one prompt's
-        samples together), in chunks of `generation_batch_size` prompts."""
+        samples together), in chunks of `generation_batch_size` prompts; or, for a method's own request (a
+        paraphrase), `samples` answers per prompt under the generation `config`. Every token is counted in `cost`."""
         model = self.accelerator.unwrap_model(self.model)
         size = self.args.generation_batch_size or len(prompt_ids)
-        k = self.args.num_generations if self.method.samples else 1
+        k = samples or (self.args.num_generations if self.method.samples else 1)
         completions = []
         for start in range(0, len(prompt_ids), size):
             ids, mask = prompt_ids[start : start + size], prompt_mask[start : start + size]
@@ -397,7 +408,7 @@ class ZeroSiamTrainer(Trainer):
                 completions += generate_batches(
                     model,
                     [(ids, mask)],
-                    self._generation_config,
+                    config or self._generation_config,
                     # a sharded base weight is a slice of the matrix: LoRA cannot be folded into it
                     merge_lora=self.args.merge_adapter_for_generation and not self.is_sharded,
                     backend=self.args.generation_backend,
@@ -407,13 +418,15 @@ class ZeroSiamTrainer(Trainer):
         self.cost["generated_tokens"] += sum(len(ids) for ids in completions)
         return completions
 
-    def _record(self, index: torch.Tensor, completions: list[list[int]]) -> list[dict]:
+    def _record(
+        self, index: torch.Tensor, completions: list[list[int]], notes: list[dict] | None = None
+    ) -> list[dict]:
         """Score a batch's answers as the online predictions, gathered from every process, and return this
         process's scored answers (every sample, prompt-major).
 
         A sampling method's prediction is its first sample; the record adds `avg_at_k` (the share of the k samples
         that are right, flexible) and `maj_at_k` (whether the majority answer is right), the vote going through the
-        benchmark's checker as TTRL's does.
+        benchmark's checker as TTRL's does, and what `notes` holds for its prompt (a second view's paraphrase).
         """
         k = self.args.num_generations if self.method.samples else 1
         indices = index.repeat_interleave(k).tolist()
@@ -422,7 +435,7 @@ class ZeroSiamTrainer(Trainer):
         local = []
         for start in range(0, len(scored), k):
             group = scored[start : start + k]
-            record = {**group[0], "updates_before": step}
+            record = {**group[0], "updates_before": step, **(notes[start // k] if notes else {})}
             if k > 1:
                 answers = [r["pred_flexible"] for r in group]
                 majority = majority_vote(answers, self.checker.same_answer)
@@ -453,6 +466,36 @@ class ZeroSiamTrainer(Trainer):
             }
         )
         return scored
+
+    def _answer_second_view(self, view: SecondView, index: torch.Tensor) -> tuple[SecondView, tuple[list, list]]:
+        """`num_generations` sampled answers to each prompt of a second view (`Method.second_view`), scored as the
+        prompt's own are: the view (its notes add the extracted answers, `view_answers`) and `(answers, scores)`."""
+        k = self.args.num_generations
+        completions = self._generate(view.prompt_ids, view.attention_mask)
+        indices = index.repeat_interleave(k).tolist()
+        scored = score_completions(self.checker, self.processing_class, indices, completions, self.gold)
+        answers = [[r["pred_flexible"] for r in scored[start : start + k]] for start in range(0, len(scored), k)]
+        view = view._replace(notes=[{**note, "view_answers": a} for note, a in zip(view.notes, answers)])
+        return view, (completions, scored)
+
+    def _with_second_view(self, view, view_answers, prompt_ids, prompt_mask, completions, scored):
+        """The batch's rows, each prompt's k answers followed by its k answers in the second view: the prompts [2kB, T]
+        (left-padded anew), the answers and their scores in that order."""
+        k = self.args.num_generations
+        view_completions, view_scored = view_answers
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+        view_rows = [ids[mask.bool()].tolist() for ids, mask in zip(view.prompt_ids, view.attention_mask)]
+        view_rows = [row for row in view_rows for _ in range(k)]
+
+        def interleave(own: list, other: list) -> list:
+            return [
+                item for start in range(0, len(own), k) for item in own[start : start + k] + other[start : start + k]
+            ]
+
+        prompt_ids, prompt_mask = pad(
+            interleave(rows, view_rows), self.processing_class.pad_token_id, side="left", device=prompt_ids.device
+        )
+        return prompt_ids, prompt_mask, interleave(completions, view_completions), interleave(scored, view_scored)
 
     def _metrics_update(self, values: dict) -> None:
         for key, value in values.items():

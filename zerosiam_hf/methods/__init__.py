@@ -19,6 +19,7 @@ from .head import EMFT, Come, Tent, ZeroSiam
 from .intuitor import Intuitor
 from .none import NoAdaptation
 from .rent import Rent
+from .self_harmony import SelfHarmony
 from .slot import SLOT
 from .tlm import TLM
 from .ttrl import TTRL
@@ -41,6 +42,7 @@ METHODS: dict[str, Method] = {
         Intuitor(),
         EMPO(),
         URLVR(),
+        SelfHarmony(),
         CoReward(),
         GoldGRPO(),
     )

@@ -3,7 +3,7 @@
 import math
 from contextlib import nullcontext
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, NamedTuple, get_args, get_origin
 
 import torch
 from torch import nn
@@ -121,6 +121,13 @@ class Method:
         """
         return nullcontext(), []
 
+    def second_view(self, trainer, index: torch.Tensor) -> "SecondView | None":
+        """Sampling methods that also answer each prompt in another wording (Self-Harmony's paraphrase): the rows
+        `index` of the batch asked that way, which the trainer answers `num_generations` times beside the prompt's own
+        answers (`from_answers` then gets each prompt's k own answers followed by its k answers in the second view).
+        None by default: one view."""
+        return None
+
     def from_answers(self, trainer, records: list[dict]) -> torch.Tensor | None:
         """Sampling methods: what the reward needs from the answers ([N]: TTRL's vote, RENT's has-an-answer); None
         when the loss's statistics are all it needs. `records` hold the `LABEL_FREE_FIELDS` of each answer, nothing
@@ -137,6 +144,14 @@ class Method:
     def end_step(self, trainer) -> None:
         """After each optimizer step, before the episodic and collapse resets: update `trainer.method_state`.
         Nothing by default."""
+
+
+class SecondView(NamedTuple):
+    """A batch's prompts in a second wording (`Method.second_view`)."""
+
+    prompt_ids: torch.Tensor  # [B, T'] left-padded, one per prompt of the batch, in its order
+    attention_mask: torch.Tensor  # [B, T']
+    notes: list[dict]  # what each prompt's online record adds (the paraphrase), one per prompt
 
 
 # What an answer's record says without its gold: a label-free method's `from_answers` sees these fields only.
