@@ -159,9 +159,12 @@ def merged_lora(model):
             base.weight.data = original
 
 
-def sampling_config(config: GenerationConfig, temperature: float) -> GenerationConfig:
-    """`config` turned into plain sampling at `temperature`: no top-k or top-p cut, whatever the model ships."""
-    return GenerationConfig(**{**config.to_diff_dict(), "do_sample": True, "temperature": temperature, "top_k": 0})
+def sampling_config(config: GenerationConfig, temperature: float, top_p: float = 1.0) -> GenerationConfig:
+    """`config` turned into sampling at `temperature`, cut to the nucleus of probability `top_p` (1: no cut) and never
+    to the top k, whatever the model ships. Both are set explicitly: generate() fills a setting left unset from the
+    model's own generation config (a shipped top_p of 0.8 would otherwise apply)."""
+    settings = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
+    return GenerationConfig(**{**config.to_diff_dict(), **settings})
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ already finished), and one evaluation of a base model and an adapter. The comman
 their flags and call these functions."""
 
 import logging
+import math
 import shlex
 import shutil
 import statistics
@@ -15,11 +16,13 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 
+from .checkers import score_completions
 from .config import ZeroSiamConfig
 from .data import DataArguments, build_prompts, file_sha256, load_scored_problems, prompts_cut
 from .errors import RunStopped
-from .generation import GenerationArguments, answer_and_score
+from .generation import GenerationArguments, answer_and_score, generate_batches, greedy_config, pad, sampling_config
 from .invocation import changed_flags, redacted, resume_command, same_command, sibling_command
 from .launch import check_one_run, has_accelerator, refuse_zero3
 from .modeling import (
@@ -45,6 +48,7 @@ from .records import (
     write_json,
     write_jsonl,
 )
+from .scoring import majority_correct, sampled_accuracy
 from .staging import OutputArguments, checkpoint_to_resume, latest_checkpoint, staged_output, staging_path
 from .trainer import PREDICTIONS_FILE, PREFIX_CHECKPOINT_DIR, ZeroSiamTrainer, check_checkpoint_identity
 
@@ -287,10 +291,75 @@ class EvalArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where eval.json goes; default <adapter>-eval, or outputs/eval-<model>."}
     )
+    num_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Answers sampled per problem besides the greedy one (needs --temperature > 0): reports mean@k "
+            "(what TTRL, RENT and one-shot EM call pass@1), pass@k and maj@k. Their protocol: --num_samples 16 "
+            "--temperature 0.6 --top_p 0.95. Each generate() call decodes batch_size x num_samples answers."
+        },
+    )
+    temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature; 0 answers greedily only (the default)."}
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Sample from the most likely tokens whose probabilities add up to top_p; 1 keeps them all."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the sampled answers: each variant's sampling starts from it."}
+    )
 
     def __post_init__(self):
         if self.adapter is None and self.skip_base:
             raise ValueError("--skip_base needs --adapter: without one there is nothing else to evaluate.")
+        if self.num_samples < 1:
+            raise ValueError(
+                f"--num_samples must be a positive integer (answers sampled per problem), got {self.num_samples}."
+            )
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature must be 0 (greedy) or a positive number, got {self.temperature}.")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"--num_samples {self.num_samples} samples its answers: give --temperature > 0 (the field's protocol "
+                "is --temperature 0.6 --top_p 0.95)."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top_p must be in (0, 1] (1 keeps every token), got {self.top_p}.")
+        if self.top_p < 1 and self.temperature == 0:
+            raise ValueError(
+                f"--top_p {self.top_p} applies to sampled answers only: give --temperature > 0, or leave --top_p at 1."
+            )
+        if not 0 <= self.seed < 2**32:  # numpy's generator, which set_seed seeds, takes these only
+            raise ValueError(f"--seed must be an integer in [0, 2**32 - 1], got {self.seed}.")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether answers are sampled besides the greedy one."""
+        return self.temperature > 0
+
+    def protocol(self) -> dict:
+        """How the answers were decoded, as eval.json records it: greedy only, or greedy and k sampled answers."""
+        if not self.sampled:
+            return {"decoding": "greedy", "num_samples": 1, "temperature": None, "top_p": None, "seed": None}
+        return {
+            "decoding": "sampled",
+            "num_samples": self.num_samples,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+
+def protocol_summary(protocol: dict) -> str:
+    """The protocol in a few words for a summary line: `greedy`, or `16 samples, temperature 0.6, top-p 0.95,
+    seed 0`."""
+    if protocol["decoding"] == "greedy":
+        return "greedy"
+    return (
+        f"{protocol['num_samples']} samples, temperature {protocol['temperature']:g}, top-p {protocol['top_p']:g}, "
+        f"seed {protocol['seed']}"
+    )
 
 
 def evaluation_dir(model_args: ModelArguments, args: EvalArguments) -> str:
@@ -313,6 +382,11 @@ def evaluate(
     resolve_loadable_model(model_args.model)
     if args.adapter is not None:
         check_adapter(args.adapter)
+    if args.sampled and generation.generation_backend == "continuous":
+        raise ValueError(
+            "--generation_backend continuous answers greedily only; use --generation_backend static to sample "
+            f"(--temperature {args.temperature:g})."
+        )
     config = config_dict(model_args, data_args, generation, output_args, args)
     inputs = {"--model": model_args.model, "--dataset": data_args.dataset, "--adapter": args.adapter}
     with staged_output(
@@ -353,14 +427,16 @@ def _evaluate_with(staging, model_args, data_args, generation, args, config, che
 
     # ------------------------------------------------------------------------------------------------ evaluate
     results = {}
-    if args.adapter is None or not args.skip_base:
-        results["base"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
-        write_jsonl(staging / "predictions-base.jsonl", records)
-    if args.adapter is not None:
-        # The base pass is done: wrapping the same weights with the adapter costs no second load.
-        model = load_adapted_model(model, args.adapter)
-        results["adapted"], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
-        write_jsonl(staging / "predictions-adapted.jsonl", records)
+    variants = (["base"] if args.adapter is None or not args.skip_base else []) + (["adapted"] if args.adapter else [])
+    for variant in variants:
+        if variant == "adapted":  # the base pass is done: wrapping the same weights in the adapter costs no reload
+            model = load_adapted_model(model, args.adapter)
+        results[variant], records = answer_and_score(model, tokenizer, prompts, gold, checker, **answering)
+        if args.sampled:
+            results[variant]["sampled"], records = _sample_and_score(
+                model, tokenizer, prompts, gold, checker, generation, args, records
+            )
+        write_jsonl(staging / f"predictions-{variant}.jsonl", records)
 
     # ------------------------------------------------------------------------------------------------ save
     record = {
@@ -370,7 +446,40 @@ def _evaluate_with(staging, model_args, data_args, generation, args, config, che
         "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
         "data": data_identity,
         "versions": versions(),
+        "protocol": args.protocol(),
         "results": results,
     }
     write_json(staging / "eval.json", record)
     return record
+
+
+def _sample_and_score(model, tokenizer, prompts, gold, checker, generation, args, records) -> tuple[dict, list[dict]]:
+    """`args.num_samples` sampled answers per prompt (seeded from `args.seed`, one prefill each), scored: the sampled
+    metrics (`scoring.sampled_accuracy`, flexible, plus mean@k strict) and the greedy `records` with each problem's
+    samples, majority answer and whether it is right added."""
+    k, size = args.num_samples, generation.batch_size
+    config = sampling_config(greedy_config(model, tokenizer, generation.max_new_tokens), args.temperature, args.top_p)
+    ids = prompts["prompt_ids"]
+    starts = tqdm(range(0, len(ids), size), desc=f"Sampling {k} answers")
+    batches = (pad(ids[first : first + size], tokenizer.pad_token_id, side="left") for first in starts)
+    set_seed(args.seed)  # each variant draws from the same seed: its answers do not depend on the variants before it
+    start = time.perf_counter()
+    completions = generate_batches(model, batches, config, samples=k)
+    seconds = time.perf_counter() - start
+    scored = score_completions(checker, tokenizer, [i for i in prompts["index"] for _ in range(k)], completions, gold)
+    groups = [scored[first : first + k] for first in range(0, len(scored), k)]
+    votes = [majority_correct(group, checker.same_answer) for group in groups]
+    summary = sampled_accuracy([[r["correct_flexible"] for r in group] for group in groups], [v[1] for v in votes])
+    summary["mean_at_k_strict"] = 100.0 * sum(r["correct_strict"] for r in scored) / len(scored)
+    summary["check_timeouts"] = sum(bool(r.get("check_timed_out")) for r in scored)
+    summary["generate_seconds"] = seconds
+    records = [
+        {
+            **record,
+            "samples": [{key: value for key, value in r.items() if key != "index"} for r in group],
+            "majority_answer": majority,
+            "majority_correct": right,
+        }
+        for record, group, (majority, right) in zip(records, groups, votes)
+    ]
+    return summary, records

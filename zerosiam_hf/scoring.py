@@ -1,6 +1,8 @@
 """Answer extraction and scoring as pure functions of strings: GSM8K numbers as lm-evaluation-harness scores them,
-the last `\\boxed{}` of a math answer, and accuracy over scored records."""
+the last `\\boxed{}` of a math answer, accuracy over scored records, and the sampled metrics (mean@k, pass@k,
+maj@k) over k answers a problem."""
 
+import math
 import re
 from fractions import Fraction
 
@@ -130,3 +132,40 @@ def majority_vote(answers: list[str | None], same) -> str | None:
     if not groups:
         return None
     return max(groups, key=lambda group: group[1])[0]  # max keeps the first of equal counts
+
+
+def majority_correct(samples: list[dict], same) -> tuple[str | None, bool]:
+    """One problem's majority answer among its scored samples (`pred_flexible`, voting through `same` as
+    `majority_vote` does) and whether it is right: the score of the first sample that gave it."""
+    majority = majority_vote([r["pred_flexible"] for r in samples], same)
+    winner = next((r for r in samples if r["pred_flexible"] == majority), None)
+    return majority, bool(winner and winner["correct_flexible"])
+
+
+def pass_at(n: int, c: int, k: int) -> float:
+    """The chance that at least one of `k` answers drawn without replacement from `n` samples, `c` of them right, is
+    right: 1 - C(n - c, k) / C(n, k), the unbiased pass@k estimator of Chen et al. 2021. With k = n it says whether
+    any sample is right, with k = 1 it is the share right (c / n)."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n and 0 <= c <= n; got n={n}, c={c}")
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)  # exact ints, one rounding
+
+
+def sampled_accuracy(correct: list[list[bool]], majority: list[bool]) -> dict:
+    """The sampled metrics (%) over problems, from each problem's k per-sample scores (`correct`, [problems][k]) and
+    whether its majority answer is right (`majority`): `mean_at_k` (mean share of right samples: what TTRL, RENT
+    and one-shot EM call pass@1), `pass_at_k` (at least one right), `maj_at_k` (the majority answer right), and
+    `pass_at` (pass@j for j = 1, 2, 4, ... below k and k itself, by the unbiased estimator)."""
+    k = len(correct[0]) if correct else 0
+    if k == 0 or any(len(row) != k for row in correct) or len(majority) != len(correct):
+        raise ValueError("sampled_accuracy needs the same number (k >= 1) of samples for every problem, and one vote")
+    n = len(correct)
+    js = sorted({*(2**i for i in range(k.bit_length()) if 2**i < k), k})
+    pass_j = {str(j): 100.0 * sum(pass_at(k, sum(row), j) for row in correct) / n for j in js}
+    return {
+        "k": k,
+        "mean_at_k": 100.0 * sum(sum(row) / k for row in correct) / n,
+        "pass_at_k": pass_j[str(k)],
+        "maj_at_k": 100.0 * sum(majority) / n,
+        "pass_at": pass_j,
+    }

@@ -11,8 +11,13 @@ Usage:
     # the base model alone on the full test split (GPU)
     python scripts/evaluate.py --model llama --batch_size 512 --output_dir outputs/eval-base
 
-The output folder holds `eval.json` (accuracies, n, timings, config, data identity, versions) and one
-`predictions-<variant>.jsonl` per evaluated variant.
+    # beside the greedy answer, 16 sampled ones per problem: mean@16 (what TTRL, RENT and one-shot EM report as
+    # pass@1), pass@16 and maj@16, at their temperature and top-p, reproducible from --seed
+    python scripts/evaluate.py --model llama --adapter outputs/offline --max_samples 64 \\
+        --num_samples 16 --temperature 0.6 --top_p 0.95 --seed 0
+
+The output folder holds `eval.json` (the decoding protocol, accuracies, n, timings, config, data identity, versions)
+and one `predictions-<variant>.jsonl` per evaluated variant.
 """
 
 import logging
@@ -21,7 +26,7 @@ from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.data import DataArguments
 from zerosiam_hf.generation import GenerationArguments
 from zerosiam_hf.modeling import ModelArguments
-from zerosiam_hf.pipeline import EvalArguments, evaluate, evaluation_dir
+from zerosiam_hf.pipeline import EvalArguments, evaluate, evaluation_dir, protocol_summary
 from zerosiam_hf.staging import OutputArguments
 
 
@@ -34,11 +39,20 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     record = evaluate(model_args, data_args, generation, output_args, args)
+    protocol = protocol_summary(record["protocol"])
     for variant, summary in record["results"].items():
-        print(
-            f"{variant}: strict {summary['accuracy_strict']:.2f}%, flexible {summary['accuracy_flexible']:.2f}% "
-            f"over {summary['n']} problems ({summary['generate_seconds']:.0f} s)"
+        line = (
+            f"{variant}: greedy strict {summary['accuracy_strict']:.2f}%, flexible {summary['accuracy_flexible']:.2f}%"
         )
+        sampled, seconds = summary.get("sampled"), summary["generate_seconds"]
+        if sampled:
+            k = sampled["k"]
+            line += (
+                f"; sampled (flexible) mean@{k} {sampled['mean_at_k']:.2f}%, pass@{k} {sampled['pass_at_k']:.2f}%, "
+                f"maj@{k} {sampled['maj_at_k']:.2f}%"
+            )
+            seconds += sampled["generate_seconds"]
+        print(f"{line} over {summary['n']} problems ({protocol}, {seconds:.0f} s)")
     print(f"results in {evaluation_dir(model_args, args)}/eval.json")
     return record
 
