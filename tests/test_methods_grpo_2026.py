@@ -11,7 +11,8 @@ from helpers import PROBLEMS, assert_all_equal, make_config, make_model, step_lo
 from zerosiam_hf import ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
 from zerosiam_hf.methods import METHODS
-from zerosiam_hf.methods.empo import empo_rewards, semantic_clusters
+from zerosiam_hf.methods.empo import empo_rewards
+from zerosiam_hf.scoring import semantic_clusters
 
 
 class EverySame(NumericChecker):

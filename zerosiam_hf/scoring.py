@@ -4,6 +4,8 @@ maj@k) over k answers a problem."""
 
 import math
 import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 
@@ -112,26 +114,33 @@ def accuracy(records: list[dict]) -> dict:
     return summary
 
 
-def majority_vote(answers: list[str | None], same) -> str | None:
-    """The most frequent answer among one prompt's samples, answers that `same(a, b)` calls equal voting together;
-    ties go to the answer seen first, and a missing answer (None) never wins.
+def semantic_clusters(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[int]:
+    """Each answer's cluster, numbered in order of first appearance: an answer joins the first cluster whose first
+    answer `same(first, answer)` calls equal to it; a missing answer (None) is a cluster of its own.
 
-    Each distinct answer is compared with the representatives found so far, so `same` is called at most k^2 / 2
-    times for k samples.
-    """
-    groups: list[list] = []  # [representative, votes]
+    Each answer is compared with the clusters' first answers only, so `same` is called at most k^2 / 2 times for k
+    answers."""
+    firsts: list[str | None] = []
+    clusters = []
     for answer in answers:
-        if answer is None:
-            continue
-        for group in groups:
-            if answer == group[0] or same(group[0], answer):
-                group[1] += 1
+        for i, first in enumerate(firsts):
+            if answer is not None and first is not None and (answer == first or same(first, answer)):
+                clusters.append(i)
                 break
         else:
-            groups.append([answer, 1])
-    if not groups:
+            clusters.append(len(firsts))
+            firsts.append(answer)
+    return clusters
+
+
+def majority_vote(answers: list[str | None], same: Callable[[str, str], bool]) -> str | None:
+    """The most frequent answer among one prompt's samples, answers that `same(a, b)` calls equal voting together
+    (`semantic_clusters`); ties go to the answer seen first, and a missing answer (None) never wins."""
+    clusters = semantic_clusters(answers, same)
+    votes = Counter(cluster for answer, cluster in zip(answers, clusters) if answer is not None)
+    if not votes:
         return None
-    return max(groups, key=lambda group: group[1])[0]  # max keeps the first of equal counts
+    return answers[clusters.index(max(votes, key=votes.get))]  # clusters count in order seen: max keeps the first
 
 
 def majority_correct(samples: list[dict], same) -> tuple[str | None, bool]:

@@ -17,28 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..scoring import semantic_clusters
 from .grpo import SamplingMethod, SamplingOptions
 
 
 @dataclass
 class EMPOOptions(SamplingOptions):
     sampling_temperature: float = SamplingOptions.redefault("sampling_temperature", 0.9)
-
-
-def semantic_clusters(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[int]:
-    """Each answer's cluster, numbered in order of first appearance: an answer joins the first cluster whose first
-    answer `same(first, answer)` calls equal to it; a missing answer (None) is a cluster of its own."""
-    firsts: list[str | None] = []
-    clusters = []
-    for answer in answers:
-        for i, first in enumerate(firsts):
-            if answer is not None and first is not None and (answer == first or same(first, answer)):
-                clusters.append(i)
-                break
-        else:
-            clusters.append(len(firsts))
-            firsts.append(answer)
-    return clusters
 
 
 def empo_rewards(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> tuple[list[float], float]:
