@@ -20,6 +20,8 @@ import pyarrow.parquet
 from datasets import Dataset
 
 from .checkers import CHECKERS, make_checker
+from .noise import NOISE_KINDS, SEVERITIES, noisy_dataset
+from .streams import FAMILY_COLUMN, FAMILY_ORDERS, STREAM_ORDERS, ordered_stream
 from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS
 
 
@@ -73,6 +75,35 @@ class DataArguments:
             "file is refused, naming the rows."
         },
     )
+    noise: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Noise added to every question after loading, the gold answers untouched: one of "
+            f"{', '.join(NOISE_KINDS)} (docs/CONDITIONS.md); default none."
+        },
+    )
+    noise_severity: int | None = field(
+        default=None, metadata={"help": "How heavy the --noise is, 1 (barely visible) to 5 (heavy); needs --noise."}
+    )
+    noise_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the --noise: the same seed gives every problem the same noised question."},
+    )
+    stream_order: str = field(
+        default="iid",
+        metadata={
+            "help": f"Order of the test stream, one of {', '.join(STREAM_ORDERS)}: iid is the trainer's shuffle by "
+            "--seed (the default, as before); file keeps the file's order; blocked and interleaved group the rows' "
+            "`family` field; by_answer sorts by the gold's magnitude, read only to order the stream "
+            "(docs/CONDITIONS.md)."
+        },
+    )
+    stream_block: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --stream_order blocked, prompts per block (a shift every N); default each family whole."
+        },
+    )
 
     def __post_init__(self):
         if self.max_samples is not None and self.max_samples < 1:
@@ -81,6 +112,7 @@ class DataArguments:
             raise ValueError(f"--checker must be one of auto, {', '.join(CHECKERS)}; got {self.checker!r}.")
         if not self.check_timeout > 0:
             raise ValueError(f"--check_timeout must be a positive number of seconds, got {self.check_timeout}.")
+        self._check_conditions()
         # Resolved here, so that run records show the instruction and checker a run really used.
         benchmark = BENCHMARKS.get(self.dataset)
         if self.checker == "auto":
@@ -88,6 +120,21 @@ class DataArguments:
         if self.instruction is None:  # follows the checker: math answers asked for as `#### <number>` score 0 strict
             own = benchmark is not None and benchmark.checker == self.checker
             self.instruction = benchmark.instruction if own else CHECKER_INSTRUCTIONS[self.checker]
+
+    def _check_conditions(self) -> None:
+        """Refuse a --noise or --stream_order setting that cannot work, naming the flag."""
+        if self.noise is not None and self.noise not in NOISE_KINDS:
+            raise ValueError(f"--noise must be one of {', '.join(NOISE_KINDS)}; got {self.noise!r}.")
+        if self.noise is not None and self.noise_severity not in SEVERITIES:
+            raise ValueError(f"--noise {self.noise} needs --noise_severity 1 to 5; got {self.noise_severity}.")
+        if self.noise is None and self.noise_severity is not None:
+            raise ValueError(f"--noise_severity {self.noise_severity} without --noise; name a kind with --noise.")
+        if self.stream_order not in STREAM_ORDERS:
+            raise ValueError(f"--stream_order must be one of {', '.join(STREAM_ORDERS)}; got {self.stream_order!r}.")
+        if self.stream_block is not None and self.stream_order != "blocked":
+            raise ValueError(f"--stream_block {self.stream_block} needs --stream_order blocked; drop it, or add that.")
+        if self.stream_block is not None and self.stream_block < 1:
+            raise ValueError(f"--stream_block must be a positive number of prompts, got {self.stream_block}.")
 
     def for_dataset(self, name: str) -> "DataArguments":
         """The same settings for another dataset; an instruction or checker that was the old dataset's default
@@ -324,7 +371,9 @@ def load_scored_problems(args: DataArguments, checker) -> tuple[Dataset, dict, d
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError(f"--dataset {args.dataset}: the {args.split} split is empty; give a file with problems.")
-    dataset = dataset.select_columns([question, answer])
+    # A row's family orders the stream (--stream_order blocked, interleaved) and is dropped once it has.
+    family = [FAMILY_COLUMN] if args.stream_order in FAMILY_ORDERS and FAMILY_COLUMN in dataset.column_names else []
+    dataset = dataset.select_columns([question, answer, *family])
     if (question, answer) != ("question", "answer"):
         dataset = dataset.rename_columns({question: "question", answer: "answer"})
     dataset = dataset.add_column("index", list(range(len(dataset))))
@@ -334,6 +383,12 @@ def load_scored_problems(args: DataArguments, checker) -> tuple[Dataset, dict, d
     gold = _checked_gold(dataset, args, checker, source, row_name, identity)
     _check_questions(dataset, source, row_name)
     identity["selected"] = len(dataset)
+    if args.noise is not None:  # the questions only: the gold answers above are parsed from the untouched rows
+        dataset = noisy_dataset(dataset, args.noise, args.noise_severity, args.noise_seed)
+        identity["noise"] = {"kind": args.noise, "severity": args.noise_severity, "seed": args.noise_seed}
+    dataset = ordered_stream(dataset, args.stream_order, args.stream_block, gold, source, row_name)
+    if family:
+        dataset = dataset.remove_columns(FAMILY_COLUMN)
     return dataset, identity, gold
 
 

@@ -36,6 +36,7 @@ from .modeling import (
     nonfinite_tensors,
     resolve_loadable_model,
 )
+from .noise import NOISED_QUESTIONS_FILE
 from .records import (
     REDACTED,
     RUN_FILE,
@@ -61,6 +62,19 @@ def run_settings(
 ) -> dict:
     """The settings a run records in `run.json` and is matched by (to reuse it, or to resume it)."""
     return config_dict(model_args, data_args, output_args, args)
+
+
+def _keep_stream_order(data_args: DataArguments, args: ZeroSiamConfig) -> None:
+    """A stream put in order (`--stream_order` other than iid, applied by `load_scored_problems`) reaches the trainer
+    in that order: its sampler, which shuffles by default, is made sequential before the run's settings are taken."""
+    if data_args.stream_order == "iid":
+        return
+    if args.train_sampling_strategy not in ("random", "sequential"):
+        raise ValueError(
+            f"--stream_order {data_args.stream_order} sets the order of the stream itself; drop "
+            f"--train_sampling_strategy {args.train_sampling_strategy}."
+        )
+    args.train_sampling_strategy = "sequential"
 
 
 def adapt(
@@ -89,6 +103,7 @@ def adapt(
     if not has_accelerator():  # as TrainingArguments does for --use_cpu: nothing to pin for, and torch warns
         args.dataloader_pin_memory = False
     set_seed(args.seed)
+    _keep_stream_order(data_args, args)
     config = run_settings(model_args, data_args, output_args, args)
     final_dir = args.output_dir
     resume = bool(args.resume_from_checkpoint)
@@ -107,6 +122,7 @@ def adapt_or_reuse(
     (`sys.argv`), which resumes it."""
     if latest_checkpoint(staging_path(args.output_dir)):
         args.resume_from_checkpoint = "true"
+    _keep_stream_order(data_args, args)
     record = matching_record(args.output_dir, run_settings(model_args, data_args, output_args, args))
     if record is not None and record["data"].get("sha256") not in (None, file_sha256(data_args)):
         logger.info("the data file changed since the finished run in %s: running it again", args.output_dir)
@@ -193,6 +209,8 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         "timings": {"adapt_seconds": adapt_seconds},
         "log_history": trainer.state.log_history,
     }
+    if data_args.noise is not None and state.is_main_process:  # the questions as the model saw them
+        write_jsonl(staging / NOISED_QUESTIONS_FILE, problems.select_columns(["index", "question"]).to_list())
     _finish_run(staging, state, record, records)
     return record
 

@@ -41,7 +41,8 @@ from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
 from zerosiam_hf.records import config_dict
 from zerosiam_hf.staging import OutputArguments, staging_path
-from zerosiam_hf.synthetic import SHIFTS, generate_problems
+from zerosiam_hf.streams import FAMILY_COLUMN, FAMILY_ORDERS, synthetic_family
+from zerosiam_hf.synthetic import SHIFTS, generate_records
 from zerosiam_hf.tasks import BENCHMARKS
 
 
@@ -156,11 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     if compare_args.synthetic_preset is not None:
         preset = compare_args.synthetic_preset
         seed_data = next(iter(columns.values()))
+        by_family = data_args.stream_order in FAMILY_ORDERS
         for seed in compare_args.seeds:
             path = staging_path(output_dir) / f"synthetic-{preset}-seed{seed}.jsonl"
-            problem_sets[path] = generate_problems(
-                compare_args.synthetic_n, dataclasses.replace(SHIFTS[preset], seed=seed)
-            )
+            drawn = generate_records(compare_args.synthetic_n, dataclasses.replace(SHIFTS[preset], seed=seed))
+            rows = [problem.as_row() for problem in drawn]
+            if by_family:  # only where the stream order reads it: the files of other comparisons stay as they were
+                rows = [{**row, FAMILY_COLUMN: synthetic_family(problem)} for row, problem in zip(rows, drawn)]
+            problem_sets[path] = rows
             seed_data[seed] = dataclasses.replace(seed_data[seed], dataset=str(path))
     plan = plan_runs(columns, compare_args.methods, compare_args.seeds, args, output_dir, suite)  # checks each run
     if compare_args.dry_run:
