@@ -251,6 +251,13 @@ def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenize
     assert {"reward/mean", "reward/zero_std_share", "collapse/entropy"} <= logged
 
 
+@pytest.mark.parametrize("method", [m.name for m in METHODS.values() if m.samples and m.online_only])
+def test_a_method_rewarding_the_scored_answers_refuses_episodic_in_one_line(tmp_path, method):
+    # --episodic answers a batch after its update, so nothing would be scored for the reward to read
+    with pytest.raises(ValueError, match=f"--method {method} rewards a batch's answers .* drop --episodic"):
+        make_config(tmp_path, method=method, episodic=True)
+
+
 def test_equal_rewards_leave_lora_unchanged(tmp_path, tokenizer, prompts, gold, monkeypatch):
     rent = METHODS["rent"]
     monkeypatch.setattr(type(rent), "reward", lambda self, stats, pre: torch.ones_like(stats["entropy"]))

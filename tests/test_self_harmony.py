@@ -188,12 +188,6 @@ def test_the_reward_reads_both_views_answers_without_any_gold_based_field(
     assert {key for record in records for key in record} <= set(LABEL_FREE_FIELDS)
 
 
-def test_episodic_runs_are_refused_in_one_line(tmp_path, tokenizer, prompts, gold):
-    args = make_config(tmp_path, method="self_harmony", num_generations=K, episodic=True, max_steps=1)
-    with pytest.raises(ValueError, match="drop --episodic"):
-        ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer, gold=gold).train()
-
-
 def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold, monkeypatch):
     monkeypatch.setattr(paraphrase, "fallback_reason", lambda ids, text, eos: None)  # the paraphrases are asked
     settings = {"method": "self_harmony", "num_generations": K, "paraphrase_max_new_tokens": 6}

@@ -260,6 +260,11 @@ class ZeroSiamConfig(_MethodOptions):
             raise ValueError(f"--method {self.method} compares k answers per prompt: --num_generations must be >= 2.")
         if method.online_only and self.protocol != "online":
             raise ValueError(f"--method {self.method} runs under --protocol online only; got {self.protocol}.")
+        if method.online_only and method.samples and self.episodic:
+            raise ValueError(
+                f"--method {self.method} rewards a batch's answers as they are scored, before its update, and "
+                "--episodic answers a batch after its update: drop --episodic."
+            )
         _check_backend_fits(self.method, self.generation_backend)
 
     def for_method(self, method: str, **changes) -> "ZeroSiamConfig":
