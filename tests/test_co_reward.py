@@ -77,7 +77,7 @@ def _fake_trainer(teacher_texts: list[str], k: int):
             return [row[key] for row in self] if isinstance(key, str) else super().__getitem__(key)
 
     trainer = SimpleNamespace(
-        args=SimpleNamespace(num_generations=k, device="cpu"),
+        args=SimpleNamespace(num_generations=k, device="cpu", co_reward_variant="II"),
         checker=_SpyChecker(),
         model=model,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m),
@@ -235,3 +235,39 @@ def test_a_reset_starts_the_teacher_afresh_from_the_initial_lora(tmp_path, token
     trainer.method_state = {n: value + 2.0 for n, value in trainer.method_state.items()}
     trainer._reset_to_initial()
     assert all(torch.equal(trainer.method_state[n], p.float()) for n, p in initial.items())
+
+
+# ----------------------------------------------------------------------------------------------------- variant I
+def test_variant_one_rewards_each_wording_by_the_other_wordings_vote_by_hand():
+    # per prompt: k answers to the question, then k to its paraphrase. r = 1 if the answer exists and agrees with the
+    # other wording's majority answer (ties to the first seen, None never wins), else 0.
+    logged = []
+    args = SimpleNamespace(num_generations=3, co_reward_variant="I")
+    trainer = SimpleNamespace(args=args, checker=NumericChecker(), log_metrics_step=logged.append)
+    question, paraphrase = ["7", "7.0", "8"], ["8", "8", None]  # votes: 7 and 8
+    no_answer, answered = [None, None, None], ["4", "5", "4"]  # votes: none and 4
+    answers = question + paraphrase + no_answer + answered
+    records = [{"index": i // 6, "pred_flexible": a} for i, a in enumerate(answers)]
+    rewards = CO_REWARD.from_answers(trainer, records)
+    assert rewards.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0] + [0.0] * 6
+    assert logged == [{"reward/views_agree": torch.tensor(0.0)}]
+
+
+def test_variant_one_asks_the_paraphrase_trains_lora_and_keeps_no_teacher(tmp_path, tokenizer, prompts, gold):
+    settings = {"method": "co_reward", "co_reward_variant": "I", "num_generations": 2, "save_steps": 1}
+    settings.update(paraphrase_max_new_tokens=8, save_total_limit=None)
+    whole = run(tokenizer, tmp_path, settings, prompts, gold)
+    initial = lora(whole)
+    whole.train()
+    assert whole.method_state == {}
+    assert not (tmp_path / "run" / "checkpoint-1" / METHOD_STATE_FILE).exists()
+    assert any(not torch.equal(initial[n], p) for n, p in lora(whole).items()), "LoRA never moved"
+    # the paraphrase request (one greedy answer a question) and the k answers to the paraphrase are counted too
+    records = whole.online_results()[1]
+    assert whole.total_cost()["generated_tokens"] > 2 * sum(r["tokens"] for r in records)
+    assert all("paraphrase" in r for r in records)
+    resumed = run(tokenizer, tmp_path, settings, prompts, gold)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert resumed.online_results() == whole.online_results()
+    assert all(torch.equal(p, dict(whole.model.named_parameters())[n]) for n, p in resumed.model.named_parameters())
+    assert resumed.total_cost() == whole.total_cost()
