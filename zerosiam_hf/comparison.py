@@ -22,6 +22,7 @@ from .methods import METHODS
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse
 from .records import RUN_FILE, logged_series, read_jsonl, versions, write_json, write_jsonl
+from .scenarios import Scenario, plot_scenario
 from .significance import bootstrap_interval, sign_test
 from .staging import (
     MARKER_FILE,
@@ -385,19 +386,32 @@ class PlannedRun(NamedTuple):
 
 
 def plan_runs(
-    columns: dict, methods: list[str], seeds: list[int], args: SharedRunConfig, output_dir: str, suite: bool
+    columns: dict,
+    methods: list[str],
+    seeds: list[int],
+    args: SharedRunConfig,
+    output_dir: str,
+    suite: bool,
+    settings: dict[str, dict] | None = None,
 ) -> list[PlannedRun]:
     """Every method x seed on every column (`columns`: key -> seed -> DataArguments), each made in
-    <output_dir>.partial/runs/[<key>/]<method>-seed<k>. Every run's settings are made (and so checked) here, before
-    anything is written."""
+    <output_dir>.partial/runs/[<key>/]<method>-seed<k>, with the run settings its column changes (`settings`: key ->
+    {option: value}, a scenario's cells). Every run's settings are made (and so checked) here, before anything is
+    written."""
     runs = staging_path(output_dir) / RUNS_DIR
+    settings = settings or {}
     return [
         PlannedRun(
             key,
             method,
             seed,
             seed_data[seed],
-            args.for_method(method, seed=seed, output_dir=str(runs / (key if suite else "") / f"{method}-seed{seed}")),
+            args.for_method(
+                method,
+                seed=seed,
+                output_dir=str(runs / (key if suite else "") / f"{method}-seed{seed}"),
+                **settings.get(key, {}),
+            ),
         )
         for key, seed_data in columns.items()
         for method in methods
@@ -427,9 +441,11 @@ def run_comparison(
     output_dir: str,
     suite: bool,
     methods: list[str],
+    scenario: Scenario | None = None,
 ) -> tuple[dict, str]:
     """Make every planned run (writing `problem_sets` first: path -> problems), the tables and the plots in
-    <output_dir>.partial, and publish it to `output_dir`. Returns the comparison's rows and its markdown.
+    <output_dir>.partial, and publish it to `output_dir`. Returns the comparison's rows and its markdown; a
+    `scenario`'s comparison adds its plot of accuracy against the scenario's axis and its cells.
 
     A folder holding another comparison is refused unless `overwrite`, one holding files no run wrote always; an
     interrupted comparison goes on from its finished runs (`overwrite` starts it over), and a finished run of the
@@ -443,6 +459,9 @@ def run_comparison(
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)
             result, table = report(records, suite, methods, answer_scores(folders))
+            if scenario is not None:
+                result["scenario"] = scenario.describe()
+                plots.append(plot_scenario(scenario, result, staging))
             (staging / "comparison.md").write_text(table)
             write_json(
                 staging / COMPARISON_FILE,

@@ -14,13 +14,19 @@ Usage:
     python scripts/compare.py --model llama --datasets math500 college_math aime24 minerva_math --max_samples 64 \\
         --max_new_tokens 128 --per_device_train_batch_size 8 --seeds 0 --output_dir outputs/paper-suite
 
+    # a scenario: one column per learning rate (1e-4, 5e-4, 2e-3, 5e-3) and a plot of accuracy against it; the
+    # others are batch_size, noise_<kind> (severities 1 to 5) and stream_order (docs/CONDITIONS.md)
+    python scripts/compare.py --model llama --synthetic_preset base --scenario learning_rate \\
+        --per_device_train_batch_size 1 --output_dir outputs/scenario-lr
+
     # a collapse stress test: a learning rate where Tent collapses
     python scripts/compare.py --model llama --synthetic_preset base --methods tent zerosiam --learning_rate 5e-3 \\
         --output_dir outputs/stress
 
 Each run is a full adapt.py run in <output_dir>/runs/<method>-seed<k>/ (with --datasets, in
-<output_dir>/runs/<dataset>/<method>-seed<k>/): adapter, run.json, predictions.jsonl. The comparison is written to
-<output_dir>/comparison.md, comparison.json and one PNG per diagnostic (one panel per benchmark).
+<output_dir>/runs/<dataset>/<method>-seed<k>/, with --scenario in <output_dir>/runs/<cell>/<method>-seed<k>/):
+adapter, run.json, predictions.jsonl. The comparison is written to <output_dir>/comparison.md, comparison.json and one
+PNG per diagnostic (one panel per benchmark or cell), and for a scenario scenario_<name>.png.
 
 The whole folder is made in <output_dir>.partial and moved into place when it is done: a comparison that stops leaves
 <output_dir> as it was, and the same command then goes on from the runs it finished (a run stopped after a checkpoint
@@ -30,6 +36,7 @@ is replaced only with --overwrite true (which redoes every run), and one holding
 
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +47,7 @@ from zerosiam_hf.data import DataArguments, load_problems
 from zerosiam_hf.methods import METHODS
 from zerosiam_hf.modeling import ModelArguments, resolve_model
 from zerosiam_hf.records import config_dict
+from zerosiam_hf.scenarios import SCENARIOS, Scenario, check_options
 from zerosiam_hf.staging import OutputArguments, staging_path
 from zerosiam_hf.streams import FAMILY_COLUMN, FAMILY_ORDERS, synthetic_family
 from zerosiam_hf.synthetic import SHIFTS, generate_records
@@ -63,6 +71,13 @@ class CompareArguments:
         metadata={
             "help": "Several benchmarks (or data files) in one comparison, one table column each plus their "
             f"average, e.g. math500 college_math aime24 minerva_math ({', '.join(BENCHMARKS)}); default --dataset."
+        },
+    )
+    scenario: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A grid over one test-time condition, one table column per cell: {', '.join(SCENARIOS)} "
+            "(docs/CONDITIONS.md); the cells set their option, which is then not to be given."
         },
     )
     dry_run: bool = field(
@@ -116,6 +131,10 @@ class CompareArguments:
             raise ValueError(f"--synthetic_preset must be one of {', '.join(SHIFTS)}; got {self.synthetic_preset!r}.")
         if self.datasets is not None and self.synthetic_preset is not None:
             raise ValueError("--datasets and --synthetic_preset exclude each other; give one of them.")
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise ValueError(f"--scenario must be one of {', '.join(SCENARIOS)}; got {self.scenario!r}.")
+        if self.scenario is not None and self.datasets is not None:
+            raise ValueError("--scenario and --datasets exclude each other: a scenario's cells are the columns.")
         # A dataset's key names its table column and its runs' folder: two datasets with one key would share both,
         # and one of them would never run (a benchmark given twice, or two files of the same name in two folders).
         keys: dict[str, list[str]] = {}
@@ -137,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataArguments, CompareArguments, OutputArguments, SharedRunConfig), argv
     )
     args.check_methods(compare_args.methods)
+    scenario = SCENARIOS[compare_args.scenario] if compare_args.scenario is not None else None
+    if scenario is not None:
+        check_options(scenario, sys.argv[1:] if argv is None else argv)
     resolve_model(model_args.model)  # an unknown model is one line before any problem file is written
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
@@ -148,27 +170,39 @@ def main(argv: list[str] | None = None) -> dict:
     # One entry per table column. Synthetic problems are drawn anew for each seed (shared by every method), so the
     # spread over seeds covers the test sample as well as the adapter's initialisation; a fixed dataset varies only
     # the latter. Their files are written with the runs, into the comparison's folder.
-    suite = compare_args.datasets is not None
-    columns = {
-        dataset_key(name): {seed: data_args.for_dataset(name) for seed in compare_args.seeds}
-        for name in (compare_args.datasets or [data_args.dataset])
-    }
+    # A scenario's cells are columns too, each its own data or run settings on the same problems.
+    suite = compare_args.datasets is not None or scenario is not None
+    if scenario is not None:
+        columns = scenario.columns(data_args, compare_args.seeds)
+    else:
+        columns = {
+            dataset_key(name): {seed: data_args.for_dataset(name) for seed in compare_args.seeds}
+            for name in (compare_args.datasets or [data_args.dataset])
+        }
+    family_orders = sorted({seed_data[s].stream_order for seed_data in columns.values() for s in seed_data})
+    family_orders = [order for order in family_orders if order in FAMILY_ORDERS]
     problem_sets = {}
     if compare_args.synthetic_preset is not None:
         preset = compare_args.synthetic_preset
-        seed_data = next(iter(columns.values()))
-        by_family = data_args.stream_order in FAMILY_ORDERS
         for seed in compare_args.seeds:
             path = staging_path(output_dir) / f"synthetic-{preset}-seed{seed}.jsonl"
             drawn = generate_records(compare_args.synthetic_n, dataclasses.replace(SHIFTS[preset], seed=seed))
             rows = [problem.as_row() for problem in drawn]
-            if by_family:  # only where the stream order reads it: the files of other comparisons stay as they were
+            if family_orders:  # only where the stream order reads it: the files of other comparisons stay as they were
                 rows = [{**row, FAMILY_COLUMN: synthetic_family(problem)} for row, problem in zip(rows, drawn)]
+                check_families(rows, preset, seed, family_orders, scenario)
             problem_sets[path] = rows
-            seed_data[seed] = dataclasses.replace(seed_data[seed], dataset=str(path))
-    plan = plan_runs(columns, compare_args.methods, compare_args.seeds, args, output_dir, suite)  # checks each run
-    if compare_args.dry_run:
-        return dry_run(model_args, columns, problem_sets, compare_args, Path(output_dir))
+            for seed_data in columns.values():
+                seed_data[seed] = dataclasses.replace(seed_data[seed], dataset=str(path))
+    settings = scenario.run_settings() if scenario is not None else None
+    plan = plan_runs(columns, compare_args.methods, compare_args.seeds, args, output_dir, suite, settings)
+    if compare_args.dry_run:  # each run's settings were made (and so checked) by plan_runs
+        return dry_run(model_args, columns, problem_sets, compare_args, Path(output_dir), scenario)
+    # A stream order the data cannot give is refused now, before the cells that can run.
+    for seed_data in columns.values():
+        data = next(iter(seed_data.values()))
+        if data.stream_order not in ("iid", "file") and Path(data.dataset) not in problem_sets:
+            load_problems(data)
 
     # ------------------------------------------------------------------------------------------------ runs
     if compare_args.runs_only:
@@ -182,18 +216,41 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------------------------------------ report
     result, table = run_comparison(
-        model_args, plan, problem_sets, output_args, config, output_dir, suite, compare_args.methods
+        model_args, plan, problem_sets, output_args, config, output_dir, suite, compare_args.methods, scenario
     )
     print(table)
     print(f"comparison and plots in {output_dir}")
     return result
 
 
+def check_families(rows: list[dict], preset: str, seed: int, orders: list[str], scenario: Scenario | None) -> None:
+    """Refuse synthetic problems of one family for a stream order by family, naming the presets that draw several."""
+    families = {row[FAMILY_COLUMN] for row in rows}
+    if len(families) > 1:
+        return
+    several = [name for name, shift in SHIFTS.items() if len(set(shift.operations)) > 1]
+    fix = (
+        "draw more with --synthetic_n"
+        if preset in several
+        else f"use --synthetic_preset {' or '.join(several)}, whose problems use several operations"
+    )
+    cells = f" (cells of --scenario {scenario.name})" if scenario is not None else ""
+    raise ValueError(
+        f"--stream_order {' and '.join(orders)}{cells} needs problems of two families or more, and --synthetic_preset "
+        f"{preset} drew only {next(iter(families))!r} (seed {seed}); {fix}."
+    )
+
+
 def dry_run(
-    model_args: ModelArguments, columns: dict, problem_sets: dict, compare_args: CompareArguments, output_dir: Path
+    model_args: ModelArguments,
+    columns: dict,
+    problem_sets: dict,
+    compare_args: CompareArguments,
+    output_dir: Path,
+    scenario: Scenario | None = None,
 ) -> dict:
     """Resolve the model and every benchmark (loading and validating its problems; synthetic ones are drawn, not
-    written) and list the runs; run nothing."""
+    written) and list the runs, with a scenario's cells and their settings; run nothing."""
     spec = resolve_model(model_args.model)
     plan = {}
     for key, seed_data in columns.items():
@@ -205,7 +262,14 @@ def dry_run(
             problems, identity = load_problems(data)
             source = identity.get("path") or identity.get("id")
             plan[key] = {"problems": len(problems), "checker": identity["checker"], "source": source}
-        print(f"{key}: {plan[key]['problems']} problems from {plan[key]['source']}, checker {plan[key]['checker']}")
+        line = f"{plan[key]['problems']} problems from {plan[key]['source']}, checker {plan[key]['checker']}"
+        if scenario is None:
+            print(f"{key}: {line}")
+            continue
+        cell = next(cell for cell in scenario.cells if cell.key == key)
+        plan[key]["settings"] = {**cell.data, **cell.run}
+        runs = f"runs {' '.join(compare_args.methods)} x seeds {' '.join(map(str, compare_args.seeds))}"
+        print(f"{key} ({cell.flags}): {line}; {runs}")
     runs = len(columns) * len(compare_args.methods) * len(compare_args.seeds)
     print(f"model {spec['name_or_path']}; {runs} runs into {output_dir}/runs (dry run: nothing was run)")
     return {"model": spec, "plan": plan, "runs": runs}
