@@ -61,7 +61,8 @@ def test_each_scenario_plans_its_cells_with_their_settings(
     output_dir = tmp_path / "cmp"
     argv = scenario_argv(tiny_model_dir, problems_file, output_dir, name, "--dry_run", "true")
     monkeypatch.setattr(compare, "plan_runs", recording)
-    result = compare.main([*argv, "--synthetic_preset", "add_subtract", "--synthetic_n", "8"])
+    # --noise_seed is not a scenario's: it goes with every cell
+    result = compare.main([*argv, "--synthetic_preset", "add_subtract", "--synthetic_n", "8", "--noise_seed", "3"])
 
     cells = EXPECTED[name]
     assert list(result["plan"]) == list(cells) and result["runs"] == len(cells) * 2 * 2
@@ -74,7 +75,7 @@ def test_each_scenario_plans_its_cells_with_their_settings(
             where = run.data if hasattr(run.data, option) else run.args
             assert getattr(where, option) == cells[run.key].get(option, default), (run.key, option)
         assert run.data.stream_order == cells[run.key].get("stream_order", "iid")
-        assert run.args.seed == run.seed
+        assert run.args.seed == run.seed and run.data.noise_seed == 3
         assert run.args.output_dir.endswith(f"cmp.partial/runs/{run.key}/{run.method}-seed{run.seed}")
         assert run.data.dataset.endswith(f"synthetic-add_subtract-seed{run.seed}.jsonl")
     printed = capsys.readouterr().out.splitlines()
