@@ -14,6 +14,14 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from .collapse import (
+    GUARDED,
+    WINDOW,
+    accuracy_collapse_step,
+    diagnostic_collapse_step,
+    guard_thresholds,
+    running_accuracy,
+)
 from .config import SharedRunConfig, ZeroSiamConfig
 from .data import DataArguments
 from .errors import RunStopped, UsageError
@@ -113,6 +121,15 @@ def answer_scores(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, li
     return scores
 
 
+def answer_streams(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, list[list[dict]]]]:
+    """Each run's answers as its predictions.jsonl holds them, in the order of the stream, by column key and method,
+    for (key, method, folder) in plan order, the order of `run_all`'s records."""
+    streams: dict[str, dict[str, list[list[dict]]]] = {}
+    for key, method, folder in folders:
+        streams.setdefault(key, {}).setdefault(method, []).append(read_jsonl(Path(folder) / PREDICTIONS_FILE))
+    return streams
+
+
 def _problems(run: dict) -> dict:
     """What identifies the problems a run answered (its data's identity, wherever the file was)."""
     return {key: value for key, value in run["data"].items() if key not in ("path", "prompts_cut")}
@@ -122,6 +139,14 @@ def _same_problems(runs: list[dict]) -> bool:
     """Whether every run answered the same problems (a benchmark's subset), not a set of its own (a synthetic
     preset draws one per seed)."""
     return all(_problems(run) == _problems(runs[0]) for run in runs)
+
+
+def _pairs_with_none(method: str, runs: list[dict], none_runs: list[dict]) -> bool:
+    """Whether seed k of `method` answered the same problems as seed k of none, for every seed (none not with
+    itself)."""
+    if method == "none" or len(none_runs) != len(runs):
+        return False
+    return all(_problems(a) == _problems(b) for a, b in zip(runs, none_runs))
 
 
 def paired_rows(records: dict[str, dict[str, list[dict]]], scores: dict[str, dict[str, list[list[float]]]]) -> list:
@@ -137,8 +162,7 @@ def paired_rows(records: dict[str, dict[str, list[dict]]], scores: dict[str, dic
             low, high = bootstrap_interval(accuracy, same)
             row = {"dataset": key, "method": _label(method, runs), "flexible_ci": [100 * low, 100 * high]}
             # seed k of the method beside seed k of none, on the same problems
-            pairs = method != "none" and len(none_runs) == len(runs)
-            if pairs and all(_problems(a) == _problems(b) for a, b in zip(runs, none_runs)):
+            if _pairs_with_none(method, runs, none_runs):
                 differences = [[x - y for x, y in zip(a, b)] for a, b in zip(accuracy, baseline)]
                 mean = sum(map(sum, differences)) / sum(map(len, differences))
                 low, high = bootstrap_interval(differences, same)
@@ -174,6 +198,57 @@ def paired_table(rows: list[dict], suite: bool) -> str:
                 f"{paired['p']:.3g}",
                 "yes" if paired["resolved"] else "no",
             ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def collapse_rows(
+    records: dict[str, dict[str, list[dict]]], streams: dict[str, dict[str, list[list[dict]]]], window: int
+) -> list[dict]:
+    """Per column and method, each run's collapse steps: `accuracy_step` (`collapse.accuracy_collapse_step` of its
+    answers beside none's of the same seed, in updates) and `diagnostic_step` (`collapse.diagnostic_collapse_step`, a
+    logged step); how many runs collapsed by each, and the median step of those that did. none itself, and a method
+    whose seeds do not pair with none's on the same problems, have no accuracy step: `accuracy_collapsed` is None."""
+    rows = []
+    for key, by_method in records.items():
+        none_runs, none_streams = by_method.get("none", []), streams[key].get("none", [])
+        for method, runs in by_method.items():
+            pairs = _pairs_with_none(method, runs, none_runs)
+            per_run = []
+            for k, (run, answers) in enumerate(zip(runs, streams[key][method])):
+                step = None
+                if pairs:  # none's score of each problem on the same seed
+                    baseline = {answer["index"]: answer["correct_flexible"] for answer in none_streams[k]}
+                    step = accuracy_collapse_step(answers, baseline, window)
+                seed = run["config"]["ZeroSiamConfig"]["seed"]
+                per_run.append({"seed": seed, "accuracy_step": step, "diagnostic_step": diagnostic_collapse_step(run)})
+            row = {"dataset": key, "method": _label(method, runs), "window": window, "runs": per_run}
+            for criterion, measured in (("accuracy", pairs), ("diagnostic", True)):
+                steps = [r[f"{criterion}_step"] for r in per_run if r[f"{criterion}_step"] is not None]
+                row[f"{criterion}_collapsed"] = len(steps) if measured else None
+                row[f"{criterion}_median_step"] = statistics.median(steps) if steps else None
+            rows.append(row)
+    return rows
+
+
+def _steps(runs: list[dict], criterion: str) -> str:
+    return ", ".join("never" if run[criterion] is None else str(run[criterion]) for run in runs)
+
+
+def collapse_table(rows: list[dict], suite: bool) -> str:
+    """Markdown for `collapse_rows`: per method (and benchmark, in a suite), how many of its runs collapsed by each
+    criterion and each seed's step."""
+    columns = ["benchmark"] * suite + ["method", "collapsed (accuracy)", "update, per seed"]
+    columns += ["collapsed (diagnostics)", "step, per seed"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in rows:
+        seeds = len(r["runs"])
+        cells = [r["dataset"]] * suite + [r["method"]]
+        if r["accuracy_collapsed"] is None:
+            cells += ["n/a", ""]
+        else:
+            cells += [f"{r['accuracy_collapsed']}/{seeds}", _steps(r["runs"], "accuracy_step")]
+        cells += [f"{r['diagnostic_collapsed']}/{seeds}", _steps(r["runs"], "diagnostic_step")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -375,6 +450,75 @@ def plot(records: dict[str, dict[str, list[dict]]], output_dir: Path) -> list[st
     return written
 
 
+def _mean_line(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+    """The mean over runs of (x, y) series at each x that any of them has."""
+    by_x: dict[int, list[float]] = {}
+    for points in series:
+        for x, y in points:
+            by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    return xs, [statistics.fmean(by_x[x]) for x in xs]
+
+
+def plot_collapse(
+    records: dict[str, dict[str, list[dict]]],
+    streams: dict[str, dict[str, list[list[dict]]]],
+    rows: list[dict],
+    output_dir: Path,
+    window: int,
+) -> list[str]:
+    """Beside `plot`'s, one PNG per quantity and one panel per column, a line per method (the mean over its seeds): the
+    running accuracy of the last `window` answers against the updates before them, marked at each run's accuracy
+    collapse step; the clean-branch entropy and the degenerate share against the step, with the collapse guard's
+    threshold, marked at each run's diagnostic collapse step (`collapse_rows`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(records)
+    colours = {method: f"C{i}" for i, method in enumerate(records[keys[0]])}  # `plot`'s colours
+    steps = {(row["dataset"], row["method"]): row["runs"] for row in rows}
+    # file, the logged quantity (None: the running accuracy), the step marked, x and y labels
+    accuracy = f"flexible accuracy, last {window} answers (%)"
+    figures = [("running_accuracy.png", None, "accuracy_step", "updates before the answers", accuracy)]
+    figures += [
+        (f"guard_{logged.split('/')[1]}.png", logged, "diagnostic_step", "step (online batch)", PLOTTED[logged])
+        for logged in GUARDED
+    ]
+    written = []
+    for name, logged, marked, xlabel, ylabel in figures:
+        fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 3.5), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            for method, runs in records[key].items():
+                label = _label(method, runs)
+                if logged is None:
+                    series = [running_accuracy(answers, window) for answers in streams[key][method]]
+                else:
+                    series = [logged_series(run, logged) for run in runs]
+                xs, ys = _mean_line(series)
+                if xs:
+                    ax.plot(xs, ys, marker="o", ms=3, color=colours[method], label=label)
+                for run in steps[key, label]:
+                    if run[marked] is not None:
+                        ax.axvline(run[marked], color=colours[method], linestyle=":", linewidth=1)
+            if logged is not None:
+                thresholds = {guard_thresholds(run)[logged] for runs in records[key].values() for run in runs}
+                for value in sorted(thresholds):
+                    ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"guard threshold {value:g}")
+            if len(keys) > 1:
+                ax.set_title(_title(key))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(output_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
 class PlannedRun(NamedTuple):
     """One run of a comparison: its table column, method, seed, data and settings."""
 
@@ -442,6 +586,7 @@ def run_comparison(
     suite: bool,
     methods: list[str],
     scenario: Scenario | None = None,
+    collapse_window: int = WINDOW,
 ) -> tuple[dict, str]:
     """Make every planned run (writing `problem_sets` first: path -> problems), the tables and the plots in
     <output_dir>.partial, and publish it to `output_dir`. Returns the comparison's rows and its markdown; a
@@ -458,7 +603,9 @@ def run_comparison(
         records = _run_into(staging, model_args, plan, problem_sets, output_args, output_dir)
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)
-            result, table = report(records, suite, methods, answer_scores(folders))
+            streams = answer_streams(folders)
+            result, table = report(records, suite, methods, answer_scores(folders), streams, collapse_window)
+            plots += plot_collapse(records, streams, result["collapse"], staging, collapse_window)
             if scenario is not None:
                 result["scenario"] = scenario.describe()
                 plots.append(plot_scenario(scenario, result, staging))
@@ -575,9 +722,12 @@ def report(
     suite: bool,
     methods: list[str],
     scores: dict[str, dict[str, list[list[float]]]],
+    streams: dict[str, dict[str, list[list[dict]]]],
+    window: int,
 ) -> tuple[dict, str]:
     """The comparison's rows (for comparison.json) and its markdown (comparison.md); `scores` are the answers'
-    (`answer_scores`), for the intervals and the paired tests."""
+    (`answer_scores`), for the intervals and the paired tests, and `streams` the same in stream order
+    (`answer_streams`), for the collapse steps over a running window of `window` answers."""
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
@@ -613,5 +763,13 @@ def report(
         "\nFlexible accuracy with 95% intervals (bootstrap over seeds and problems, 2000 replicates) and each method "
         "beside none on the same problems and seeds (paired bootstrap; exact sign test over problems, ties left out; "
         "resolved: the interval excludes 0):\n\n" + paired_table(result["paired"], suite)
+    )
+    result["collapse"] = collapse_rows(records, streams, window)
+    table += (
+        f"\nCollapse, each seed's step (never: it did not collapse). Accuracy: the first update after which the "
+        f"flexible accuracy of the last {window} answers stays below none's on the same problems and seed, to the end "
+        "of the run (n/a: no none run on the same problems and seeds). Diagnostics: the first step whose clean-branch "
+        "entropy is below the run's --collapse_min_entropy or whose share of degenerate answers is above its "
+        "--collapse_max_degenerate (the collapse guard's rule):\n\n" + collapse_table(result["collapse"], suite)
     )
     return result, table

@@ -110,13 +110,19 @@ class SignalStop(TrainerCallback):
             self.stopped_at = state.global_step
 
 
+def shows_collapse(entropy: float | None, degenerate: float | None, min_entropy: float, max_degenerate: float) -> bool:
+    """Whether a batch shows collapse: its clean branch's mean entropy is below `min_entropy`, or the share of its
+    answers that are degenerate (no number, or a token loop) is above `max_degenerate`. None: not measured."""
+    low_entropy = entropy is not None and entropy < min_entropy
+    return low_entropy or (degenerate is not None and degenerate > max_degenerate)
+
+
 class CollapseGuard(TrainerCallback, ExportableState):
     """Model recovery (SAR's, for LLMs): decides, from a step's statistics that the trainer hands it, whether to reset
     LoRA, predictor and optimizer, and counts the resets.
 
-    A batch shows collapse when the clean branch's mean entropy on it falls below `min_entropy`, or when the share of
-    its answers that are degenerate (no number, or a token loop) passes `max_degenerate`. It handles no Trainer
-    event: it is a callback so that its count travels with a checkpoint as the Trainer's callback state.
+    Whether a batch shows collapse is `shows_collapse`'s rule, with the thresholds of the config. It handles no
+    Trainer event: it is a callback so that its count travels with a checkpoint as the Trainer's callback state.
     """
 
     def __init__(self, min_entropy: float, max_degenerate: float):  # the config's --collapse_* options
@@ -132,9 +138,7 @@ class CollapseGuard(TrainerCallback, ExportableState):
 
     def collapsed(self, step: int, entropy: float | None, degenerate: float | None) -> bool:
         """Whether the step's batch shows collapse (then counted as a reset); None: the statistic was not measured."""
-        low_entropy = entropy is not None and entropy < self.min_entropy
-        degenerate_answers = degenerate is not None and degenerate > self.max_degenerate
-        if not (low_entropy or degenerate_answers):
+        if not shows_collapse(entropy, degenerate, self.min_entropy, self.max_degenerate):
             return False
         self.resets += 1
         logger.warning(

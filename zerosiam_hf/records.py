@@ -26,6 +26,7 @@ _NOT_IDENTITY = {
     "resume_from_checkpoint",
     "dataloader_pin_memory",
     "oracle",  # compare's permission to include an oracle: which methods ran is in --methods
+    "collapse_window",  # how compare reads the runs, not what they computed
 }
 # The staging folder's suffix at the end of a path's part (staging.staging_path), which `_published` drops.
 _STAGED = re.compile(r"\.partial(?=/|$)")

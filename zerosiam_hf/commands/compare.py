@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
+from zerosiam_hf.collapse import WINDOW
 from zerosiam_hf.comparison import dataset_key, make_runs, plan_runs, run_comparison
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
@@ -106,6 +107,13 @@ class CompareArguments:
             "(oracle) and the tables say what that means."
         },
     )
+    collapse_window: int = field(
+        default=WINDOW,
+        metadata={
+            "help": "Answers in the running window of the collapse step: the first update after which a method's "
+            "accuracy over its last N answers stays below none's on the same problems (docs/OUTPUTS.md)."
+        },
+    )
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -119,6 +127,8 @@ class CompareArguments:
             )
         if len(self.seeds) < 1:
             raise ValueError("--seeds needs at least one seed.")
+        if self.collapse_window < 1:
+            raise ValueError(f"--collapse_window must be a number of answers >= 1, got {self.collapse_window}.")
         bad = [seed for seed in self.seeds if not 0 <= seed < 2**32]  # as ZeroSiamConfig checks each run's --seed
         if bad:
             raise ValueError(f"--seeds must be integers in [0, 2**32 - 1], got {bad[0]}.")
@@ -216,7 +226,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ------------------------------------------------------------------------------------------------ report
     result, table = run_comparison(
-        model_args, plan, problem_sets, output_args, config, output_dir, suite, compare_args.methods, scenario
+        model_args,
+        plan,
+        problem_sets,
+        output_args,
+        config,
+        output_dir,
+        suite,
+        compare_args.methods,
+        scenario,
+        collapse_window=compare_args.collapse_window,
     )
     print(table)
     print(f"comparison and plots in {output_dir}")

@@ -1,0 +1,79 @@
+"""When a method breaks: the step at which a run collapsed, read from its answers beside `none`'s on the same problems,
+and from its logged diagnostics by the collapse guard's rule.
+
+Both steps are pure functions of what a run wrote: its online answers (`predictions.jsonl`: `index`,
+`updates_before`, `correct_flexible`) and its record (the config and `log_history` of `run.json`)."""
+
+import dataclasses
+from collections.abc import Iterator
+
+from .config import ZeroSiamConfig
+from .guards import shows_collapse
+from .records import logged_series
+
+
+# Answers in the running window: counted in answers, not batches, so that runs at batch sizes 1 and 16 weigh the same
+# evidence. 32: at the 15% that `none` scores on the synthetic presets, a window of none's answers holds no right one
+# 0.6% of the time (0.85 ** 32), where a smaller window would often tie a method stuck at 0 (a tie is not below); and
+# half of the 64 problems of a scenario's cell, so that the window at the end of such a run reads its second half.
+WINDOW = 32
+# What the collapse guard reads, logged every step, and the option that holds its threshold.
+GUARDED = {"collapse/entropy": "collapse_min_entropy", "answers/degenerate": "collapse_max_degenerate"}
+_GUARD_DEFAULTS = {
+    field.name: field.default for field in dataclasses.fields(ZeroSiamConfig) if field.name in GUARDED.values()
+}
+
+
+def _windows(answers: list[dict], window: int) -> Iterator[tuple[int, list[dict]]]:
+    """(u, the last `window` answers given after at most u updates) for each number of updates u the answers were
+    given after, in increasing order; answers after the same number of updates keep their order in the stream."""
+    ordered = sorted(answers, key=lambda answer: answer["updates_before"])
+    for end, answer in enumerate(ordered, 1):
+        if end == len(ordered) or ordered[end]["updates_before"] != answer["updates_before"]:
+            yield answer["updates_before"], ordered[max(0, end - window) : end]
+
+
+def running_accuracy(answers: list[dict], window: int) -> list[tuple[int, float]]:
+    """(updates, flexible accuracy % of the last `window` answers given after at most that many updates): the
+    running accuracy of a run's stream (`answers`: its predictions.jsonl rows), fewer answers while the stream is
+    shorter than the window."""
+    return [
+        (updates, 100 * sum(a["correct_flexible"] for a in last) / len(last))
+        for updates, last in _windows(answers, window)
+    ]
+
+
+def accuracy_collapse_step(answers: list[dict], baseline: dict[int, float], window: int) -> int | None:
+    """The first number of updates u from which on the running accuracy of the last `window` answers (as
+    `running_accuracy`) stays below `baseline`'s accuracy on the same problems, to the end of the stream; None when
+    the last window is not below. `baseline`: problem index -> 1 or 0, `none`'s flexible score of that problem on the
+    same seed. A window as good as the baseline's (a tie) is not below."""
+    step = None
+    for updates, last in _windows(answers, window):
+        below = sum(a["correct_flexible"] - baseline[a["index"]] for a in last) < 0
+        if not below:
+            step = None
+        elif step is None:
+            step = updates
+    return step
+
+
+def guard_thresholds(record: dict) -> dict[str, float]:
+    """The collapse guard's threshold of each quantity it reads (`GUARDED`), as the run's config recorded them; a run
+    recorded before they were options takes their defaults, which they have had since."""
+    settings = record["config"]["ZeroSiamConfig"]
+    return {logged: settings.get(name, _GUARD_DEFAULTS[name]) for logged, name in GUARDED.items()}
+
+
+def diagnostic_collapse_step(record: dict) -> int | None:
+    """The first logged step whose clean-branch entropy (`collapse/entropy`) or degenerate share
+    (`answers/degenerate`) shows collapse by the collapse guard's rule and the run's thresholds; None when no step
+    does, or the run logged neither."""
+    thresholds = guard_thresholds(record)
+    entropy, degenerate = (dict(logged_series(record, key)) for key in ("collapse/entropy", "answers/degenerate"))
+    for step in sorted(entropy.keys() | degenerate.keys()):
+        if shows_collapse(
+            entropy.get(step), degenerate.get(step), thresholds["collapse/entropy"], thresholds["answers/degenerate"]
+        ):
+            return step
+    return None
