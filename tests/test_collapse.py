@@ -5,7 +5,7 @@ import json
 import pytest
 from test_compare import compare_argv
 
-from zerosiam_hf import collapse, comparison
+from zerosiam_hf import collapse, comparison, pipeline
 from zerosiam_hf.commands import compare
 
 
@@ -131,7 +131,7 @@ def test_collapse_rows_count_each_criterion_and_say_n_a_without_none():
 
 
 def test_a_comparison_reports_each_runs_collapse_steps_in_its_tables_json_and_plots(
-    tiny_model_dir, problems_file, tmp_path
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
 ):
     output_dir = tmp_path / "cmp"
     # a threshold no entropy is below: every zerosiam run shows collapse at its first step (none logs no entropy)
@@ -165,6 +165,15 @@ def test_a_comparison_reports_each_runs_collapse_steps_in_its_tables_json_and_pl
     assert "| zerosiam | " + f"{rows['zerosiam']['accuracy_collapsed']}/2 | " in table
     for name in ("running_accuracy.png", "guard_entropy.png", "guard_degenerate.png"):
         assert name in written["plots"] and (output_dir / name).read_bytes().startswith(b"\x89PNG")
+
+    # another window reads the same runs again: it is not part of what the comparison computed
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(pipeline, "adapt", refuse)
+    argv[argv.index("--collapse_window") + 1] = "3"
+    again = compare.main([*argv, "--collapse_min_entropy", "100"])
+    assert again["rows"] == result["rows"] and {row["window"] for row in again["collapse"]} == {3}
 
 
 def test_compare_refuses_an_empty_collapse_window(capsys, tiny_model_dir, problems_file, tmp_path):
