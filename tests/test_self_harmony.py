@@ -12,11 +12,11 @@ from helpers import PROBLEMS, make_config, make_model
 from zerosiam_hf import ZeroSiamTrainer
 from zerosiam_hf import trainer as trainer_module
 from zerosiam_hf.checkers import NumericChecker
-from zerosiam_hf.data import question_prompt_ids
 from zerosiam_hf.methods import METHODS, paraphrase
 from zerosiam_hf.methods.base import LABEL_FREE_FIELDS
 from zerosiam_hf.methods.paraphrase import PARAPHRASE_INSTRUCTION, fallback_reason, paraphrase_request_ids
 from zerosiam_hf.methods.self_harmony import harmonic_label
+from zerosiam_hf.tasks import question_prompt_ids
 
 
 SAME = NumericChecker().same_answer

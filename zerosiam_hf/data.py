@@ -22,7 +22,7 @@ from datasets import Dataset
 from .checkers import CHECKERS, make_checker
 from .noise import NOISE_KINDS, SEVERITIES, noisy_dataset
 from .streams import FAMILY_COLUMN, FAMILY_ORDERS, STREAM_ORDERS, ordered_stream
-from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS
+from .tasks import BENCHMARKS, CHECKER_INSTRUCTIONS, question_prompt_ids
 
 
 logger = logging.getLogger(__name__)
@@ -456,18 +456,6 @@ def _hub_revision(hub_id: str) -> str | None:
         return dataset_info(hub_id).sha
     except Exception:  # offline or private: the fingerprint still identifies the data
         return None
-
-
-def question_prompt_ids(tokenizer, question: str, instruction: str) -> list[int]:
-    """The uncut prompt of one question: the question, a blank line and `instruction` as one user turn of the chat
-    template, or as plain text and a newline where the tokenizer has no template."""
-    text = f"{question}\n\n{instruction}" if instruction else question
-    if tokenizer.chat_template is not None:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    else:
-        ids = tokenizer(text + "\n")["input_ids"]
-    return list(ids)
 
 
 def build_prompts(dataset: Dataset, tokenizer, instruction: str, max_prompt_length: int) -> Dataset:

@@ -1,5 +1,5 @@
 """The reasoning benchmarks known by name: where each one's files are, which fields hold question and gold, how
-its answers are checked, and the instruction its prompts carry."""
+its answers are checked, the instruction its prompts carry, and how a question and instruction become a prompt."""
 
 from dataclasses import dataclass
 
@@ -83,3 +83,15 @@ PAPER_RESULTS = {
         "ZeroSiam": {"math500": 52.60, "college_math": 26.25, "aime24": 13.33, "minerva_math": 22.06},
     },
 }
+
+
+def question_prompt_ids(tokenizer, question: str, instruction: str) -> list[int]:
+    """The uncut prompt of one question: the question, a blank line and `instruction` as one user turn of the chat
+    template, or as plain text and a newline where the tokenizer has no template."""
+    text = f"{question}\n\n{instruction}" if instruction else question
+    if tokenizer.chat_template is not None:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer(text + "\n")["input_ids"]
+    return list(ids)

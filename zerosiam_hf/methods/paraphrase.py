@@ -1,7 +1,7 @@
 """The model's own paraphrase of each question, asked as a second view of it (Self-Harmony's Reframer).
 
 One request per question, answered greedily by the model being adapted through the trainer's generation (so every
-token it costs is counted); the paraphrase is then templated exactly as the question was (`data.question_prompt_ids`
+token it costs is counted); the paraphrase is then templated exactly as the question was (`tasks.question_prompt_ids`
 with the run's instruction, cut from the left as `data.build_prompts` cuts). A paraphrase that cannot stand for the
 question (empty, cut at the length limit, or ending in a token loop) gives way to the question itself, and the
 record says why (`paraphrase_fallback`).
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import question_prompt_ids
 from ..diagnostics import ends_in_loop
 from ..generation import greedy_config, pad
+from ..tasks import question_prompt_ids
 from .base import Options, SecondView, option
 
 
