@@ -77,3 +77,20 @@ def test_a_comparison_takes_the_oracle_only_when_told_and_marks_it():
     runs = [{"config": {"ZeroSiamConfig": {"ablation": None}}}]
     assert _label("gold_grpo", runs) == "gold_grpo (oracle)" and _label("ttrl", runs) == "ttrl"
     assert "| gold_grpo (oracle: reads the gold) |" in markdown_tables()
+
+
+def test_gold_grpo_resumed_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, tokenizer, prompts, gold):
+    settings = {"method": "gold_grpo", "num_generations": 2, "save_steps": 1, "save_total_limit": None}
+
+    def trainer():
+        args = make_config(tmp_path, **settings)
+        return ZeroSiamTrainer(make_model(tokenizer), args, prompts, tokenizer, gold=gold, checker=EveryOtherRight())
+
+    whole = trainer()
+    whole.train()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert resumed.online_results() == whole.online_results()
+    lora = dict(whole.model.named_parameters())
+    assert all(torch.equal(p, lora[n]) for n, p in resumed.model.named_parameters())
+    assert resumed.total_cost() == whole.total_cost()
