@@ -150,6 +150,17 @@ def assert_all_moved(before: dict, after: dict) -> None:
     assert not unchanged, f"not updated: {unchanged}"
 
 
+def assert_only_lora_moved(model, base: dict, lora_before: dict) -> None:
+    """Some LoRA weight of `model` (a PeftModel) moved from `lora_before` (`trainable` before training), and no base
+    weight moved from `base` (the plain model's parameters before LoRA wrapped it)."""
+    lora_after = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert lora_before and lora_before.keys() == lora_after.keys() and all("lora_" in n for n in lora_after)
+    assert any(not torch.equal(lora_before[n], p) for n, p in lora_after.items()), "LoRA never moved"
+    for name, param in model.base_model.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} moved"
+
+
 def assert_all_equal(before: dict, after: dict) -> None:
     assert before.keys() == after.keys()
     changed = [name for name in before if not torch.equal(before[name], after[name])]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import PROBLEMS, adapt_argv, make_config, make_model, read_jsonl, subprocess_env
+from helpers import PROBLEMS, adapt_argv, assert_only_lora_moved, make_config, make_model, read_jsonl, subprocess_env
 from safetensors.torch import load_file
 
 from zerosiam_hf import ZeroSiamConfig, ZeroSiamTrainer
@@ -232,13 +232,7 @@ def test_sampling_methods_train_lora_only_and_score_k_answers(tmp_path, tokenize
     trainer = ZeroSiamTrainer(model, args, prompts, tokenizer, gold=gold)
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    peft = trainer.model
-    lora_after = {n: p for n, p in peft.named_parameters() if p.requires_grad}
-    assert lora_before and all("lora_" in n for n in lora_after)
-    assert any(not torch.equal(lora_before[n], p) for n, p in lora_after.items()), "LoRA never moved"
-    for name, param in peft.base_model.model.named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} moved"
+    assert_only_lora_moved(trainer.model, base, lora_before)
     summary, records = trainer.online_results()
     assert summary["n"] == len(PROBLEMS) and {"avg_at_k", "maj_at_k"} <= set(summary)
     assert all(len(r["sample_answers"]) == 3 and r["samples"] == 3 for r in records)

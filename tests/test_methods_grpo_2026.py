@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import PROBLEMS, assert_all_equal, make_config, make_model, step_logs, trainable
+from helpers import PROBLEMS, assert_all_equal, assert_only_lora_moved, make_config, make_model, step_logs, trainable
 
 from zerosiam_hf import ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
@@ -192,12 +192,7 @@ def test_they_train_lora_only_and_log_collapse_diagnostics(tmp_path, tokenizer, 
     trainer = ZeroSiamTrainer(model, args, prompts, tokenizer, gold=gold, checker=EverySame())
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    lora_after = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert lora_before and all("lora_" in n for n in lora_after)
-    assert any(not torch.equal(lora_before[n], p) for n, p in lora_after.items()), "LoRA never moved"
-    for name, param in trainer.model.base_model.model.named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} moved"
+    assert_only_lora_moved(trainer.model, base, lora_before)
     summary, records = trainer.online_results()
     assert summary["n"] == len(PROBLEMS) and all(r["samples"] == 3 for r in records)
     cost = trainer.total_cost()  # no forward beyond GRPO's own: the rewards are read from the loss's statistics

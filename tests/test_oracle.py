@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import PROBLEMS, make_config, make_model
+from helpers import PROBLEMS, assert_only_lora_moved, make_config, make_model
 
 from zerosiam_hf import ZeroSiamTrainer
 from zerosiam_hf.checkers import NumericChecker
@@ -61,11 +61,7 @@ def test_gold_grpo_trains_lora_toward_the_answers_the_gold_calls_right(tmp_path,
     trainer = ZeroSiamTrainer(model, args, prompts, tokenizer, gold=gold, checker=EveryOtherRight())
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    after = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert any(not torch.equal(before[n], p) for n, p in after.items()), "LoRA never moved"
-    for name, param in trainer.model.base_model.model.named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} moved"
+    assert_only_lora_moved(trainer.model, base, before)
     rewards = [entry["reward/mean"] for entry in trainer.state.log_history if "reward/mean" in entry]
     assert rewards == [0.5] * (len(PROBLEMS) // 2)  # one of each prompt's two samples right: the checker's say
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import PROBLEMS, make_config, make_model
+from helpers import PROBLEMS, assert_only_lora_moved, make_config, make_model
 
 from zerosiam_hf import ZeroSiamTrainer
 from zerosiam_hf import trainer as trainer_module
@@ -129,12 +129,7 @@ def test_both_views_are_trained_in_groups_of_k_and_every_token_is_counted(
     trainer.train()
 
     # what moved: LoRA only
-    lora_after = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert lora_before and all("lora_" in n for n in lora_after)
-    assert any(not torch.equal(lora_before[n], p) for n, p in lora_after.items()), "LoRA never moved"
-    for name, param in trainer.model.base_model.model.named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} moved"
+    assert_only_lora_moved(trainer.model, base, lora_before)
 
     # each step: k samples per prompt, one greedy paraphrase per question, k samples per paraphrase
     assert [(samples, sampled) for _, samples, sampled, _ in calls] == [(K, True), (1, False), (K, True)] * 3
