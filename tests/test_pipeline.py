@@ -56,6 +56,16 @@ def test_a_record_written_with_the_old_name_of_the_output_group_still_matches(tm
     assert matching_record(str(tmp_path), {**new, "ZeroSiamConfig": {"method": "zerosiam"}}) is None
 
 
+def test_a_record_written_before_a_setting_existed_matches_while_it_is_left_unset(tmp_path):
+    # A method or option added since (None: not set) leaves the runs already made theirs; a value set does not.
+    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": {"method": "tent", "alpha": None}}})
+    unset = {"ZeroSiamConfig": {"method": "tent", "alpha": None, "intrinsic_reward": None}}
+    assert matching_record(str(tmp_path), unset) is not None
+    for changed in ({"intrinsic_reward": "probability"}, {"alpha": 1.0}):
+        config = {"ZeroSiamConfig": {**unset["ZeroSiamConfig"], **changed}}
+        assert matching_record(str(tmp_path), config) is None
+
+
 # --------------------------------------------------------------------------------------------- the commands suggested
 @pytest.mark.parametrize(
     ("parent", "expected"),

@@ -87,10 +87,17 @@ def _published(value):
 
 
 def settings_identity(config: dict) -> dict:
-    """The settings that decide what a run computes: `config` without those that only say where or how it reports."""
-    # A token says who may push the result, not what the run computes.
+    """The settings that decide what a run computes: `config` without those that only say where or how it reports,
+    and without those left unset (None)."""
+    # A token says who may push the result, not what the run computes. An unset setting is the one a record written
+    # before it existed ran with (another method's option, a scenario not asked for): leaving None out lets that record
+    # still match, so adding a method or an option does not disown the runs already made.
     kept = {
-        section: {k: _published(v) for k, v in values.items() if k not in _NOT_IDENTITY and not is_secret(k)}
+        section: {
+            k: _published(v)
+            for k, v in values.items()
+            if k not in _NOT_IDENTITY and not is_secret(k) and v is not None
+        }
         for section, values in config.items()
     }
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
