@@ -251,3 +251,13 @@ def test_a_half_precision_head_reads_a_contiguous_input_and_answers_the_same_bit
     assert generate_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == answers
     float32, _, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir, dtype="float32"))
     assert not float32.get_output_embeddings()._forward_pre_hooks  # float32 keeps the slice's rounding
+
+
+def test_greedy_answers_ignore_the_penalties_a_model_ships(tiny_model_dir, prompts):
+    model, tokenizer, _ = load_model_and_tokenizer(ModelArguments(model=tiny_model_dir))
+    ids, mask = pad(prompts["prompt_ids"], tokenizer.pad_token_id, side="left")
+    plain = generate_batches(model, [(ids, mask)], greedy_config(model, tokenizer, 8))
+    # as some Instruct models ship them (Qwen2.5's repetition_penalty 1.05), strong enough to change tiny answers
+    model.generation_config.repetition_penalty = 10.0
+    model.generation_config.no_repeat_ngram_size = 1
+    assert generate_batches(model, [(ids, mask)], greedy_config(model, tokenizer, 8)) == plain

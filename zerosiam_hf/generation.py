@@ -118,6 +118,11 @@ def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        # set, not left at their defaults: generate() fills an unset setting from the model's own generation config,
+        # and a shipped repetition penalty (Qwen2.5-Instruct's 1.05) would change the greedy answers
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=model.generation_config.bos_token_id,
