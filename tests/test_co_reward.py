@@ -72,17 +72,13 @@ def _fake_trainer(teacher_texts: list[str], k: int):
 
     dataset = [{"index": i, "prompt_ids": [1, 2, 3][: i + 1]} for i in range(3)]
 
-    class Rows(list):
-        def __getitem__(self, key):
-            return [row[key] for row in self] if isinstance(key, str) else super().__getitem__(key)
-
     trainer = SimpleNamespace(
         args=SimpleNamespace(num_generations=k, device="cpu", co_reward_variant="II"),
         checker=_SpyChecker(),
         model=model,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m),
         method_state={"weight": torch.full((1, 1), -1.0)},
-        train_dataset=Rows(dataset),
+        prompt_rows=lambda index: [dataset[i] for i in index],
         data_collator=PromptCollator(0),
         processing_class=SimpleNamespace(batch_decode=lambda ids, **_: [teacher_texts[i[0]] for i in ids]),
         _generate=generate,

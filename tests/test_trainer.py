@@ -605,3 +605,11 @@ def test_a_counter_a_resumed_checkpoint_did_not_keep_is_left_out_of_the_cost(tmp
     assert cost["generated_tokens"] == whole.total_cost()["generated_tokens"]
     later = json.loads((tmp_path / "run" / "checkpoint-2" / "zerosiam_state.json").read_text())
     assert "prefill_tokens" not in later["cost"]  # and stays unknown through a second resume
+
+
+def test_prompt_rows_finds_rows_by_their_index_not_their_position(tmp_path, tokenizer, prompts, gold):
+    moved = prompts.select(list(reversed(range(len(prompts)))))  # a stream order moves rows
+    trainer = make_trainer(tmp_path, tokenizer, moved, gold)
+    rows = trainer.prompt_rows([0, 2])
+    assert rows["index"] == [0, 2]
+    assert rows["prompt_ids"] == [prompts[0]["prompt_ids"], prompts[2]["prompt_ids"]]

@@ -158,6 +158,7 @@ class ZeroSiamTrainer(Trainer):
         self.cost = {"generated_tokens": 0, "prefill_tokens": 0, "trained_tokens": 0, "forward_tokens": 0}
         self._uncounted = set()  # counters a resumed checkpoint did not keep: unknown for the whole run
         self._pending_episode = None
+        self._row_positions = None  # row index -> position in train_dataset (`prompt_rows`)
         self._step_start = {}
         self._signal_stop = SignalStop()
         self._add_guards(model)
@@ -360,6 +361,13 @@ class ZeroSiamTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     # ----------------------------------------------------------------------------------------------- for the methods
+    def prompt_rows(self, index: list[int]) -> Dataset:
+        """The rows of `train_dataset` whose `index` column holds `index`, in that order (a stream order moves rows, so
+        a row's index is not its position)."""
+        if self._row_positions is None:  # the dataset is fixed for the trainer's life: map it once
+            self._row_positions = {row: i for i, row in enumerate(self.train_dataset["index"])}
+        return self.train_dataset.select([self._row_positions[row] for row in index])
+
     def head_input(self, model, inputs: dict) -> torch.Tensor:
         """The LM head's input, [B, T, d] final hidden states, of one backbone forward over `inputs`."""
         return final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])[1]

@@ -105,9 +105,7 @@ def extracted_answers(checker, texts: list[str]) -> list[str | None]:
 
 def _prompts(trainer, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompts of rows `indices` of the trainer's data, left-padded as its batches are."""
-    dataset = trainer.train_dataset
-    row = {index: position for position, index in enumerate(dataset["index"])}
-    batch = trainer.data_collator([dataset[row[index]] for index in indices])
+    batch = trainer.data_collator(list(trainer.prompt_rows(indices)))
     return batch["input_ids"].to(trainer.args.device), batch["attention_mask"].to(trainer.args.device)
 
 

@@ -54,15 +54,13 @@ def fallback_reason(ids: list[int], text: str, eos_token_ids: list[int]) -> str 
     return None
 
 
-def batch_questions(dataset, index: torch.Tensor) -> list[tuple[str, str]]:
-    """The `(question, instruction)` behind each row `index` of a dataset made by `data.build_prompts`."""
-    if not {"question", "instruction"} <= set(dataset.column_names):
+def batch_questions(rows) -> list[tuple[str, str]]:
+    """The `(question, instruction)` behind each of `rows`, prompts made by `data.build_prompts`."""
+    if not {"question", "instruction"} <= set(rows.column_names):
         raise ValueError(
             "a paraphrase needs the questions: train_dataset lacks the `question` and `instruction` columns that "
             "data.build_prompts keeps; build it with data.build_prompts."
         )
-    position = {row: i for i, row in enumerate(dataset["index"])}
-    rows = dataset.select([position[row] for row in index.tolist()])
     return list(zip(rows["question"], rows["instruction"]))
 
 
@@ -72,7 +70,7 @@ def paraphrase_view(trainer, index: torch.Tensor, max_new_tokens: int) -> Second
     hold each `paraphrase` (the text generated) and `paraphrase_fallback` (why the question itself was asked instead,
     or None)."""
     tokenizer, limit = trainer.processing_class, trainer.args.max_prompt_length
-    questions = batch_questions(trainer.train_dataset, index)
+    questions = batch_questions(trainer.prompt_rows(index.tolist()))
     requests = [paraphrase_request_ids(tokenizer, question, limit) for question, _ in questions]
     request_ids, request_mask = pad(requests, tokenizer.pad_token_id, side="left", device=index.device)
     config = greedy_config(trainer.accelerator.unwrap_model(trainer.model), tokenizer, max_new_tokens)
