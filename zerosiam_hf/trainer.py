@@ -32,7 +32,7 @@ from .methods.base import SecondView, final_hidden_states, label_free
 from .modeling import build_adapted_model, check_head_input, method_optimizer
 from .predictor import find_predictor
 from .records import append_jsonl, changed_settings, write_json, write_jsonl
-from .scoring import accuracy, majority_vote
+from .scoring import accuracy, majority_correct
 from .staging import RUN_STATE_FILE, checkpoint_to_resume
 
 
@@ -445,16 +445,14 @@ class ZeroSiamTrainer(Trainer):
             group = scored[start : start + k]
             record = {**group[0], "updates_before": step, **(notes[start // k] if notes else {})}
             if k > 1:
-                answers = [r["pred_flexible"] for r in group]
-                majority = majority_vote(answers, self.checker.same_answer)
+                majority, majority_right = majority_correct(group, self.checker.same_answer)
                 for sample in group:  # one vote per prompt: TTRL's reward reads it from here
                     sample["majority_answer"] = majority
-                winner = next((r for r in group if r["pred_flexible"] == majority), None)
                 record.update(
                     samples=k,
-                    sample_answers=answers,
+                    sample_answers=[r["pred_flexible"] for r in group],
                     avg_at_k=sum(r["correct_flexible"] for r in group) / k,
-                    maj_at_k=bool(winner and winner["correct_flexible"]),
+                    maj_at_k=majority_right,
                     majority_answer=majority,
                 )
             local.append((record, completions[start]))
