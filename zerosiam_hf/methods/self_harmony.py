@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..scoring import semantic_clusters
 from .grpo import SamplingMethod, SamplingOptions
 from .paraphrase import ParaphraseOptions, paraphrase_view
 from .ttrl import vote_rewards
@@ -33,17 +34,14 @@ def harmonic_label(
     """The answer that maximises n0 * n1 / (n0 + n1), n0 and n1 its counts among the original question's answers and
     the paraphrase's (answers that `same` calls equal count together; None is no answer). Ties go to the larger
     n0 + n1, then to the answer seen first (original answers first); None when no answer is in both views."""
-    groups: list[list] = []  # [representative, n0, n1]
-    for view, answers in ((1, original), (2, paraphrased)):
-        for answer in answers:
-            if answer is None:
-                continue
-            group = next((g for g in groups if answer == g[0] or same(g[0], answer)), None)
-            if group is None:
-                group = [answer, 0, 0]
-                groups.append(group)
-            group[view] += 1
-    scored = [(n0 * n1 / (n0 + n1), n0 + n1, answer) for answer, n0, n1 in groups if n0 and n1]
+    answers = [*original, *paraphrased]
+    clusters = semantic_clusters(answers, same)
+    counts: dict[int, list[int]] = {}  # cluster -> [n0, n1], clusters in the order first seen
+    for position, (answer, cluster) in enumerate(zip(answers, clusters)):
+        if answer is not None:
+            counts.setdefault(cluster, [0, 0])[position >= len(original)] += 1
+    first = {cluster: answers[clusters.index(cluster)] for cluster in counts}
+    scored = [(n0 * n1 / (n0 + n1), n0 + n1, first[c]) for c, (n0, n1) in counts.items() if n0 and n1]
     return max(scored, key=lambda score: score[:2])[2] if scored else None  # max keeps the first of equal scores
 
 
