@@ -329,13 +329,17 @@ def generate_completions(
     merge_lora: bool = True,
     show_progress: bool = False,
     backend: str = "static",
+    config: GenerationConfig | None = None,
+    samples: int = 1,
 ) -> list[list[int]]:
-    """Greedy completions (token ids, cut after the first end token) for pre-tokenized prompts, in input order:
-    `batch_size` prompts per generate() call, or at most that many decoded together by the continuous `backend`."""
-    starts = tqdm(range(0, len(prompt_ids), batch_size), desc="Generating", disable=not show_progress)
+    """Completions (token ids, cut after the first end token) for pre-tokenized prompts, in input order: greedy, or
+    `samples` per prompt under a sampling `config` (one prefill each, consecutive); `batch_size` prompts per
+    generate() call, or at most that many decoded together by the continuous `backend`."""
+    desc = "Generating" if samples == 1 else f"Sampling {samples} answers"
+    starts = tqdm(range(0, len(prompt_ids), batch_size), desc=desc, disable=not show_progress)
     batches = (pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id, side="left") for start in starts)
-    config = greedy_config(model, tokenizer, max_new_tokens)
-    return generate_batches(model, batches, config, merge_lora=merge_lora, backend=backend)
+    config = config or greedy_config(model, tokenizer, max_new_tokens)
+    return generate_batches(model, batches, config, merge_lora=merge_lora, backend=backend, samples=samples)
 
 
 def answer_and_score(

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from .checkers import score_completions
 from .config import ZeroSiamConfig
 from .data import DataArguments, build_prompts, file_sha256, load_scored_problems, prompts_cut
 from .errors import RunStopped
-from .generation import GenerationArguments, answer_and_score, generate_batches, greedy_config, pad, sampling_config
+from .generation import GenerationArguments, answer_and_score, generate_completions, greedy_config, sampling_config
 from .invocation import changed_flags, redacted, resume_command, same_command, sibling_command
 from .launch import check_one_run, has_accelerator, refuse_zero3
 from .modeling import (
@@ -477,12 +476,18 @@ def _sample_and_score(model, tokenizer, prompts, gold, checker, generation, args
     samples, majority answer and whether it is right added."""
     k, size = args.num_samples, generation.batch_size
     config = sampling_config(greedy_config(model, tokenizer, generation.max_new_tokens), args.temperature, args.top_p)
-    ids = prompts["prompt_ids"]
-    starts = tqdm(range(0, len(ids), size), desc=f"Sampling {k} answers")
-    batches = (pad(ids[first : first + size], tokenizer.pad_token_id, side="left") for first in starts)
     set_seed(args.seed)  # each variant draws from the same seed: its answers do not depend on the variants before it
     start = time.perf_counter()
-    completions = generate_batches(model, batches, config, samples=k)
+    completions = generate_completions(
+        model,
+        tokenizer,
+        prompts["prompt_ids"],
+        max_new_tokens=generation.max_new_tokens,
+        batch_size=size,
+        show_progress=True,
+        config=config,
+        samples=k,
+    )
     seconds = time.perf_counter() - start
     scored = score_completions(checker, tokenizer, [i for i in prompts["index"] for _ in range(k)], completions, gold)
     groups = [scored[first : first + k] for first in range(0, len(scored), k)]
