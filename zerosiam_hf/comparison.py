@@ -111,14 +111,14 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def answer_scores(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, list[list[float]]]]:
-    """Each run's flexible score of every answer (1 right, 0 wrong, in problem order) from the predictions.jsonl in
-    its folder, by column key and method, for (key, method, folder) in plan order, the order of `run_all`'s records."""
-    scores: dict[str, dict[str, list[list[float]]]] = {}
-    for key, method, folder in folders:
-        rows = sorted(read_jsonl(Path(folder) / PREDICTIONS_FILE), key=lambda row: row["index"])
-        scores.setdefault(key, {}).setdefault(method, []).append([float(row["correct_flexible"]) for row in rows])
-    return scores
+def answer_scores(streams: dict[str, dict[str, list[list[dict]]]]) -> dict[str, dict[str, list[list[float]]]]:
+    """Each run's flexible score of every answer (1 right, 0 wrong, in problem order), from its answers as
+    `answer_streams` read them, by column key and method."""
+
+    def scores(answers: list[dict]) -> list[float]:
+        return [float(row["correct_flexible"]) for row in sorted(answers, key=lambda row: row["index"])]
+
+    return {key: {m: [scores(run) for run in runs] for m, runs in column.items()} for key, column in streams.items()}
 
 
 def answer_streams(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, list[list[dict]]]]:
@@ -604,7 +604,7 @@ def run_comparison(
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)
             streams = answer_streams(folders)
-            result, table = report(records, suite, methods, answer_scores(folders), streams, collapse_window)
+            result, table = report(records, suite, methods, answer_scores(streams), streams, collapse_window)
             plots += plot_collapse(records, streams, result["collapse"], staging, collapse_window)
             if scenario is not None:
                 result["scenario"] = scenario.describe()
