@@ -404,14 +404,24 @@ def test_a_finished_run_of_dtype_auto_is_not_reused_where_auto_loads_another_dty
     tiny_model_dir, problems_file, tmp_path, monkeypatch
 ):
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--methods", "none", "--seeds", "0")
-    monkeypatch.setattr(modeling, "auto_dtype", lambda: torch.float32)  # a CPU without bf16 units
+    monkeypatch.setattr(modeling, "auto_dtype", lambda use_cpu=False: torch.float32)  # a CPU without bf16 units
     first = compare.main(argv)["rows"][0]
     assert compare.main(argv)["rows"][0] == first  # reused where auto still loads float32
     record = tmp_path / "cmp" / "runs" / "none-seed0" / "run.json"
     assert json.loads(record.read_text())["model"]["dtype"] == "float32"
-    monkeypatch.setattr(modeling, "auto_dtype", lambda: torch.bfloat16)  # the same command where bf16 is native
+    # the same command where bf16 is native
+    monkeypatch.setattr(modeling, "auto_dtype", lambda use_cpu=False: torch.bfloat16)
     compare.main(argv)
     assert json.loads(record.read_text())["model"]["dtype"] == "bfloat16"
+
+
+def test_dtype_auto_asks_the_cpu_when_the_runs_compute_on_it(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    """With --use_cpu true on a machine with a GPU, auto loads what the CPU computes fastest, not the GPU's bf16:
+    every question of the dtype (the reuse check and the load) says the run is on the CPU."""
+    asked = []
+    monkeypatch.setattr(modeling, "auto_dtype", lambda use_cpu=False: asked.append(use_cpu) or torch.float32)
+    compare.main(compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--methods", "none", "--seeds", "0"))
+    assert asked and all(asked)
 
 
 def test_a_run_refused_partway_leaves_nothing_and_its_advice_then_works(

@@ -217,16 +217,21 @@ def test_deepspeed_asked_for_on_the_command_line_is_not_hidden_and_in_a_config_f
 
 
 @pytest.mark.parametrize(
-    ("cuda", "amx", "avx512_bf16", "expected"),
+    ("cuda", "use_cpu", "amx", "avx512_bf16", "expected"),
     [
-        (False, False, False, torch.float32),
-        (False, True, False, torch.bfloat16),
-        (False, False, True, torch.bfloat16),
-        (True, False, False, torch.bfloat16),
+        (False, False, False, False, torch.float32),
+        (False, False, True, False, torch.bfloat16),
+        (False, False, False, True, torch.bfloat16),
+        (True, False, False, False, torch.bfloat16),
+        # --use_cpu true on a machine with a GPU: the CPU computes, so its units decide
+        (True, True, False, False, torch.float32),
+        (True, True, True, False, torch.bfloat16),
     ],
 )
-def test_dtype_auto_is_bf16_only_where_the_matrix_units_compute_it(monkeypatch, cuda, amx, avx512_bf16, expected):
+def test_dtype_auto_is_bf16_only_where_the_matrix_units_compute_it(
+    monkeypatch, cuda, use_cpu, amx, avx512_bf16, expected
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    assert auto_dtype() is expected
+    assert auto_dtype(use_cpu) is expected

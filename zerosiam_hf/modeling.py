@@ -55,10 +55,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def auto_dtype() -> torch.dtype:
+def auto_dtype(use_cpu: bool = False) -> torch.dtype:
     """The weights dtype `--dtype auto` loads: bfloat16 where the matrix units compute it natively (a GPU, or a CPU
-    with AMX or AVX512-BF16), float32 on other CPUs, where bf16 products are emulated and slower than float32."""
-    if torch.cuda.is_available():
+    with AMX or AVX512-BF16), float32 on other CPUs, where bf16 products are emulated and slower than float32.
+    `use_cpu`: the run computes on the CPU though a GPU is visible (`--use_cpu true`), so the CPU decides."""
+    if torch.cuda.is_available() and not use_cpu:
         return torch.bfloat16
     native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return torch.bfloat16 if native else torch.float32
@@ -72,9 +73,9 @@ def _contiguous_input(head: torch.nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
-def load_dtype(name: str) -> torch.dtype:
-    """The weights dtype `--dtype name` loads on this machine."""
-    return DTYPES[name] or auto_dtype()
+def load_dtype(name: str, use_cpu: bool = False) -> torch.dtype:
+    """The weights dtype `--dtype name` loads on this machine (on its CPU with `use_cpu`)."""
+    return DTYPES[name] or auto_dtype(use_cpu)
 
 
 @dataclass
@@ -92,8 +93,8 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": f"Weights dtype, one of {tuple(DTYPES)}; auto is bfloat16 on a GPU and on a CPU with bf16 matrix "
-            "units (AMX or AVX512-BF16, detected), float32 on other CPUs. LoRA, the predictor and the optimizer "
-            "state stay float32."
+            "units (AMX or AVX512-BF16, detected), float32 on other CPUs (with --use_cpu true, the CPU decides). "
+            "LoRA, the predictor and the optimizer state stay float32."
         },
     )
     load_in_4bit: bool = field(
@@ -283,11 +284,15 @@ def check_context(config, model: str, max_prompt_length: int, max_new_tokens: in
 
 
 def load_model_and_tokenizer(
-    model_args: ModelArguments, device_map: str | dict | None = None, lengths: tuple[int, int] | None = None
+    model_args: ModelArguments,
+    device_map: str | dict | None = None,
+    lengths: tuple[int, int] | None = None,
+    use_cpu: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """Load the base model and its tokenizer (left padding, a pad token), and return them with the resolved spec.
 
-    `lengths` (max_prompt_length, max_new_tokens) are checked against the model's context before the weights load.
+    `lengths` (max_prompt_length, max_new_tokens) are checked against the model's context before the weights load;
+    `use_cpu`: the model will compute on the CPU though a GPU may be visible (what `--dtype auto` loads depends on it).
     """
     spec = resolve_loadable_model(model_args.model)
     path = materialize_gguf(spec) if spec.get("gguf_file") else spec["name_or_path"]
@@ -299,7 +304,7 @@ def load_model_and_tokenizer(
         check_context(config, model_args.model, *lengths)
     if saved_by_bitsandbytes(config):
         import_bitsandbytes()  # transformers loads such a checkpoint with it; a command hid it until asked
-    dtype = load_dtype(model_args.dtype)
+    dtype = load_dtype(model_args.dtype, use_cpu)
     kwargs = {"dtype": dtype, **trust}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation

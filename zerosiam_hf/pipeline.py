@@ -127,7 +127,7 @@ def adapt_or_reuse(
         logger.info("the data file changed since the finished run in %s: running it again", args.output_dir)
         record = None
     # --dtype auto loads what the machine computes fastest: a run it made elsewhere may have computed in another dtype
-    dtype = str(load_dtype(model_args.dtype)).removeprefix("torch.")
+    dtype = str(load_dtype(model_args.dtype, args.use_cpu)).removeprefix("torch.")
     if record is not None and record["model"].get("dtype", dtype) != dtype:
         logger.info(
             "the finished run in %s computed in %s, this one in %s: running it again",
@@ -157,7 +157,7 @@ def _adapt_into(staging: Path, model_args, data_args, args, config, state, comma
         # -------------------------------------------------------------------------------------------- model
         with state.main_process_first():  # the embedded model is converted once, by the first process
             model, tokenizer, model_spec = load_model_and_tokenizer(
-                model_args, lengths=(args.max_prompt_length, args.max_new_tokens)
+                model_args, lengths=(args.max_prompt_length, args.max_new_tokens), use_cpu=args.use_cpu
             )
             prompts = build_prompts(problems, tokenizer, data_args.instruction, args.max_prompt_length)
         data_identity["prompts_cut"] = prompts_cut(prompts)
