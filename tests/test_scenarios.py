@@ -4,6 +4,7 @@ the data cannot give refused before any run, and a tiny scenario end to end (its
 import dataclasses
 import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 from helpers import assert_usage_error
@@ -66,6 +67,8 @@ def test_each_scenario_plans_its_cells_with_their_settings(
 
     cells = EXPECTED[name]
     assert list(result["plan"]) == list(cells) and result["runs"] == len(cells) * 2 * 2
+    # none trains nothing: across the learning rates its runs of a seed are one run
+    assert result["made"] == result["runs"] - ((len(cells) - 1) * 2 if name == "learning_rate" else 0)
     assert {key: plan["settings"] for key, plan in result["plan"].items()} == cells
     assert [(run.key, run.method, run.seed) for run in planned] == [
         (key, method, seed) for key in cells for method in ("none", "zerosiam") for seed in (0, 1)
@@ -73,7 +76,10 @@ def test_each_scenario_plans_its_cells_with_their_settings(
     for run in planned:
         for option, default in DEFAULTS.items():
             where = run.data if hasattr(run.data, option) else run.args
-            assert getattr(where, option) == cells[run.key].get(option, default), (run.key, option)
+            expected = cells[run.key].get(option, default)
+            if run.method == "none" and option in comparison.OPTIMIZER_SETTINGS:
+                expected = default
+            assert getattr(where, option) == expected, (run.key, run.method, option)
         assert run.data.stream_order == cells[run.key].get("stream_order", "iid")
         assert run.args.seed == run.seed and run.data.noise_seed == 3
         assert run.args.output_dir.endswith(f"cmp.partial/runs/{run.key}/{run.method}-seed{run.seed}")
@@ -142,16 +148,41 @@ def test_a_two_cell_scenario_writes_its_columns_and_its_plot(tiny_model_dir, pro
     monkeypatch.setitem(SCENARIOS, "learning_rate", two)
     output_dir = tmp_path / "cmp"
     argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--scenario", "learning_rate")
-    argv[argv.index("--methods") + 1 : argv.index("--seeds") + 3] = ["tent", "--seeds", "0"]
+    argv[argv.index("--methods") + 1 : argv.index("--seeds") + 3] = ["none", "tent", "--seeds", "0"]
+    made = []
+    adapt = pipeline.adapt
+    monkeypatch.setattr(
+        pipeline, "adapt", lambda *args, **kwargs: made.append(args[3].output_dir) or adapt(*args, **kwargs)
+    )
     result = compare.main(argv)
+
+    # none's run is made once and copied into the other cell, whose learning rate it never read
+    assert [Path(path).parent.name + "/" + Path(path).name for path in made] == [
+        "lr1e-4/none-seed0",
+        "lr1e-4/tent-seed0",
+        "lr5e-4/tent-seed0",
+    ]
+    runs = output_dir / "runs"
+    assert (runs / "lr5e-4" / "none-seed0" / "predictions.jsonl").read_bytes() == (
+        runs / "lr1e-4" / "none-seed0" / "predictions.jsonl"
+    ).read_bytes()
 
     for key, lr in (("lr1e-4", 1e-4), ("lr5e-4", 5e-4)):
         record = json.loads((output_dir / "runs" / key / "tent-seed0" / "run.json").read_text())
         assert record["config"]["ZeroSiamConfig"]["learning_rate"] == lr
-    (row,) = result["accuracy_flexible"]
-    assert row["method"] == "tent" and set(row["n"]) == {"lr1e-4", "lr5e-4"}
-    assert [(r["dataset"], r["method"]) for r in result["paired"]] == [("lr1e-4", "tent"), ("lr5e-4", "tent")]
-    assert "| method | seeds | lr1e-4 | lr5e-4 | avg |" in (output_dir / "comparison.md").read_text()
+    none, tent = result["accuracy_flexible"]
+    assert tent["method"] == "tent" and set(tent["n"]) == {"lr1e-4", "lr5e-4"}
+    assert none["lr1e-4"] == none["lr5e-4"]
+    paired = [(r["dataset"], r["method"], "vs_none" in r) for r in result["paired"]]
+    assert paired == [
+        ("lr1e-4", "none", False),
+        ("lr1e-4", "tent", True),
+        ("lr5e-4", "none", False),
+        ("lr5e-4", "tent", True),
+    ]
+    table = (output_dir / "comparison.md").read_text()
+    assert "| method | seeds | lr1e-4 | lr5e-4 | avg |" in table
+    assert "| cell | method | flexible 95% CI |" in table and "| cell | method | collapsed (accuracy) |" in table
     written = json.loads((output_dir / "comparison.json").read_text())
     assert written["scenario"]["cells"]["lr5e-4"] == {"label": "5e-4", "learning_rate": 5e-4}
     assert written["plots"][-1] == "scenario_learning_rate.png"

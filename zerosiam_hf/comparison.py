@@ -6,6 +6,7 @@ A comparison's folder appears whole or not at all: runs, problem files, tables a
 it replaces are carried over as hard links, so a rerun reuses them while the old folder stays as it was until then."""
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -28,8 +29,8 @@ from .errors import RunStopped, UsageError
 from .invocation import redacted
 from .methods import METHODS
 from .modeling import ModelArguments
-from .pipeline import adapt_or_reuse
-from .records import RUN_FILE, logged_series, read_jsonl, versions, write_json, write_jsonl
+from .pipeline import adapt_or_reuse, run_settings
+from .records import RUN_FILE, logged_series, read_jsonl, settings_identity, versions, write_json, write_jsonl
 from .scenarios import Scenario, plot_scenario
 from .significance import bootstrap_interval, sign_test
 from .staging import (
@@ -179,10 +180,10 @@ def paired_rows(records: dict[str, dict[str, list[dict]]], scores: dict[str, dic
     return rows
 
 
-def paired_table(rows: list[dict], suite: bool) -> str:
+def paired_table(rows: list[dict], suite: bool, column: str = "benchmark") -> str:
     """The paired rows as markdown: a method's accuracy interval and its difference to none, one line per method
-    (and benchmark, in a suite)."""
-    columns = ["benchmark"] * suite + ["method", "flexible 95% CI", "vs none (points)", "95% CI", "wins / losses"]
+    (and benchmark, in a suite; `column` names what the suite's columns are: a scenario's are cells)."""
+    columns = [column] * suite + ["method", "flexible 95% CI", "vs none (points)", "95% CI", "wins / losses"]
     columns += ["p (sign)", "resolved"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
@@ -235,10 +236,10 @@ def _steps(runs: list[dict], criterion: str) -> str:
     return ", ".join("never" if run[criterion] is None else str(run[criterion]) for run in runs)
 
 
-def collapse_table(rows: list[dict], suite: bool) -> str:
-    """Markdown for `collapse_rows`: per method (and benchmark, in a suite), how many of its runs collapsed by each
-    criterion and each seed's step."""
-    columns = ["benchmark"] * suite + ["method", "collapsed (accuracy)", "update, per seed"]
+def collapse_table(rows: list[dict], suite: bool, column: str = "benchmark") -> str:
+    """Markdown for `collapse_rows`: per method (and benchmark or cell, `column`, in a suite), how many of its runs
+    collapsed by each criterion and each seed's step."""
+    columns = [column] * suite + ["method", "collapsed (accuracy)", "update, per seed"]
     columns += ["collapsed (diagnostics)", "step, per seed"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
@@ -554,7 +555,7 @@ def plan_runs(
                 method,
                 seed=seed,
                 output_dir=str(runs / (key if suite else "") / f"{method}-seed{seed}"),
-                **settings.get(key, {}),
+                **cell_settings(method, settings.get(key, {})),
             ),
         )
         for key, seed_data in columns.items()
@@ -563,17 +564,47 @@ def plan_runs(
     ]
 
 
+# Run settings that only shape the optimizer's steps: a method that trains nothing computes the same without them.
+OPTIMIZER_SETTINGS = ("learning_rate",)
+
+
+def cell_settings(method: str, settings: dict) -> dict:
+    """A column's run settings as `method`'s runs take them: a method that trains nothing (none) drops the optimizer's,
+    so its runs in the cells of a learning-rate sweep are one run, made once and shared (`run_all`)."""
+    if METHODS[method].trains != "nothing":
+        return settings
+    return {name: value for name, value in settings.items() if name not in OPTIMIZER_SETTINGS}
+
+
 def run_all(
     model_args: ModelArguments, plan: list[PlannedRun], output_args: OutputArguments
 ) -> dict[str, dict[str, list[dict]]]:
     """Every planned run's record: read back when a run with the same settings finished in its folder, resumed when
-    one was stopped there, else run anew. Records by column key, then method, in seed order."""
+    one was stopped there, else run anew. A run planned twice with the same settings and data (none in every cell of
+    a learning-rate sweep) is made once: its other folders get a copy of the finished run, which they then reuse.
+    Records by column key, then method, in seed order."""
     records: dict[str, dict[str, list[dict]]] = {}
+    made: dict[str, Path] = {}  # a run's settings -> the folder that holds it finished
     for run in plan:
         logger.info("run %s", run.args.output_dir)
+        settings = _settings_key(model_args, output_args, run)
+        folder = Path(run.args.output_dir)
+        if settings in made and not folder.exists():
+            _copy_into_place(made[settings], folder, _link)  # its files are never written again, as _carry links
         record = adapt_or_reuse(model_args, run.data, output_args, run.args)
+        made.setdefault(settings, folder)
         records.setdefault(run.key, {}).setdefault(run.method, []).append(record)
     return records
+
+
+def _settings_key(model_args: ModelArguments, output_args: OutputArguments, run: PlannedRun) -> str:
+    """What a planned run computes (`records.settings_identity`) as a key, equal for two runs that compute the same."""
+    return json.dumps(settings_identity(run_settings(model_args, run.data, output_args, run.args)), sort_keys=True)
+
+
+def distinct_runs(model_args: ModelArguments, output_args: OutputArguments, plan: list[PlannedRun]) -> int:
+    """How many of the planned runs `run_all` makes (or reuses), the others being copies of one of them."""
+    return len({_settings_key(model_args, output_args, run) for run in plan})
 
 
 def run_comparison(
@@ -604,7 +635,8 @@ def run_comparison(
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)
             streams = answer_streams(folders)
-            result, table = report(records, suite, methods, answer_scores(streams), streams, collapse_window)
+            column = "benchmark" if scenario is None else "cell"
+            result, table = report(records, suite, methods, answer_scores(streams), streams, collapse_window, column)
             plots += plot_collapse(records, streams, result["collapse"], staging, collapse_window)
             if scenario is not None:
                 result["scenario"] = scenario.describe()
@@ -724,10 +756,12 @@ def report(
     scores: dict[str, dict[str, list[list[float]]]],
     streams: dict[str, dict[str, list[list[dict]]]],
     window: int,
+    column: str = "benchmark",
 ) -> tuple[dict, str]:
     """The comparison's rows (for comparison.json) and its markdown (comparison.md); `scores` are the answers'
     (`answer_scores`), for the intervals and the paired tests, and `streams` the same in stream order
-    (`answer_streams`), for the collapse steps over a running window of `window` answers."""
+    (`answer_streams`), for the collapse steps over a running window of `window` answers. `column` names a
+    suite's columns in the tables: "benchmark", or "cell" for a scenario's."""
     if suite:
         keys = list(records)
         result = {metric: suite_rows(records, metric) for metric in ("accuracy_flexible", "accuracy_strict")}
@@ -741,7 +775,7 @@ def report(
             + suite_table(result["accuracy_strict"], keys)
             + "\nFinal clean-branch entropy (nats) / share of degenerate answers:\n\n"
             + diagnostics_table(records)
-            + "\nCost per problem (ratio to none), over every benchmark and seed:\n\n"
+            + f"\nCost per problem (ratio to none), over every {column} and seed:\n\n"
             + cost_table(result["cost"])
             + (f"\nReported by the paper ({PAPER_RESULTS['model']}; not measured here):\n\n{paper}" if paper else "")
         )
@@ -762,7 +796,7 @@ def report(
     table += (
         "\nFlexible accuracy with 95% intervals (bootstrap over seeds and problems, 2000 replicates) and each method "
         "beside none on the same problems and seeds (paired bootstrap; exact sign test over problems, ties left out; "
-        "resolved: the interval excludes 0):\n\n" + paired_table(result["paired"], suite)
+        "resolved: the interval excludes 0):\n\n" + paired_table(result["paired"], suite, column)
     )
     result["collapse"] = collapse_rows(records, streams, window)
     table += (
@@ -770,6 +804,7 @@ def report(
         f"flexible accuracy of the last {window} answers stays below none's on the same problems and seed, to the end "
         "of the run (n/a: no none run on the same problems and seeds). Diagnostics: the first step whose clean-branch "
         "entropy is below the run's --collapse_min_entropy or whose share of degenerate answers is above its "
-        "--collapse_max_degenerate (the collapse guard's rule):\n\n" + collapse_table(result["collapse"], suite)
+        "--collapse_max_degenerate (the collapse guard's rule):\n\n"
+        + collapse_table(result["collapse"], suite, column)
     )
     return result, table

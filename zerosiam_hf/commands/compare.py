@@ -42,7 +42,7 @@ from pathlib import Path
 
 from zerosiam_hf.cli import console_entry, exits_cleanly, parse_args
 from zerosiam_hf.collapse import WINDOW
-from zerosiam_hf.comparison import dataset_key, make_runs, plan_runs, run_comparison
+from zerosiam_hf.comparison import dataset_key, distinct_runs, make_runs, plan_runs, run_comparison
 from zerosiam_hf.config import SharedRunConfig
 from zerosiam_hf.data import DataArguments, load_problems
 from zerosiam_hf.methods import METHODS
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = scenario.run_settings() if scenario is not None else None
     plan = plan_runs(columns, compare_args.methods, compare_args.seeds, args, output_dir, suite, settings)
     if compare_args.dry_run:  # each run's settings were made (and so checked) by plan_runs
-        return dry_run(model_args, columns, problem_sets, compare_args, Path(output_dir), scenario)
+        distinct = distinct_runs(model_args, output_args, plan)
+        return dry_run(model_args, columns, problem_sets, compare_args, Path(output_dir), scenario, distinct)
     # A stream order the data cannot give is refused now, before the cells that can run.
     for seed_data in columns.values():
         data = next(iter(seed_data.values()))
@@ -266,10 +267,12 @@ def dry_run(
     problem_sets: dict,
     compare_args: CompareArguments,
     output_dir: Path,
-    scenario: Scenario | None = None,
+    scenario: Scenario | None,
+    distinct: int,
 ) -> dict:
     """Resolve the model and every benchmark (loading and validating its problems; synthetic ones are drawn, not
-    written) and list the runs, with a scenario's cells and their settings; run nothing."""
+    written) and list the runs, with a scenario's cells and their settings; run nothing. `distinct`: how many of the
+    runs are made, the others being shared between cells (`comparison.distinct_runs`)."""
     spec = resolve_model(model_args.model)
     plan = {}
     for key, seed_data in columns.items():
@@ -290,8 +293,9 @@ def dry_run(
         runs = f"runs {' '.join(compare_args.methods)} x seeds {' '.join(map(str, compare_args.seeds))}"
         print(f"{key} ({cell.flags}): {line}; {runs}")
     runs = len(columns) * len(compare_args.methods) * len(compare_args.seeds)
-    print(f"model {spec['name_or_path']}; {runs} runs into {output_dir}/runs (dry run: nothing was run)")
-    return {"model": spec, "plan": plan, "runs": runs}
+    shared = f" ({distinct} made, {runs - distinct} shared between cells)" if distinct < runs else ""
+    print(f"model {spec['name_or_path']}; {runs} runs{shared} into {output_dir}/runs (dry run: nothing was run)")
+    return {"model": spec, "plan": plan, "runs": runs, "made": distinct}
 
 
 console = console_entry(main)  # the `zerosiam-<name>` entry point
