@@ -100,6 +100,7 @@ def markdown_tables() -> str:
         temperature = options.get("sampling_temperature")
         answers = "k = {}, ".format(options["num_generations"]) if method.samples else "1, "
         answers += f"sampled at {temperature}" if temperature is not None else "greedy"
+        answers += f"; {method.more_answers}" if method.more_answers else ""
         resets = {"never": "never", "prompt": "every prompt"}[method.resets] if method.trains != "nothing" else "-"
         own = ", ".join(f"{name} {default}" for name, default in options.items()) or "-"
         trains = _TRAINS.get(method.trains, method.trains)

@@ -62,6 +62,8 @@ class Method:
         resets: "never", or "prompt" when its trained state starts afresh for every prompt (the protocol's
             `--episodic` reset comes on top, for the methods that train weights).
         samples: True when it answers each prompt `--num_generations` times, sampled.
+        more_answers: what else it generates for each prompt beside those answers (a paraphrase and its answers, a
+            teacher's answers), as the methods table says it; "" when nothing.
         forwards_prompt: True when its decoding hook runs one more backbone forward over each prompt (SLOT).
         online_only: True when it needs the online protocol (it adapts while answering, or votes on scored answers).
         needs_static_generation: why its answers need `--generation_backend static` (what its decoding does beyond
@@ -79,6 +81,7 @@ class Method:
     signals: ClassVar[tuple[str, ...]] = ("response", "prompt")
     resets: ClassVar[str] = "never"
     samples: ClassVar[bool] = False
+    more_answers: ClassVar[str] = ""
     online_only: ClassVar[bool] = False
     forwards_prompt: ClassVar[bool] = False
     needs_static_generation: ClassVar[str] = ""

@@ -130,6 +130,7 @@ class CoReward(SamplingMethod):
         "GRPO on k sampled answers, reward 1 for agreeing with the majority answer of an EMA teacher's k answers (II) "
         "or of the k answers to the other wording, the question or the model's paraphrase of it (I)"
     )
+    more_answers = "II: the teacher's k answers; I: its paraphrase (greedy) and k answers to it"
     online_only = True  # the reward reads the answers as the online protocol extracts them
     options_class = CoRewardOptions
 

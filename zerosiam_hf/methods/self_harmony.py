@@ -51,6 +51,7 @@ class SelfHarmony(SamplingMethod):
         "GRPO on k answers to the question and k to the model's own paraphrase of it, reward 1 for agreeing with the "
         "answer whose frequencies in the two views have the largest harmonic mean"
     )
+    more_answers = "its paraphrase (greedy) and k answers to it"
     online_only = True  # the label reads the answers as the online protocol extracts them
     options_class = SelfHarmonyOptions
 
