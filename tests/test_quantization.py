@@ -94,6 +94,15 @@ def test_a_checkpoint_saved_in_4bit_loads_under_a_command(tiny_model_dir, tmp_pa
     assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
 
 
+def test_a_script_that_imports_the_trainer_hears_nothing_from_bitsandbytes():
+    """Outside a command nothing is hidden: peft imports bitsandbytes with itself, and that import asked the hub for
+    a kernel and printed a line. The package makes it the quiet import of the 4-bit path."""
+    probe = "import sys, zerosiam_hf.trainer; print(sys.modules['bitsandbytes'] is not None)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
+    assert result.stdout.split() == ["True"], result.stderr[-2000:]
+    assert "gemm_4bit" not in result.stderr
+
+
 @pytest.mark.parametrize("method", ["zerosiam", "tent", "come"])
 def test_qlora_moves_lora_and_predictor_and_leaves_the_4bit_base_untouched(tmp_path, tiny_model_dir, problems, method):
     model, tokenizer = load(tiny_model_dir)

@@ -2,6 +2,11 @@
 
 import importlib
 
+from .engines import quiet_bitsandbytes_import
+
+
+# peft imports bitsandbytes with itself, and that import asks the hub for a kernel and prints a line (engines.py)
+quiet_bitsandbytes_import()
 
 # Names resolve on first use, so that light modules (the answer checker's child process, `--help`) do not pay for
 # importing torch and transformers.

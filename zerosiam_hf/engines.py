@@ -6,10 +6,15 @@ kernel (kernels-community/quantization-bitsandbytes, through the `kernels` packa
 answer; importing DeepSpeed on a machine without a GPU prints a warning about its accelerator. So a command hides both
 before anything imports peft or accelerate (`hide_optional_engines`), those libraries then see them as not installed,
 and the 4-bit path brings bitsandbytes back (`import_bitsandbytes`). A DeepSpeed launch (accelerate's DeepSpeed
-config, or `--deepspeed` on the command line) never hides DeepSpeed.
+config, or `--deepspeed` on the command line) never hides DeepSpeed. Code that imports the package's modules itself
+(a user's script around `ZeroSiamTrainer`) hides nothing: there the package makes the first import of bitsandbytes,
+whoever asks for it, the quiet one of `import_bitsandbytes` (`quiet_bitsandbytes_import`).
 """
 
+import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.metadata
 import logging
 import os
@@ -58,26 +63,62 @@ def _drop_kernel_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(_KERNEL_NOTICE)
 
 
-def import_bitsandbytes() -> ModuleType:
-    """bitsandbytes, brought back if a command hid it, imported without its CPU backend asking the hub for a kernel.
-
-    That kernel serves only bitsandbytes' packed CPU inference format, which this project switches off
-    (`quantization.keep_4bit_layers_unpacked`): with `kernels` out of reach for the import, the backend falls back to
-    its own code at once, offline or not, and the line it logs about that is dropped.
-    """
-    if hidden("bitsandbytes"):
-        del sys.modules["bitsandbytes"]
-    if "bitsandbytes" in sys.modules:
-        return sys.modules["bitsandbytes"]
+@contextlib.contextmanager
+def _without_kernels():
+    """While bitsandbytes imports: its CPU backend finds `kernels` absent, so it asks the hub for nothing and falls
+    back to its own code at once, offline or not; the line it logs about that is dropped."""
     kernel_logger = logging.getLogger(_KERNEL_LOGGER)
     if _drop_kernel_notice not in kernel_logger.filters:
         kernel_logger.addFilter(_drop_kernel_notice)
     kernels = sys.modules.get("kernels")
     sys.modules["kernels"] = None
     try:
-        return importlib.import_module("bitsandbytes")
+        yield
     finally:
         if kernels is None:
             del sys.modules["kernels"]
         else:
             sys.modules["kernels"] = kernels
+
+
+def import_bitsandbytes() -> ModuleType:
+    """bitsandbytes, brought back if a command hid it, imported without its CPU backend asking the hub for a kernel.
+
+    That kernel serves only bitsandbytes' packed CPU inference format, which this project switches off
+    (`quantization.keep_4bit_layers_unpacked`), so the import goes without it (`_without_kernels`).
+    """
+    if hidden("bitsandbytes"):
+        del sys.modules["bitsandbytes"]
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    with _without_kernels():
+        return importlib.import_module("bitsandbytes")
+
+
+class _QuietBitsandbytes(importlib.abc.MetaPathFinder):
+    """Finds bitsandbytes for the first import that asks for it and runs that import without `kernels`; then leaves
+    the import system as it was."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module  # the loader is this spec's own: wrapping it touches no other import
+
+        def exec_module(module):
+            with _without_kernels():
+                execute(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def quiet_bitsandbytes_import() -> None:
+    """Make the first import of bitsandbytes in this process, by anyone (peft imports it with itself), the quiet one
+    of `import_bitsandbytes`. Nothing changes once it is imported, or hidden by a command (`sys.modules` answers
+    before any finder is asked)."""
+    if "bitsandbytes" not in sys.modules and not any(isinstance(f, _QuietBitsandbytes) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietBitsandbytes())
