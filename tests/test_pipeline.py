@@ -66,6 +66,19 @@ def test_a_record_written_before_a_setting_existed_matches_while_it_is_left_unse
         assert matching_record(str(tmp_path), config) is None
 
 
+@pytest.mark.parametrize("method", ["none", "slot", "em_inf"])
+def test_a_method_that_takes_no_optimizer_step_matches_whatever_the_optimizer_settings(tmp_path, method):
+    # The runs of none (and of the per-prompt methods, which have their own step sizes) at other learning rates compute
+    # the same; a method that trains LoRA does not.
+    made = {"method": method, "learning_rate": 1e-4, "max_grad_norm": 1.0, "seed": 0}
+    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": made}})
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "learning_rate": 5e-3, "max_grad_norm": 0.0}})
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "seed": 1}}) is None
+    tent = {**made, "method": "tent"}
+    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": tent}})
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**tent, "learning_rate": 5e-3}}) is None
+
+
 # --------------------------------------------------------------------------------------------- the commands suggested
 @pytest.mark.parametrize(
     ("parent", "expected"),
@@ -127,7 +140,8 @@ def test_a_suggested_launch_adds_only_the_flags_the_command_lacks(monkeypatch):
     assert fix == "torchrun --nproc_per_node 4 -m zerosiam_hf.commands.adapt"
 
 
-def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data_flags(tmp_path):
+def test_the_evaluate_hint_runs_the_sibling_command_with_the_runs_model_and_data_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # an activated .venv would put the console commands on it
     record = {"command": [str(SCRIPTS / "adapt.py")], "config": {"ZeroSiamConfig": {"output_dir": "out dir"}}}
     data_args = DataArguments(dataset=str(tmp_path / "p.jsonl"), max_samples=8)
     # the generation settings of ZeroSiamConfig

@@ -94,10 +94,20 @@ def test_a_checkpoint_saved_in_4bit_loads_under_a_command(tiny_model_dir, tmp_pa
     assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
 
 
-def test_a_script_that_imports_the_trainer_hears_nothing_from_bitsandbytes():
+@pytest.mark.parametrize(
+    "probe",
+    [
+        "import zerosiam_hf.trainer",
+        # a library asking whether bitsandbytes is installed imports nothing: the first import is still the quiet one
+        "import importlib.util, zerosiam_hf; importlib.util.find_spec('bitsandbytes'); import zerosiam_hf.trainer",
+        # the 4-bit path's own import under a command, before anything imported `kernels`
+        "import zerosiam_hf.commands; from zerosiam_hf.engines import import_bitsandbytes; import_bitsandbytes()",
+    ],
+)
+def test_a_script_that_imports_the_trainer_hears_nothing_from_bitsandbytes(probe):
     """Outside a command nothing is hidden: peft imports bitsandbytes with itself, and that import asked the hub for
     a kernel and printed a line. The package makes it the quiet import of the 4-bit path."""
-    probe = "import sys, zerosiam_hf.trainer; print(sys.modules['bitsandbytes'] is not None)"
+    probe += "; import sys; print(sys.modules['bitsandbytes'] is not None)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
     assert result.stdout.split() == ["True"], result.stderr[-2000:]
     assert "gemm_4bit" not in result.stderr

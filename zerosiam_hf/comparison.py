@@ -555,7 +555,7 @@ def plan_runs(
                 method,
                 seed=seed,
                 output_dir=str(runs / (key if suite else "") / f"{method}-seed{seed}"),
-                **cell_settings(method, settings.get(key, {})),
+                **settings.get(key, {}),
             ),
         )
         for key, seed_data in columns.items()
@@ -564,24 +564,13 @@ def plan_runs(
     ]
 
 
-# Run settings that only shape the optimizer's steps: a method that trains nothing computes the same without them.
-OPTIMIZER_SETTINGS = ("learning_rate",)
-
-
-def cell_settings(method: str, settings: dict) -> dict:
-    """A column's run settings as `method`'s runs take them: a method that trains nothing (none) drops the optimizer's,
-    so its runs in the cells of a learning-rate sweep are one run, made once and shared (`run_all`)."""
-    if METHODS[method].trains != "nothing":
-        return settings
-    return {name: value for name, value in settings.items() if name not in OPTIMIZER_SETTINGS}
-
-
 def run_all(
     model_args: ModelArguments, plan: list[PlannedRun], output_args: OutputArguments
 ) -> dict[str, dict[str, list[dict]]]:
     """Every planned run's record: read back when a run with the same settings finished in its folder, resumed when
-    one was stopped there, else run anew. A run planned twice with the same settings and data (none in every cell of
-    a learning-rate sweep) is made once: its other folders get a copy of the finished run, which they then reuse.
+    one was stopped there, else run anew. A run planned twice with the same settings and data (`settings_identity`:
+    none in every cell of a learning-rate sweep) is made once: its other folders get a copy of the finished run,
+    which they then reuse.
     Records by column key, then method, in seed order."""
     records: dict[str, dict[str, list[dict]]] = {}
     made: dict[str, Path] = {}  # a run's settings -> the folder that holds it finished

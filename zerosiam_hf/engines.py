@@ -63,20 +63,23 @@ def _drop_kernel_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(_KERNEL_NOTICE)
 
 
+_ABSENT = object()  # no entry in sys.modules, which None (not importable) is not
+
+
 @contextlib.contextmanager
 def _without_kernels():
     """While bitsandbytes imports: its CPU backend finds `kernels` absent, so it asks the hub for nothing and falls
-    back to its own code at once, offline or not; the line it logs about that is dropped."""
+    back to its own code at once, offline or not; the line it logs about that is dropped. Nests."""
     kernel_logger = logging.getLogger(_KERNEL_LOGGER)
     if _drop_kernel_notice not in kernel_logger.filters:
         kernel_logger.addFilter(_drop_kernel_notice)
-    kernels = sys.modules.get("kernels")
+    kernels = sys.modules.get("kernels", _ABSENT)
     sys.modules["kernels"] = None
     try:
         yield
     finally:
-        if kernels is None:
-            del sys.modules["kernels"]
+        if kernels is _ABSENT:
+            sys.modules.pop("kernels", None)
         else:
             sys.modules["kernels"] = kernels
 
@@ -96,23 +99,26 @@ def import_bitsandbytes() -> ModuleType:
 
 
 class _QuietBitsandbytes(importlib.abc.MetaPathFinder):
-    """Finds bitsandbytes for the first import that asks for it and runs that import without `kernels`; then leaves
-    the import system as it was."""
+    """Finds bitsandbytes (where the path finder does) and runs its import without `kernels`; it leaves the import
+    system once that import has run. A mere lookup (`importlib.util.find_spec`, how libraries ask whether it is
+    installed) imports nothing and keeps it in place."""
 
     def find_spec(self, name, path, target=None):
         if name != "bitsandbytes":
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
-        execute = spec.loader.exec_module  # the loader is this spec's own: wrapping it touches no other import
+        loader = spec.loader
 
         def exec_module(module):
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            del loader.exec_module  # the loader's own method again (a zip archive's loader serves other modules too)
             with _without_kernels():
-                execute(module)
+                loader.exec_module(module)
 
-        spec.loader.exec_module = exec_module
+        loader.exec_module = exec_module
         return spec
 
 

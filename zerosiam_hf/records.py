@@ -86,9 +86,35 @@ def _published(value):
     return _STAGED.sub("", value) if isinstance(value, str) else value
 
 
+# TrainingArguments' settings of the optimizer and its schedule: a run that takes no optimizer step (none, slot,
+# em_inf: `Method.updates_weights`) computes the same whatever they are.
+_OPTIMIZER_SETTINGS = {
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "optim_args",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+}
+
+
+def _takes_optimizer_steps(run: dict) -> bool:
+    from .methods import METHODS  # the registry imports torch: asked only once a record's identity is
+
+    method = METHODS.get(run.get("method"))
+    return method is None or method.updates_weights
+
+
 def settings_identity(config: dict) -> dict:
     """The settings that decide what a run computes: `config` without those that only say where or how it reports,
-    and without those left unset (None)."""
+    without those left unset (None), and without the optimizer's for a method that takes no optimizer step (so the
+    runs of none in the cells of a learning-rate sweep are one run)."""
     # A token says who may push the result, not what the run computes. An unset setting is the one a record written
     # before it existed ran with (another method's option, a scenario not asked for): leaving None out lets that record
     # still match, so adding a method or an option does not disown the runs already made.
@@ -100,6 +126,9 @@ def settings_identity(config: dict) -> dict:
         }
         for section, values in config.items()
     }
+    run = kept.get("ZeroSiamConfig", {})
+    if "method" in run and not _takes_optimizer_steps(run):
+        kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k not in _OPTIMIZER_SETTINGS}
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
     # group was once called AdaptArguments): records written before a rename still match.
     return {section: values for section, values in kept.items() if values}
