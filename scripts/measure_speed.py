@@ -22,6 +22,9 @@ Usage (from the repository root, with the package installed, `pip install -e .`)
     # generation backends: continuous / static tokens per second on 64 GSM8K prompts, batches of 16 and 64
     python scripts/measure_speed.py --stages generation --threads 1 --output_json results/speed/generation.json
 
+    # compiled decoding against generate() as the runs call it: a step's time, the compile's, its break-even
+    python scripts/measure_speed.py --stages decoding --repeats 3 --output_json results/speed/decoding-cpu.json
+
     # one shape, some methods, several repeats
     python scripts/measure_speed.py --tokens 2048 --chunk_size 256 --methods tent zerosiam --repeats 5
 """
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zerosiam_hf.bench.decoding import VARIANTS, format_decoding, measure_decoding, variants_for
 from zerosiam_hf.bench.online import measure_generation, measure_online
 from zerosiam_hf.bench.speed import CPU_CHUNK, CPU_TOKENS, GPU_CHUNK, machine_info, measure_loss_head
 from zerosiam_hf.cli import exits_cleanly, parse_args
@@ -45,7 +49,7 @@ from zerosiam_hf.records import write_json
 logger = logging.getLogger(__name__)
 
 
-STAGES = ("loss_head", "online", "generation", "roofline")
+STAGES = ("loss_head", "online", "generation", "roofline", "decoding")
 
 
 @dataclass
@@ -86,7 +90,8 @@ class SpeedArguments:
         default_factory=lambda: ["loss_head"],
         metadata={
             "help": "Stages to run: loss_head, online (the online loop against plain evaluation), generation (the "
-            "two backends), roofline (the machine's ceilings and each phase of one online step against them)."
+            "two backends), roofline (the machine's ceilings and each phase of one online step against them), "
+            "decoding (compiled decoding against generate() as the runs call it)."
         },
     )
     online_model: str = field(default="llama", metadata={"help": "Model of the online stage (alias, id or folder)."})
@@ -101,7 +106,7 @@ class SpeedArguments:
     )
     generation_max_new_tokens: int = field(default=256, metadata={"help": "Token cap of the generation stage."})
     generation_rounds: int = field(default=1, metadata={"help": "Rounds of the two backends, taking turns."})
-    roofline_model: str = field(default="llama", metadata={"help": "Model of the roofline stage."})
+    roofline_model: str = field(default="llama", metadata={"help": "Model of the roofline and decoding stages."})
     roofline_dtype: str = field(
         default="auto", metadata={"help": "Its weights dtype, as adapt's --dtype (auto: what a run would load)."}
     )
@@ -109,6 +114,14 @@ class SpeedArguments:
     roofline_batch: int = field(default=8, metadata={"help": "Prompts per online step (the README's batch)."})
     roofline_prompt: int = field(default=150, metadata={"help": "Tokens per prompt (a GSM8K prompt's length)."})
     roofline_answer: int = field(default=96, metadata={"help": "Tokens per answer (the README's cap)."})
+    decoding_variants: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"Variants of the decoding stage, from {', '.join(VARIANTS)} (eager is always timed, as the "
+            "reference); default: all, compiled_cpp on a CPU only. The stage uses the roofline's model, dtype and "
+            "shape."
+        },
+    )
 
     def __post_init__(self):
         heads = [name for name, method in METHODS.items() if isinstance(method, HeadMethod)]
@@ -136,6 +149,9 @@ class SpeedArguments:
                 raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         if not self.generation_batch_sizes or min(self.generation_batch_sizes) < 1:
             raise ValueError(f"--generation_batch_sizes must be positive; got {self.generation_batch_sizes}.")
+        unknown_variants = sorted(set(self.decoding_variants or []) - set(VARIANTS))
+        if unknown_variants:
+            raise ValueError(f"--decoding_variants takes {', '.join(VARIANTS)}; got {unknown_variants}.")
         if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
@@ -175,6 +191,25 @@ def measure_roofline(args: SpeedArguments, device: str) -> dict:
         "ceilings": peaks,
         "rows": rows,
     }
+
+
+def measure_compiled_decoding(args: SpeedArguments, device: str) -> dict:
+    """Compiled decoding against generate() as the runs call it, on the roofline's model and shape."""
+    from zerosiam_hf.modeling import ModelArguments, load_model_and_tokenizer
+
+    model, _, spec = load_model_and_tokenizer(ModelArguments(model=args.roofline_model, dtype=args.roofline_dtype))
+    model.to(device)
+    report = measure_decoding(
+        model,
+        batch=args.roofline_batch,
+        prompt=args.roofline_prompt,
+        answer=args.roofline_answer,
+        repeats=args.repeats,
+        variants=args.decoding_variants or variants_for(device),
+    )
+    print(format_decoding(report), flush=True)
+    report["settings"].update(model=args.roofline_model, dtype=spec["dtype"])
+    return report
 
 
 @exits_cleanly
@@ -236,6 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------ roofline
     if "roofline" in args.stages:
         report["roofline"] = measure_roofline(args, device)
+
+    # ------------------------------------------------------------------ compiled decoding
+    if "decoding" in args.stages:
+        report["decoding"] = measure_compiled_decoding(args, device)
 
     # ------------------------------------------------------------------ save
     write_json(args.output_json, report)

@@ -69,6 +69,9 @@ def test_the_tiny_plan_runs_every_section_and_writes_one_json(tmp_path):
     phases = [row["phase"] for row in roofline["rows"]]
     assert phases[0] == "prefill" and "update backward" in phases and "optimizer step" in phases
     assert all(row["ms"] > 0 and row["floor_ms"] > 0 for row in roofline["rows"])
+    decoding = sections["decoding"]
+    assert list(decoding["variants"]) == ["eager", "static"] and decoding["settings"]["answer"] == 4
+    assert all(row["step_ms"] > 0 and row["rows_equal"] == 2 for row in decoding["variants"].values())
 
 
 def test_the_timed_update_moves_lora_and_the_predictor_only():

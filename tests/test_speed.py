@@ -110,12 +110,58 @@ def test_generation_stage_times_both_backends_on_the_same_prompts(tiny_model_dir
         assert row["continuous_tokens_per_s"] / row["static_tokens_per_s"] == pytest.approx(static / continuous)
 
 
+def test_decoding_stage_times_each_variant_against_eager_and_compares_their_tokens(tiny_model_dir, tmp_path):
+    # eager and the static cache only: compiling even the tiny model takes a minute on a 2-core CPU
+    argv = ["--stages", "decoding", "--roofline_model", tiny_model_dir, "--roofline_dtype", "float32"]
+    argv += ["--roofline_batch", "2", "--roofline_prompt", "6", "--roofline_answer", "5", "--repeats", "2"]
+    report = measure_speed.main([*argv, "--decoding_variants", "static", "--output_json", str(tmp_path / "d.json")])
+
+    decoding = report["decoding"]
+    assert decoding["settings"] == {
+        "batch": 2,
+        "prompt": 6,
+        "answer": 5,
+        "repeats": 2,
+        "model": tiny_model_dir,
+        "dtype": "float32",
+    }
+    eager, static = decoding["variants"]["eager"], decoding["variants"]["static"]
+    assert list(decoding["variants"]) == ["eager", "static"]  # eager timed first, though not asked for
+    assert eager["speedup"] == 1 and eager["rows_equal"] == 2 and eager["first_differences"] == []
+    for row in (eager, static):
+        assert row["first_s"] >= row["answer_s"] > row["prefill_s"] > 0
+        assert row["step_ms"] == pytest.approx(1000 * (row["answer_s"] - row["prefill_s"]) / 4)
+        assert row["compile_s"] == pytest.approx(row["first_s"] - row["answer_s"])
+    assert static["speedup"] == pytest.approx(eager["step_ms"] / static["step_ms"])
+    # float32 on a tiny model: the preallocated cache gives the same greedy tokens
+    assert static["rows_equal"] == 2
+
+
+def test_decoding_variant_configs_ask_transformers_for_a_static_cache_and_its_compiled_step():
+    from transformers import GenerationConfig
+
+    from zerosiam_hf.bench.decoding import decoding_config
+
+    base = GenerationConfig(max_new_tokens=4, do_sample=False)
+    assert decoding_config(base, "eager", "cpu").cache_implementation is None
+    assert decoding_config(base, "static", "cpu").compile_config is None
+    cpu, cpp, gpu = (
+        decoding_config(base, v, d) for v, d in [("compiled", "cpu"), ("compiled_cpp", "cpu"), ("compiled", "cuda")]
+    )
+    assert {cpu.cache_implementation, cpp.cache_implementation, gpu.cache_implementation} == {"static"}
+    assert cpu.compile_config._compile_all_devices and cpu.compile_config.mode == "default"
+    assert cpp.compile_config.mode is None and cpp.compile_config.options == {"cpp_wrapper": True}
+    assert gpu.compile_config.mode == "reduce-overhead"  # CUDA graphs
+    assert base.cache_implementation is None and base.compile_config is None  # the base is left as it was
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--methods", "magic"], "--methods takes"),
         (["--tokens", "0"], "--tokens must be >= 1"),
-        (["--stages", "everything"], "--stages takes loss_head, online, generation, roofline"),
+        (["--stages", "everything"], "--stages takes loss_head, online, generation, roofline, decoding"),
+        (["--decoding_variants", "jit"], "--decoding_variants takes eager, static, compiled, compiled_cpp"),
         (["--generation_batch_sizes", "16", "0"], "--generation_batch_sizes must be positive"),
         (["--roofline_method", "ttrl"], "--roofline_method times a loss-head update: one of tent, come, zerosiam"),
     ],

@@ -11,7 +11,10 @@ random weights an answer never stops early, so every generated answer has its fu
 - `generation`: the pipeline's two generation backends (`--generation_backend static`, `continuous`), as a run calls
   them for one batch (continuous batching starts its manager at each call);
 - `long_answers`: one update's time and peak memory against answer length and batch, with and without gradient
-  checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against.
+  checkpointing, the points the memory model in docs/BENCHMARKS.md is checked against;
+- `decoding`: generate()'s decoding step compiled (CUDA graphs) against generate() as the runs call it, the compile's
+  time and the steps after which it pays (`bench.decoding`, as measure_speed.py's decoding stage); last, as it may
+  not fit the call after the others: `--sections decoding` runs it alone.
 
 `PLANS["gpu"]` sizes the check to end within one 8-minute call on one H100 (78 GiB; the estimate per section is in
 docs/BENCHMARKS.md); `PLANS["tiny"]` runs the same code at toy shapes on a CPU in the tests, so the check cannot rot.
@@ -120,6 +123,15 @@ PLANS = {
                 "budget_s": 45,
             },
         ],
+        "decoding": {  # 64 tokens: the section must fit the call's last 100 s or so
+            "shape": "llama-3.1-8b",
+            "dtype": "bfloat16",
+            "batch": 8,
+            "prompt": 512,
+            "answer": 64,
+            "repeats": 1,
+            "variants": ["static", "compiled"],
+        },
     },
     "tiny": {
         "long_answers": [{"shape": "tiny", "dtype": "float32", "batches": [1, 2], "answers": [8, 16]}],
@@ -139,6 +151,16 @@ PLANS = {
         "generation": [
             {"shape": "tiny", "dtype": "float32", "batches": [2], "prompt": 8, "answer": 8, "budget_s": 600}
         ],
+        # no compiled variant: compiling even the tiny model takes a minute on a CPU
+        "decoding": {
+            "shape": "tiny",
+            "dtype": "float32",
+            "batch": 2,
+            "prompt": 8,
+            "answer": 4,
+            "repeats": 1,
+            "variants": ["static"],
+        },
     },
 }
 PROMPT_TOKENS = 128  # the prompt before each long answer
@@ -301,12 +323,26 @@ def roofline_section(step: dict, device: str) -> dict:
     return {**step, "ceilings": peaks, "rows": rows}
 
 
+def decoding_section(step: dict, device: str) -> dict:
+    """A decoding step of the shape's model through generate(): eager against the static cache and its compiled
+    decoding (`bench.decoding`)."""
+    from .decoding import measure_decoding
+
+    model = build_model(step["shape"], step["dtype"], device)
+    settings = {name: step[name] for name in ("batch", "prompt", "answer", "repeats", "variants")}
+    report = measure_decoding(model, **settings)
+    del model
+    _free()
+    return {**step, **report}
+
+
 SECTIONS = {
     "loss_head": loss_head_section,
     "online_step": online_step_section,
     "roofline": roofline_section,
     "generation": generation_section,
     "long_answers": long_answers_section,
+    "decoding": decoding_section,
 }
 
 
