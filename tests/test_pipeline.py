@@ -67,16 +67,19 @@ def test_a_record_written_before_a_setting_existed_matches_while_it_is_left_unse
 
 
 @pytest.mark.parametrize("method", ["none", "slot", "em_inf"])
-def test_a_method_that_takes_no_optimizer_step_matches_whatever_the_optimizer_settings(tmp_path, method):
-    # The runs of none (and of the per-prompt methods, which have their own step sizes) at other learning rates compute
-    # the same; a method that trains LoRA does not.
-    made = {"method": method, "learning_rate": 1e-4, "max_grad_norm": 1.0, "seed": 0}
+def test_a_method_that_takes_no_optimizer_step_matches_whatever_the_optimizer_and_guard_settings(tmp_path, method):
+    # The runs of none (and of the per-prompt methods, which have their own step sizes) at other learning rates, or
+    # with the collapse guard that resets weights they never move, compute the same; one that trains LoRA does not.
+    made = {"method": method, "learning_rate": 1e-4, "max_grad_norm": 1.0, "seed": 0, "collapse_guard": False}
+    guarded = {"collapse_guard": True, "collapse_min_entropy": 0.5, "collapse_max_degenerate": 0.2}
     write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": made}})
     assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "learning_rate": 5e-3, "max_grad_norm": 0.0}})
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, **guarded}})
     assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "seed": 1}}) is None
     tent = {**made, "method": "tent"}
     write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": tent}})
     assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**tent, "learning_rate": 5e-3}}) is None
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**tent, **guarded}}) is None
 
 
 # --------------------------------------------------------------------------------------------- the commands suggested
