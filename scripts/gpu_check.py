@@ -1,10 +1,12 @@
 """What ZeroSiam costs on a GPU at real shapes, with random-weight models: one update's memory against answer length,
 one online step at the paper's settings against generation alone, the loss head, a roofline of the online step's
-phases, and static against continuous-batching generation (see zerosiam_hf/bench/gpu_check.py). Needs torch,
-transformers, peft and accelerate (and datasets for the roofline); writes one JSON, rewritten as each section ends.
-Sized to end within one 8-minute call on one H100 (docs/BENCHMARKS.md):
+phases, static against continuous-batching generation, and compiled decoding (CUDA graphs) against generate() as
+the runs call it (see zerosiam_hf/bench/gpu_check.py). Needs torch, transformers, peft and accelerate (and datasets
+for the roofline); writes one JSON, rewritten as each section ends. Sized to end within one 8-minute call on one
+H100 (docs/BENCHMARKS.md), the decoding section last, on an estimate of its compile; if the call ends before it:
 
     python scripts/gpu_check.py --output gpu_check.json
+    python scripts/gpu_check.py --sections decoding --output gpu_check_decoding.json
 
     # from a checkout with nothing installed (a bare GPU image)
     PYTHONPATH=. python scripts/gpu_check.py --output gpu_check.json

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zerosiam_hf.bench.decoding import VARIANTS, format_decoding, measure_decoding, variants_for
+from zerosiam_hf.bench.decoding import (
+    VARIANTS,
+    check_answer,
+    check_variants,
+    format_decoding,
+    measure_decoding,
+    variants_for,
+)
 from zerosiam_hf.bench.online import measure_generation, measure_online
 from zerosiam_hf.bench.speed import CPU_CHUNK, CPU_TOKENS, GPU_CHUNK, machine_info, measure_loss_head
 from zerosiam_hf.cli import exits_cleanly, parse_args
@@ -43,7 +50,7 @@ from zerosiam_hf.engines import hide_optional_engines
 from zerosiam_hf.losses import HEADS
 from zerosiam_hf.methods import METHODS
 from zerosiam_hf.methods.head import HeadMethod
-from zerosiam_hf.records import write_json
+from zerosiam_hf.records import versions, write_json
 
 
 logger = logging.getLogger(__name__)
@@ -149,9 +156,9 @@ class SpeedArguments:
                 raise ValueError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         if not self.generation_batch_sizes or min(self.generation_batch_sizes) < 1:
             raise ValueError(f"--generation_batch_sizes must be positive; got {self.generation_batch_sizes}.")
-        unknown_variants = sorted(set(self.decoding_variants or []) - set(VARIANTS))
-        if unknown_variants:
-            raise ValueError(f"--decoding_variants takes {', '.join(VARIANTS)}; got {unknown_variants}.")
+        check_variants(self.decoding_variants or [], "cuda" if torch.cuda.is_available() else "cpu")
+        if "decoding" in self.stages:
+            check_answer(self.roofline_answer)
         if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"--dtype must be auto or a torch dtype name such as bfloat16; got {self.dtype!r}.")
 
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"args": dataclasses.asdict(args), "machine": machine_info(device)}
+    report = {"args": dataclasses.asdict(args), "machine": machine_info(device), "versions": versions()}
     logger.info("machine: %s", report["machine"])
 
     # ------------------------------------------------------------------ loss head
