@@ -30,7 +30,17 @@ from .invocation import redacted
 from .methods import METHODS
 from .modeling import ModelArguments
 from .pipeline import adapt_or_reuse, run_settings
-from .records import RUN_FILE, logged_series, read_jsonl, settings_identity, versions, write_json, write_jsonl
+from .records import (
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    logged_series,
+    problem_scores,
+    read_jsonl,
+    settings_identity,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from .scenarios import Scenario, plot_scenario
 from .significance import bootstrap_interval, sign_test
 from .staging import (
@@ -43,7 +53,6 @@ from .staging import (
     staging_path,
 )
 from .tasks import BENCHMARKS, PAPER_RESULTS
-from .trainer import PREDICTIONS_FILE
 
 
 logger = logging.getLogger("zerosiam_hf")
@@ -115,11 +124,10 @@ def markdown_table(rows: list[dict]) -> str:
 def answer_scores(streams: dict[str, dict[str, list[list[dict]]]]) -> dict[str, dict[str, list[list[float]]]]:
     """Each run's flexible score of every answer (1 right, 0 wrong, in problem order), from its answers as
     `answer_streams` read them, by column key and method."""
-
-    def scores(answers: list[dict]) -> list[float]:
-        return [float(row["correct_flexible"]) for row in sorted(answers, key=lambda row: row["index"])]
-
-    return {key: {m: [scores(run) for run in runs] for m, runs in column.items()} for key, column in streams.items()}
+    return {
+        key: {m: [problem_scores(run) for run in runs] for m, runs in column.items()}
+        for key, column in streams.items()
+    }
 
 
 def answer_streams(folders: list[tuple[str, str, str]]) -> dict[str, dict[str, list[list[dict]]]]:

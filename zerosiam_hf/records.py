@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 RUN_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"  # a run's scored answers, one a line
 PACKAGES = ("zerosiam-hf", "torch", "transformers", "peft", "accelerate", "datasets", "gguf", "bitsandbytes")
 # Settings that change where or how a run reports, or what it may run to load its model, not what it computes.
 _NOT_IDENTITY = {
@@ -185,6 +186,11 @@ def _jsonl_line(row: dict) -> str:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The objects of a JSON-lines file, one a line (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def problem_scores(answers: list[dict], key: str = "correct_flexible") -> list[float]:
+    """A run's score `key` of each answer (1 right, 0 wrong) in problem order, from its predictions.jsonl rows."""
+    return [float(row[key]) for row in sorted(answers, key=lambda row: row["index"])]
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:

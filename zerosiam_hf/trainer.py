@@ -31,12 +31,11 @@ from .methods import write_method_settings
 from .methods.base import SecondView, final_hidden_states, label_free
 from .modeling import build_adapted_model, check_head_input, method_optimizer
 from .predictor import find_predictor
-from .records import append_jsonl, changed_settings, write_json, write_jsonl
+from .records import PREDICTIONS_FILE, append_jsonl, changed_settings, write_json, write_jsonl
 from .scoring import accuracy, majority_correct
 from .staging import RUN_STATE_FILE, checkpoint_to_resume
 
 
-PREDICTIONS_FILE = "predictions.jsonl"
 # In a checkpoint, beside the Trainer's files: the method's own state (`Method.initial_state`), when it has one.
 METHOD_STATE_FILE = "method_state.safetensors"
 logger = logging.getLogger(__name__)

@@ -3,9 +3,9 @@ accuracy (bf16 - float32, points) with the comparison's bootstrap interval and e
 results/compare-synthetic (the same command without --dtype, made where auto loaded float32).
     python results/compare-synthetic-bf16/paired_dtype.py"""
 
-import json
 from pathlib import Path
 
+from zerosiam_hf.records import PREDICTIONS_FILE, problem_scores, read_jsonl
 from zerosiam_hf.significance import bootstrap_interval, sign_test
 
 
@@ -13,12 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def scores(folder: str, method: str, key: str) -> list[list[float]]:
-    runs = []
-    for seed in range(3):
-        lines = (ROOT / folder / "runs" / f"{method}-seed{seed}" / "predictions.jsonl").read_text().splitlines()
-        records = sorted((json.loads(line) for line in lines), key=lambda r: r["index"])
-        runs.append([float(r[key]) for r in records])
-    return runs
+    """Each seed's scores of `method` in the comparison `folder` (under results/), in problem order."""
+    runs = [ROOT / folder / "runs" / f"{method}-seed{seed}" for seed in range(3)]
+    return [problem_scores(read_jsonl(run / PREDICTIONS_FILE), key) for run in runs]
 
 
 print("| method | accuracy | float32 % | bfloat16 % | bf16 - fp32 (points) | 95% CI | wins / losses | p (sign) |")

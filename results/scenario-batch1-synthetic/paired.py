@@ -3,9 +3,9 @@ sign test): the collapse guard at batch size 1 (guard - plain, per method), and 
 of results/compare-synthetic-bf16 (the same settings otherwise; made with two threads, these with one).
     python results/scenario-batch1-synthetic/paired.py"""
 
-import json
 from pathlib import Path
 
+from zerosiam_hf.records import PREDICTIONS_FILE, problem_scores, read_jsonl
 from zerosiam_hf.significance import bootstrap_interval, sign_test
 
 
@@ -14,12 +14,9 @@ KEYS = ("correct_strict", "correct_flexible")
 
 
 def scores(folder: str, method: str, key: str) -> list[list[float]]:
-    runs = []
-    for seed in range(3):
-        lines = (ROOT / folder / "runs" / f"{method}-seed{seed}" / "predictions.jsonl").read_text().splitlines()
-        records = sorted((json.loads(line) for line in lines), key=lambda r: r["index"])
-        runs.append([float(r[key]) for r in records])
-    return runs
+    """Each seed's scores of `method` in the comparison `folder` (under results/), in problem order."""
+    runs = [ROOT / folder / "runs" / f"{method}-seed{seed}" for seed in range(3)]
+    return [problem_scores(read_jsonl(run / PREDICTIONS_FILE), key) for run in runs]
 
 
 def mean(runs: list[list[float]]) -> float:
