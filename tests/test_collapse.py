@@ -7,6 +7,7 @@ from test_compare import compare_argv
 
 from zerosiam_hf import collapse, comparison, pipeline
 from zerosiam_hf.commands import compare
+from zerosiam_hf.guards import recent_degenerate_share
 
 
 def stream(correct: list[int], batch: int = 1, indices: list[int] | None = None) -> list[dict]:
@@ -89,6 +90,28 @@ def test_the_diagnostic_step_is_the_first_the_guard_would_reset_at():
     # the degenerate share alone (none logs no entropy)
     answers_only = [{"step": s, "answers/degenerate": share} for s, share in ((1, 0.0), (2, 0.75))]
     assert collapse.diagnostic_collapse_step(record(answers_only, **THRESHOLDS)) == 2
+
+
+def test_the_degenerate_share_is_read_over_the_fewest_last_steps_that_hold_enough_answers():
+    steps = [(1.0, 1), (0.0, 1), (0.5, 2), (1.0, 1)]
+    assert recent_degenerate_share(steps[:1], 2) is None  # one answer is too few
+    assert recent_degenerate_share(steps, 1) == 1.0  # the last step alone
+    assert recent_degenerate_share(steps, 3) == 2 / 3  # the last two steps: 1 + 1 of 3 answers
+    assert recent_degenerate_share(steps, 4) == 2 / 4  # three steps: no answer of the second is degenerate
+    assert recent_degenerate_share(steps, 6) is None
+
+
+def test_at_batch_size_1_the_diagnostic_step_needs_more_than_one_degenerate_answer():
+    # one answer a step: the degenerate answer of step 2 alone is a share of 1 of 1; the guard's window of 4 answers
+    # first judges at step 4 (2 of 4, not above 0.5) and first crosses at step 7 (3 of the last 4)
+    shares = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+    history = [{"step": s, "answers/degenerate": share} for s, share in enumerate(shares, 1)]
+    batch1 = record(history, **THRESHOLDS, per_device_train_batch_size=1)
+    assert collapse.diagnostic_collapse_step(batch1) == 7
+    each_alone = record(history, **THRESHOLDS, per_device_train_batch_size=1, collapse_min_answers=1)
+    assert collapse.diagnostic_collapse_step(each_alone) == 2
+    # two processes of one prompt each answer 2 a step: from step 2 on, the last 4 answers are 2 steps
+    assert collapse.diagnostic_collapse_step({**batch1, "num_processes": 2}) == 7
 
 
 def test_a_run_without_the_diagnostics_has_no_diagnostic_step():

@@ -82,6 +82,18 @@ def test_a_method_that_takes_no_optimizer_step_matches_whatever_the_optimizer_an
     assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**tent, **guarded}}) is None
 
 
+def test_a_run_without_the_collapse_guard_matches_whatever_its_thresholds(tmp_path):
+    # A run made before a threshold existed (or with other values of those it never read) computes the same; with the
+    # guard on, the thresholds decide its resets.
+    made = {"method": "tent", "learning_rate": 5e-4, "seed": 0, "collapse_guard": False, "collapse_min_entropy": 0.1}
+    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": made}})
+    later = {**made, "collapse_min_entropy": 0.3, "collapse_min_answers": 4}
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": later})
+    guarded = {**made, "collapse_guard": True}
+    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": guarded}})
+    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**guarded, "collapse_min_answers": 4}}) is None
+
+
 # --------------------------------------------------------------------------------------------- the commands suggested
 @pytest.mark.parametrize(
     ("parent", "expected"),

@@ -543,14 +543,33 @@ def test_collapse_guard_resets_lora_predictor_and_optimizer(tmp_path, tokenizer,
     assert trainer.online_results()[0]["n"] == len(PROBLEMS)
 
 
-def test_collapse_guard_resets_on_degenerate_answers(tmp_path, tokenizer, prompts, gold, monkeypatch):
-    shares = iter([0.0, 1.0, 0.5])  # the second batch's answers are all degenerate
+@pytest.mark.parametrize(
+    ("min_answers", "shares", "resets"),
+    [
+        (2, [0.0, 1.0, 0.5], [0, 1, 1]),  # each batch of 2 read alone: the second is all degenerate
+        # over the last 4 answers: the first batch alone is too few to judge, the first two hold 2 of 4 degenerate
+        (4, [1.0, 0.0, 0.0], [0, 0, 0]),
+        # the first two hold 4 of 4; after the reset the third batch alone is again too few
+        (4, [1.0, 1.0, 1.0], [0, 1, 1]),
+    ],
+)
+def test_collapse_guard_reads_the_degenerate_share_of_the_recent_answers(
+    tmp_path, tokenizer, prompts, gold, monkeypatch, min_answers, shares, resets
+):
+    shares = iter(shares)
     monkeypatch.setattr(trainer_module, "answer_diagnostics", lambda texts, ids: {"answers/degenerate": next(shares)})
     trainer = make_trainer(
-        tmp_path, tokenizer, prompts, gold, collapse_guard=True, collapse_min_entropy=0.0, collapse_max_degenerate=0.5
+        tmp_path,
+        tokenizer,
+        prompts,
+        gold,
+        collapse_guard=True,
+        collapse_min_entropy=0.0,
+        collapse_max_degenerate=0.5,
+        collapse_min_answers=min_answers,
     )
     trainer.train()
-    assert [entry["guard/resets"] for entry in step_logs(trainer)] == [0, 1, 1]
+    assert [entry["guard/resets"] for entry in step_logs(trainer)] == resets
 
 
 def test_collapse_guard_thresholds_are_checked():
@@ -558,6 +577,8 @@ def test_collapse_guard_thresholds_are_checked():
         ZeroSiamConfig(output_dir="x", collapse_max_degenerate=1.5, report_to="none")
     with pytest.raises(ValueError, match="--collapse_min_entropy must be a finite number >= 0, got nan"):
         ZeroSiamConfig(output_dir="x", collapse_min_entropy=float("nan"), report_to="none")
+    with pytest.raises(ValueError, match="--collapse_min_answers must be a positive integer, got 0"):
+        ZeroSiamConfig(output_dir="x", collapse_min_answers=0, report_to="none")
 
 
 @pytest.mark.parametrize(

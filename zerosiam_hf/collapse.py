@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from .config import ZeroSiamConfig
-from .guards import shows_collapse
+from .guards import recent_degenerate_share, shows_collapse
 from .records import logged_series
 
 
@@ -20,7 +20,9 @@ WINDOW = 32
 # What the collapse guard reads, logged every step, and the option that holds its threshold.
 GUARDED = {"collapse/entropy": "collapse_min_entropy", "answers/degenerate": "collapse_max_degenerate"}
 _GUARD_DEFAULTS = {
-    field.name: field.default for field in dataclasses.fields(ZeroSiamConfig) if field.name in GUARDED.values()
+    field.name: field.default
+    for field in dataclasses.fields(ZeroSiamConfig)
+    if field.name in {*GUARDED.values(), "collapse_min_answers"}
 }
 
 
@@ -65,15 +67,31 @@ def guard_thresholds(record: dict) -> dict[str, float]:
     return {logged: settings.get(name, _GUARD_DEFAULTS[name]) for logged, name in GUARDED.items()}
 
 
+def _answers_per_step(record: dict, min_answers: int) -> int:
+    """The answers each logged step gave (prompts per update over every process; logging every step, the default),
+    or `min_answers` for a record that does not say, so that each step is read alone."""
+    settings = record["config"]["ZeroSiamConfig"]
+    if "per_device_train_batch_size" not in settings:
+        return min_answers
+    accumulation = settings.get("gradient_accumulation_steps", 1)
+    return settings["per_device_train_batch_size"] * accumulation * record.get("num_processes", 1)
+
+
 def diagnostic_collapse_step(record: dict) -> int | None:
-    """The first logged step whose clean-branch entropy (`collapse/entropy`) or degenerate share
-    (`answers/degenerate`) shows collapse by the collapse guard's rule and the run's thresholds; None when no step
-    does, or the run logged neither."""
+    """The first logged step whose clean-branch entropy (`collapse/entropy`) or degenerate share (`answers/degenerate`,
+    over the recent answers as the guard reads it) shows collapse by the collapse guard's rule and the run's
+    thresholds; None when no step does, or the run logged neither. A record made before `collapse_min_answers`
+    existed is read with its default, as the guard now reads a run."""
     thresholds = guard_thresholds(record)
+    settings = record["config"]["ZeroSiamConfig"]
+    min_answers = settings.get("collapse_min_answers", _GUARD_DEFAULTS["collapse_min_answers"])
+    answers = _answers_per_step(record, min_answers)
     entropy, degenerate = (dict(logged_series(record, key)) for key in ("collapse/entropy", "answers/degenerate"))
+    recent = []
     for step in sorted(entropy.keys() | degenerate.keys()):
-        if shows_collapse(
-            entropy.get(step), degenerate.get(step), thresholds["collapse/entropy"], thresholds["answers/degenerate"]
-        ):
+        if step in degenerate:
+            recent.append((degenerate[step], answers))
+        share = recent_degenerate_share(recent, min_answers)
+        if shows_collapse(entropy.get(step), share, thresholds["collapse/entropy"], thresholds["answers/degenerate"]):
             return step
     return None

@@ -141,7 +141,18 @@ class ZeroSiamConfig(_MethodOptions):
     collapse_max_degenerate: float = field(
         default=0.5,
         metadata={
-            "help": "With --collapse_guard: reset when the share of a batch's answers that are degenerate is above."
+            "help": "With --collapse_guard: reset when the share of the recent answers that are degenerate is above "
+            "(the recent answers: see collapse_min_answers)."
+        },
+    )
+    # 4: the batch size the thresholds were chosen at, so that runs at 4 or more read each batch alone as they did;
+    # at batch size 1 a single degenerate answer would otherwise be a share of 1 (docs/results/
+    # scenario-batch1-synthetic.md: it flagged none in every seed).
+    collapse_min_answers: int = field(
+        default=4,
+        metadata={
+            "help": "With --collapse_guard: the degenerate share is read over the fewest last steps that hold at "
+            "least this many answers, counted from the run's start or its last reset (a batch this large alone)."
         },
     )
 
@@ -203,7 +214,8 @@ class ZeroSiamConfig(_MethodOptions):
             raise ValueError(f"--collapse_max_degenerate must be in [0, 1], got {self.collapse_max_degenerate}.")
         if self.lora_dropout >= 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "max_skipped_updates"):
+        counts = ("lora_r", "lora_alpha", "per_device_train_batch_size", "max_skipped_updates", "collapse_min_answers")
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         check_lengths(self.max_prompt_length, self.max_new_tokens)

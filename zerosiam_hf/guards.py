@@ -111,40 +111,67 @@ class SignalStop(TrainerCallback):
 
 
 def shows_collapse(entropy: float | None, degenerate: float | None, min_entropy: float, max_degenerate: float) -> bool:
-    """Whether a batch shows collapse: its clean branch's mean entropy is below `min_entropy`, or the share of its
-    answers that are degenerate (no number, or a token loop) is above `max_degenerate`. None: not measured."""
+    """Whether a step shows collapse: its clean branch's mean entropy is below `min_entropy`, or the share of its
+    recent answers that are degenerate (no number, or a token loop; `recent_degenerate_share`) is above
+    `max_degenerate`. None: not measured."""
     low_entropy = entropy is not None and entropy < min_entropy
     return low_entropy or (degenerate is not None and degenerate > max_degenerate)
+
+
+def recent_degenerate_share(steps: list[tuple[float, int]], min_answers: int) -> float | None:
+    """The share of degenerate answers over the fewest last steps that hold at least `min_answers` answers (`steps`:
+    (the step's degenerate share, its number of answers), oldest first); None while they hold fewer. At a batch of
+    `min_answers` or more that is the last step alone; at batch size 1 one degenerate answer is not a share of 1."""
+    degenerate, answers = 0.0, 0
+    for share, count in reversed(steps):
+        degenerate, answers = degenerate + share * count, answers + count
+        if answers >= min_answers:
+            return degenerate / answers
+    return None
 
 
 class CollapseGuard(TrainerCallback, ExportableState):
     """Model recovery (SAR's, for LLMs): decides, from a step's statistics that the trainer hands it, whether to reset
     LoRA, predictor and optimizer, and counts the resets.
 
-    Whether a batch shows collapse is `shows_collapse`'s rule, with the thresholds of the config. It handles no
-    Trainer event: it is a callback so that its count travels with a checkpoint as the Trainer's callback state.
+    Whether a step shows collapse is `shows_collapse`'s rule, with the thresholds of the config; the degenerate share
+    is read over the answers since the run's start or its last reset (`recent_degenerate_share`), which the answers of
+    a reset model do not count against. It handles no Trainer event: it is a callback so that its count and its recent
+    steps travel with a checkpoint as the Trainer's callback state.
     """
 
-    def __init__(self, min_entropy: float, max_degenerate: float):  # the config's --collapse_* options
+    def __init__(self, min_entropy: float, max_degenerate: float, min_answers: int):  # the config's --collapse_*
         self.min_entropy = min_entropy
         self.max_degenerate = max_degenerate
+        self.min_answers = min_answers
         self.resets = 0
+        self.recent: list[tuple[float, int]] = []  # (degenerate share, answers) of each step since the last reset
 
     def state(self) -> dict:
         return {
-            "args": {"min_entropy": self.min_entropy, "max_degenerate": self.max_degenerate},
-            "attributes": {"resets": self.resets},
+            "args": {
+                "min_entropy": self.min_entropy,
+                "max_degenerate": self.max_degenerate,
+                "min_answers": self.min_answers,
+            },
+            "attributes": {"resets": self.resets, "recent": self.recent},
         }
 
-    def collapsed(self, step: int, entropy: float | None, degenerate: float | None) -> bool:
-        """Whether the step's batch shows collapse (then counted as a reset); None: the statistic was not measured."""
-        if not shows_collapse(entropy, degenerate, self.min_entropy, self.max_degenerate):
+    def collapsed(self, step: int, entropy: float | None, degenerate: float | None, answers: int) -> bool:
+        """Whether the step, whose batch gave `answers` answers with a share `degenerate` of degenerate ones, shows
+        collapse (then counted as a reset); None: the statistic was not measured."""
+        if degenerate is not None and answers:
+            # Only as many steps as the window can need: a run of thousands of steps keeps a short list.
+            self.recent = [*self.recent, (degenerate, answers)][-self.min_answers :]
+        share = recent_degenerate_share(self.recent, self.min_answers)
+        if not shows_collapse(entropy, share, self.min_entropy, self.max_degenerate):
             return False
         self.resets += 1
+        self.recent = []
         logger.warning(
             "step %d: collapse guard reset LoRA, predictor and optimizer (clean entropy %s, degenerate share %s).",
             step,
             "n/a" if entropy is None else f"{entropy:.3f}",
-            "n/a" if degenerate is None else f"{degenerate:.2f}",
+            "n/a" if share is None else f"{share:.2f}",
         )
         return True

@@ -61,6 +61,7 @@ class _StepHooks(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._step_start = {key: len(values) for key, values in self.trainer._metrics.items()}
+        self.trainer._step_answers = []
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._end_step()
@@ -159,6 +160,7 @@ class ZeroSiamTrainer(Trainer):
         self._pending_episode = None
         self._row_positions = None  # row index -> position in train_dataset (`prompt_rows`)
         self._step_start = {}
+        self._step_answers = []  # answers of each of the step's answer_diagnostics calls, in order
         self._signal_stop = SignalStop()
         self._add_guards(model)
 
@@ -173,7 +175,9 @@ class ZeroSiamTrainer(Trainer):
         self.add_callback(self._signal_stop)
         self.add_callback(_StepHooks(self))
         if args.collapse_guard:
-            self.add_callback(CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate))
+            self.add_callback(
+                CollapseGuard(args.collapse_min_entropy, args.collapse_max_degenerate, args.collapse_min_answers)
+            )
         if args.episodic or args.collapse_guard:
             self._initial_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.method_state = self.method.initial_state(self)
@@ -462,6 +466,8 @@ class ZeroSiamTrainer(Trainer):
         if self.args.should_save and fresh:
             append_jsonl(Path(self.args.output_dir) / PREDICTIONS_FILE, [record for record, _ in fresh])
         self._metrics_update(answer_diagnostics([r["completion"] for r, _ in fresh], [ids for _, ids in fresh]))
+        if fresh:  # answer_diagnostics logs nothing for no answers
+            self._step_answers.append(len(fresh))
         self._metrics_update({"answers/check_timeouts": accuracy([r for r, _ in fresh])["check_timeouts"]})
         running = accuracy(list(self.online_records.values()))
         self._metrics_update(
@@ -523,11 +529,15 @@ class ZeroSiamTrainer(Trainer):
             self._reset_to_initial()
         guard = self._guard(CollapseGuard)
         if guard is not None:
-            step_mean = {}
-            for key in ("collapse/entropy", "answers/degenerate"):
-                values = self._metrics[key][self._step_start.get(key, 0) :]
-                step_mean[key] = sum(values) / len(values) if values else None
-            if guard.collapsed(self.state.global_step, step_mean["collapse/entropy"], step_mean["answers/degenerate"]):
+            entropy, shares = (
+                self._metrics[key][self._step_start.get(key, 0) :]
+                for key in ("collapse/entropy", "answers/degenerate")
+            )
+            answers = sum(self._step_answers)
+            degenerate = sum(s * n for s, n in zip(shares, self._step_answers)) / answers if answers else None
+            if guard.collapsed(
+                self.state.global_step, sum(entropy) / len(entropy) if entropy else None, degenerate, answers
+            ):
                 self._reset_to_initial()
 
     def _reset_to_initial(self) -> None:
