@@ -172,7 +172,8 @@ def sampling_config(config: GenerationConfig, temperature: float, top_p: float =
     return GenerationConfig(**{**config.to_diff_dict(), **settings})
 
 
-@torch.no_grad()
+# inference_mode: no version counters or views kept for autograd; 3% off a decoding step here (docs/SPEED.md)
+@torch.inference_mode()
 def generate_batch(
     model,
     input_ids: torch.Tensor,
