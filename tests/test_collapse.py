@@ -110,8 +110,29 @@ def test_at_batch_size_1_the_diagnostic_step_needs_more_than_one_degenerate_answ
     assert collapse.diagnostic_collapse_step(batch1) == 7
     each_alone = record(history, **THRESHOLDS, per_device_train_batch_size=1, collapse_min_answers=1)
     assert collapse.diagnostic_collapse_step(each_alone) == 2
-    # two processes of one prompt each answer 2 a step: from step 2 on, the last 4 answers are 2 steps
-    assert collapse.diagnostic_collapse_step({**batch1, "num_processes": 2}) == 7
+    # a run before the option with the guard on read each step alone, as its guard did
+    assert (
+        collapse.diagnostic_collapse_step(
+            record(history, **THRESHOLDS, per_device_train_batch_size=1, collapse_guard=True)
+        )
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "step"),
+    [
+        ({}, None),  # one answer a step: the last 4 answers hold 2 degenerate, not above half
+        ({"num_processes": 2}, 5),  # two answers a step: the last two steps hold 4 of 4
+        ({"logging_steps": 2}, 5),  # each entry the mean of two steps of one answer
+        ({"gradient_accumulation_steps": 2}, 5),
+    ],
+)
+def test_the_answers_behind_a_logged_step_are_prompts_per_update_over_processes_and_logged_steps(settings, step):
+    history = [{"step": s, "answers/degenerate": share} for s, share in enumerate([0.0, 0.0, 0.0, 1.0, 1.0], 1)]
+    processes = settings.pop("num_processes", 1)
+    run = record(history, **THRESHOLDS, per_device_train_batch_size=1, **settings)
+    assert collapse.diagnostic_collapse_step({**run, "num_processes": processes}) == step
 
 
 def test_a_run_without_the_diagnostics_has_no_diagnostic_step():

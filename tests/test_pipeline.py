@@ -82,16 +82,19 @@ def test_a_method_that_takes_no_optimizer_step_matches_whatever_the_optimizer_an
     assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**tent, **guarded}}) is None
 
 
-def test_a_run_without_the_collapse_guard_matches_whatever_its_thresholds(tmp_path):
-    # A run made before a threshold existed (or with other values of those it never read) computes the same; with the
-    # guard on, the thresholds decide its resets.
-    made = {"method": "tent", "learning_rate": 5e-4, "seed": 0, "collapse_guard": False, "collapse_min_entropy": 0.1}
+@pytest.mark.parametrize(
+    ("guard", "batch", "matches"),
+    [(False, 1, True), (True, 4, True), (True, 8, True), (True, 1, False), (True, 2, False)],
+)
+def test_collapse_min_answers_disowns_a_record_made_before_it_only_where_it_changes_the_run(
+    tmp_path, guard, batch, matches
+):
+    # Before the option the guard read each batch alone: so it does still, without the guard or at batches of 4 or
+    # more; at smaller batches it now reads 4 answers, and the older guarded run computed otherwise.
+    made = {"method": "tent", "seed": 0, "collapse_guard": guard, "per_device_train_batch_size": batch}
     write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": made}})
-    later = {**made, "collapse_min_entropy": 0.3, "collapse_min_answers": 4}
-    assert matching_record(str(tmp_path), {"ZeroSiamConfig": later})
-    guarded = {**made, "collapse_guard": True}
-    write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": guarded}})
-    assert matching_record(str(tmp_path), {"ZeroSiamConfig": {**guarded, "collapse_min_answers": 4}}) is None
+    found = matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "collapse_min_answers": 4}})
+    assert (found is not None) == matches
 
 
 # --------------------------------------------------------------------------------------------- the commands suggested

@@ -67,25 +67,28 @@ def guard_thresholds(record: dict) -> dict[str, float]:
     return {logged: settings.get(name, _GUARD_DEFAULTS[name]) for logged, name in GUARDED.items()}
 
 
-def _answers_per_step(record: dict, min_answers: int) -> int:
-    """The answers each logged step gave (prompts per update over every process; logging every step, the default),
-    or `min_answers` for a record that does not say, so that each step is read alone."""
+def _answers_per_entry(record: dict, min_answers: int) -> int:
+    """The answers behind each logged entry (prompts per update over every process, times the updates an entry
+    averages when it logs every N steps), or `min_answers` for a record that does not say or logs a share of the
+    run, so that each entry is read alone."""
     settings = record["config"]["ZeroSiamConfig"]
-    if "per_device_train_batch_size" not in settings:
+    every = settings.get("logging_steps", 1)
+    if "per_device_train_batch_size" not in settings or every < 1:
         return min_answers
     accumulation = settings.get("gradient_accumulation_steps", 1)
-    return settings["per_device_train_batch_size"] * accumulation * record.get("num_processes", 1)
+    return settings["per_device_train_batch_size"] * accumulation * record.get("num_processes", 1) * int(every)
 
 
 def diagnostic_collapse_step(record: dict) -> int | None:
     """The first logged step whose clean-branch entropy (`collapse/entropy`) or degenerate share (`answers/degenerate`,
     over the recent answers as the guard reads it) shows collapse by the collapse guard's rule and the run's
     thresholds; None when no step does, or the run logged neither. A record made before `collapse_min_answers`
-    existed is read with its default, as the guard now reads a run."""
+    existed is read as its guard read it, each step alone, when the guard was on, else with the option's default."""
     thresholds = guard_thresholds(record)
     settings = record["config"]["ZeroSiamConfig"]
-    min_answers = settings.get("collapse_min_answers", _GUARD_DEFAULTS["collapse_min_answers"])
-    answers = _answers_per_step(record, min_answers)
+    before_option = 1 if settings.get("collapse_guard") else _GUARD_DEFAULTS["collapse_min_answers"]
+    min_answers = settings.get("collapse_min_answers", before_option)
+    answers = _answers_per_entry(record, min_answers)
     entropy, degenerate = (dict(logged_series(record, key)) for key in ("collapse/entropy", "answers/degenerate"))
     recent = []
     for step in sorted(entropy.keys() | degenerate.keys()):

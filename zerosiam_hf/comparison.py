@@ -42,7 +42,7 @@ from .records import (
     write_jsonl,
 )
 from .scenarios import Scenario, plot_scenario
-from .significance import bootstrap_interval, sign_test
+from .significance import bootstrap_interval, paired_difference
 from .staging import (
     MARKER_FILE,
     OutputArguments,
@@ -172,18 +172,7 @@ def paired_rows(records: dict[str, dict[str, list[dict]]], scores: dict[str, dic
             row = {"dataset": key, "method": _label(method, runs), "flexible_ci": [100 * low, 100 * high]}
             # seed k of the method beside seed k of none, on the same problems
             if _pairs_with_none(method, runs, none_runs):
-                differences = [[x - y for x, y in zip(a, b)] for a, b in zip(accuracy, baseline)]
-                mean = sum(map(sum, differences)) / sum(map(len, differences))
-                low, high = bootstrap_interval(differences, same)
-                wins, losses, p = sign_test(differences, same)
-                row["vs_none"] = {
-                    "difference": 100 * mean,
-                    "ci": [100 * low, 100 * high],
-                    "wins": wins,
-                    "losses": losses,
-                    "p": p,
-                    "resolved": low > 0 or high < 0,
-                }
+                row["vs_none"] = paired_difference(baseline, accuracy, same)
             rows.append(row)
     return rows
 
@@ -800,8 +789,8 @@ def report(
         f"\nCollapse, each seed's step (never: it did not collapse). Accuracy: the first update after which the "
         f"flexible accuracy of the last {window} answers stays below none's on the same problems and seed, to the end "
         "of the run (n/a: no none run on the same problems and seeds). Diagnostics: the first step whose clean-branch "
-        "entropy is below the run's --collapse_min_entropy or whose share of degenerate answers is above its "
-        "--collapse_max_degenerate (the collapse guard's rule):\n\n"
-        + collapse_table(result["collapse"], suite, column)
+        "entropy is below the run's --collapse_min_entropy or whose share of degenerate answers (over the last "
+        "--collapse_min_answers answers at least) is above its --collapse_max_degenerate (the collapse guard's "
+        "rule):\n\n" + collapse_table(result["collapse"], suite, column)
     )
     return result, table

@@ -103,10 +103,8 @@ _OPTIMIZER_SETTINGS = {
     "warmup_steps",
     "warmup_ratio",
 }
-# The collapse guard's thresholds, which a run without the guard never reads.
-_GUARD_THRESHOLDS = {"collapse_min_entropy", "collapse_max_degenerate", "collapse_min_answers"}
 # The collapse guard's settings: it puts the trained weights back, which a method taking no optimizer step never moves.
-_GUARD_SETTINGS = {"collapse_guard", *_GUARD_THRESHOLDS}
+_GUARD_SETTINGS = {"collapse_guard", "collapse_min_entropy", "collapse_max_degenerate", "collapse_min_answers"}
 
 
 def _takes_optimizer_steps(run: dict) -> bool:
@@ -116,12 +114,17 @@ def _takes_optimizer_steps(run: dict) -> bool:
     return method is None or method.updates_weights
 
 
+def _prompts_per_update(run: dict) -> int:
+    """Prompts per optimizer step on one process, as a run's settings give them (a short last batch aside)."""
+    return run.get("per_device_train_batch_size", 1) * run.get("gradient_accumulation_steps", 1)
+
+
 def settings_identity(config: dict) -> dict:
     """The settings that decide what a run computes: `config` without those that only say where or how it reports,
-    without those left unset (None), without the collapse guard's thresholds for a run without the guard (a threshold
-    added later disowns no unguarded run), and without the optimizer's and the collapse guard's for a method that
-    takes no optimizer step (so the runs of none in the cells of a learning-rate sweep, or with and without the guard,
-    are one run)."""
+    without those left unset (None), without `collapse_min_answers` where it changes nothing (no guard, or at least as
+    many prompts per update: each batch read alone, as before the option existed), and without the optimizer's and
+    the collapse guard's for a method that takes no optimizer step (so the runs of none in the cells of a
+    learning-rate sweep, or with and without the guard, are one run)."""
     # A token says who may push the result, not what the run computes. An unset setting is the one a record written
     # before it existed ran with (another method's option, a scenario not asked for): leaving None out lets that record
     # still match, so adding a method or an option does not disown the runs already made.
@@ -136,8 +139,8 @@ def settings_identity(config: dict) -> dict:
     run = kept.get("ZeroSiamConfig", {})
     if "method" in run and not _takes_optimizer_steps(run):
         kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k not in _OPTIMIZER_SETTINGS | _GUARD_SETTINGS}
-    elif not run.get("collapse_guard"):
-        kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k not in _GUARD_THRESHOLDS}
+    elif not run.get("collapse_guard") or run.get("collapse_min_answers", 1) <= _prompts_per_update(run):
+        kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k != "collapse_min_answers"}
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
     # group was once called AdaptArguments): records written before a rename still match.
     return {section: values for section, values in kept.items() if values}

@@ -47,3 +47,21 @@ def sign_test(differences: list[list[float]], same_problems: bool) -> tuple[int,
     pairs = wins + losses
     tail = sum(math.comb(pairs, k) for k in range(min(wins, losses) + 1)) / 2**pairs
     return wins, losses, min(1.0, 2 * tail)
+
+
+def paired_difference(before: list[list[float]], after: list[list[float]], same_problems: bool) -> dict:
+    """`after - before` of paired scores ([seeds][problems], 1 right and 0 wrong, the same problems in the same order
+    on both sides), in points: its mean, its bootstrap interval, wins and losses over problems, the sign test's p and
+    whether the interval excludes 0 (`resolved`)."""
+    differences = [[y - x for x, y in zip(a, b)] for a, b in zip(before, after)]
+    mean = sum(map(sum, differences)) / sum(map(len, differences))
+    low, high = bootstrap_interval(differences, same_problems)
+    wins, losses, p = sign_test(differences, same_problems)
+    return {
+        "difference": 100 * mean,
+        "ci": [100 * low, 100 * high],
+        "wins": wins,
+        "losses": losses,
+        "p": p,
+        "resolved": low > 0 or high < 0,
+    }
