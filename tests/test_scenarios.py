@@ -127,6 +127,25 @@ def test_unknown_scenario_and_scenario_with_datasets_are_refused(capsys, tiny_mo
     assert_usage_error(capsys, call, "--scenario and --datasets exclude each other")
 
 
+def test_scenario_cells_plans_only_the_cells_named_in_the_scenarios_order(tiny_model_dir, problems_file, tmp_path):
+    argv = scenario_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "noise_typos", "--dry_run", "true")
+    result = compare.main([*argv, "--scenario_cells", "severity5", "severity1", "--synthetic_n", "8"])
+    assert list(result["plan"]) == ["severity1", "severity5"] and result["runs"] == 2 * 2 * 2
+    # a stream of one family runs the cells that need none
+    argv = scenario_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "stream_order", "--dry_run", "true")
+    result = compare.main([*argv, "--scenario_cells", "iid", "by_answer", "--synthetic_preset", "base"])
+    assert list(result["plan"]) == ["iid", "by_answer"]
+
+
+def test_unknown_scenario_cells_are_refused_in_one_line(capsys, tiny_model_dir, problems_file, tmp_path):
+    argv = scenario_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "learning_rate")
+    line = assert_usage_error(capsys, partial(compare.main, [*argv, "--scenario_cells", "lr1e-4", "lr3e-4"]), "lr3e-4")
+    assert line.endswith("not a cell of --scenario learning_rate, whose cells are lr1e-4, lr5e-4, lr2e-3, lr5e-3.")
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--scenario_cells", "iid")
+    assert_usage_error(capsys, partial(compare.main, argv), "--scenario_cells chooses cells of a --scenario")
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_a_stream_order_the_data_cannot_give_is_refused_before_any_run(
     capsys, tiny_model_dir, problems_file, tmp_path, monkeypatch
 ):

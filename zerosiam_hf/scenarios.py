@@ -59,6 +59,17 @@ class Scenario:
         """What each cell (by key) changes in its runs' settings."""
         return {cell.key: cell.run for cell in self.cells}
 
+    def only(self, keys: list[str]) -> "Scenario":
+        """The scenario with only the cells named in `keys` (column keys), in its own order."""
+        known = [cell.key for cell in self.cells]
+        unknown = [key for key in keys if key not in known]
+        if unknown:
+            raise ValueError(
+                f"--scenario_cells {' '.join(unknown)}: not a cell of --scenario {self.name}, whose cells are "
+                f"{', '.join(known)}."
+            )
+        return dataclasses.replace(self, cells=tuple(cell for cell in self.cells if cell.key in keys))
+
     def describe(self) -> dict:
         """The scenario as comparison.json records it."""
         cells = {cell.key: {"label": cell.label, **cell.data, **cell.run} for cell in self.cells}

@@ -81,6 +81,13 @@ class CompareArguments:
             "(docs/CONDITIONS.md); the cells set their option, which is then not to be given."
         },
     )
+    scenario_cells: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "With --scenario: only these of its cells, by column name (severity1 severity3 severity5, say); "
+            "default every cell. Another call with more cells and the same --output_dir runs only the new ones."
+        },
+    )
     dry_run: bool = field(
         default=False,
         metadata={"help": "Resolve the model and load every benchmark, print the runs to do, and run nothing."},
@@ -145,6 +152,10 @@ class CompareArguments:
             raise ValueError(f"--scenario must be one of {', '.join(SCENARIOS)}; got {self.scenario!r}.")
         if self.scenario is not None and self.datasets is not None:
             raise ValueError("--scenario and --datasets exclude each other: a scenario's cells are the columns.")
+        if self.scenario_cells is not None:
+            if self.scenario is None:
+                raise ValueError("--scenario_cells chooses cells of a --scenario; give --scenario too.")
+            SCENARIOS[self.scenario].only(self.scenario_cells)  # an unknown cell is one line now
         # A dataset's key names its table column and its runs' folder: two datasets with one key would share both,
         # and one of them would never run (a benchmark given twice, or two files of the same name in two folders).
         keys: dict[str, list[str]] = {}
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     scenario = SCENARIOS[compare_args.scenario] if compare_args.scenario is not None else None
     if scenario is not None:
         check_options(scenario, sys.argv[1:] if argv is None else argv)
+        if compare_args.scenario_cells is not None:
+            scenario = scenario.only(compare_args.scenario_cells)
     resolve_model(model_args.model)  # an unknown model is one line before any problem file is written
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.protocol != "online":
