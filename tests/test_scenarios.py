@@ -137,6 +137,21 @@ def test_scenario_cells_plans_only_the_cells_named_in_the_scenarios_order(tiny_m
     assert list(result["plan"]) == ["iid", "by_answer"]
 
 
+def test_more_cells_later_make_only_the_new_cells_runs(tiny_model_dir, problems_file, tmp_path, monkeypatch):
+    argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "--scenario", "learning_rate")
+    argv[argv.index("--methods") + 1 : argv.index("--seeds") + 3] = ["none", "tent", "--seeds", "0"]
+    compare.main([*argv, "--scenario_cells", "lr1e-4"])
+    made = []
+    adapt = pipeline.adapt
+    monkeypatch.setattr(
+        pipeline, "adapt", lambda *args, **kwargs: made.append(args[3].output_dir) or adapt(*args, **kwargs)
+    )
+    result = compare.main([*argv, "--scenario_cells", "lr1e-4", "lr5e-4", "--overwrite", "true"])
+    # none's run of lr1e-4 is copied into lr5e-4, whose learning rate it never reads
+    assert [Path(path).parent.name + "/" + Path(path).name for path in made] == ["lr5e-4/tent-seed0"]
+    assert list(result["scenario"]["cells"]) == ["lr1e-4", "lr5e-4"]
+
+
 def test_unknown_scenario_cells_are_refused_in_one_line(capsys, tiny_model_dir, problems_file, tmp_path):
     argv = scenario_argv(tiny_model_dir, problems_file, tmp_path / "cmp", "learning_rate")
     line = assert_usage_error(capsys, partial(compare.main, [*argv, "--scenario_cells", "lr1e-4", "lr3e-4"]), "lr3e-4")

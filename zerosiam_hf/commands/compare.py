@@ -85,7 +85,7 @@ class CompareArguments:
         default=None,
         metadata={
             "help": "With --scenario: only these of its cells, by column name (severity1 severity3 severity5, say); "
-            "default every cell. Another call with more cells and the same --output_dir runs only the new ones."
+            "default every cell. The same command with more cells and --overwrite true makes only the new cells' runs."
         },
     )
     dry_run: bool = field(
