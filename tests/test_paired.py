@@ -27,7 +27,10 @@ def test_the_difference_is_after_minus_before_problem_by_problem(tmp_path, capsy
     make_run(tmp_path / "guard", "tent", 0, [1, 1, 1, 0], strict=[0, 0, 0, 0])
     make_run(tmp_path / "guard", "none", 0, [0, 0, 0, 0])  # in one folder only: not paired
 
-    rows = paired.main(["--before", str(tmp_path / "plain"), "--after", str(tmp_path / "guard")])
+    written = tmp_path / "paired.json"
+    argv = ["--before", str(tmp_path / "plain"), "--after", str(tmp_path / "guard"), "--output_json", str(written)]
+    rows = paired.main(argv)
+    assert json.loads(written.read_text())["rows"] == rows
 
     strict, flexible = rows
     assert (flexible["method"], flexible["accuracy"], flexible["seeds"]) == ("tent", "flexible", [0])
