@@ -95,6 +95,13 @@ def test_collapse_min_answers_disowns_a_record_made_before_it_only_where_it_chan
     write_json(tmp_path / "run.json", {"config": {"ZeroSiamConfig": made}})
     found = matching_record(str(tmp_path), {"ZeroSiamConfig": {**made, "collapse_min_answers": 4}})
     assert (found is not None) == matches
+    # a comparison's shared run settings the same way
+    shared = {"collapse_guard": guard, "per_device_train_batch_size": batch}
+    write_json(tmp_path / "comparison.json", {"config": {"SharedRunConfig": shared}})
+    found = matching_record(
+        str(tmp_path), {"SharedRunConfig": {**shared, "collapse_min_answers": 4}}, "comparison.json"
+    )
+    assert (found is not None) == matches
 
 
 # --------------------------------------------------------------------------------------------- the commands suggested

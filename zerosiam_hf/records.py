@@ -139,8 +139,11 @@ def settings_identity(config: dict) -> dict:
     run = kept.get("ZeroSiamConfig", {})
     if "method" in run and not _takes_optimizer_steps(run):
         kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k not in _OPTIMIZER_SETTINGS | _GUARD_SETTINGS}
-    elif not run.get("collapse_guard") or run.get("collapse_min_answers", 1) <= _prompts_per_update(run):
-        kept["ZeroSiamConfig"] = {k: v for k, v in run.items() if k != "collapse_min_answers"}
+    for values in kept.values():  # a run's settings, or a comparison's shared ones
+        if "collapse_min_answers" in values and (
+            not values.get("collapse_guard") or values["collapse_min_answers"] <= _prompts_per_update(values)
+        ):
+            del values["collapse_min_answers"]
     # A section of reporting settings alone says nothing about the run, whatever its name (the `overwrite` flag's
     # group was once called AdaptArguments): records written before a rename still match.
     return {section: values for section, values in kept.items() if values}
