@@ -107,6 +107,25 @@ def test_runs_only_processes_share_a_folder_and_the_comparison_reuses_their_runs
     assert compare.main(first) == {"runs": 2}
 
 
+def test_overwrite_keeps_the_runs_that_runs_only_processes_made_for_the_comparison(
+    tiny_model_dir, problems_file, tmp_path, monkeypatch
+):
+    # A published comparison of none; runs-only processes then make tent's runs for a comparison of both, which
+    # --overwrite true is needed to publish over the first: it takes their runs over instead of starting again.
+    output_dir = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, problems_file, output_dir, "--seeds", "0")
+    compare.main([*argv, "--methods", "none"])
+    assert compare.main([*argv, "--methods", "tent", "--runs_only", "true"]) == {"runs": 1}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(pipeline, "adapt", refuse)
+    result = compare.main([*argv, "--methods", "none", "tent", "--overwrite", "true"])
+    assert [row["method"] for row in result["rows"]] == ["none", "tent"]
+    assert (output_dir / "runs" / "tent-seed0" / "run.json").is_file()
+
+
 def test_compare_reports_what_each_method_spent_and_the_k_sample_accuracies(tiny_model_dir, problems_file, tmp_path):
     argv = compare_argv(tiny_model_dir, problems_file, tmp_path / "cost", "--num_generations", "3")
     argv[argv.index("--methods") + 1 : argv.index("--seeds")] = ["none", "tent", "rent"]

@@ -49,6 +49,7 @@ from .staging import (
     close_staging,
     copy_folder,
     open_staging,
+    opened_without_settings,
     staged_output,
     staging_path,
 )
@@ -610,13 +611,17 @@ def run_comparison(
     `scenario`'s comparison adds its plot of accuracy against the scenario's axis and its cells.
 
     A folder holding another comparison is refused unless `overwrite`, one holding files no run wrote always; an
-    interrupted comparison goes on from its finished runs (`overwrite` starts it over), and a finished run of the
-    same settings and data is reused in either case: adding a method to a published comparison runs that method.
+    interrupted comparison goes on from its finished runs (`overwrite` starts it over, but for the runs of --runs_only
+    processes, which are kept), and a finished run of the same settings and data is reused in either case: adding a
+    method to a published comparison runs that method.
     """
     overwrite = output_args.overwrite
     # each run's folder, taken before the run: a run works in its own staging folder under that name
     folders = [(run.key, run.method, run.args.output_dir) for run in plan]
-    with staged_output(output_dir, config, overwrite, resume=not overwrite, record_file=COMPARISON_FILE) as staging:
+    # Runs that --runs_only processes made for this comparison are taken over even with --overwrite (which replaces a
+    # published comparison of other settings): starting over would throw their finished runs away.
+    resume = not overwrite or opened_without_settings(output_dir)
+    with staged_output(output_dir, config, overwrite, resume=resume, record_file=COMPARISON_FILE) as staging:
         records = _run_into(staging, model_args, plan, problem_sets, output_args, output_dir)
         with _keeping_runs(output_dir, staging):
             plots = plot(records, staging)

@@ -394,6 +394,13 @@ def _marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
+def opened_without_settings(output_dir: str) -> bool:
+    """Whether `output_dir`'s staging folder was opened with no settings to match (by `compare --runs_only`
+    processes, for the comparison that takes their runs over)."""
+    marker = _marker(staging_path(output_dir))
+    return marker is not None and marker.get("config") is None
+
+
 def _lists_files(marker: dict) -> bool:
     return isinstance(marker.get("sha256"), dict) or isinstance(marker.get("files"), list)
 
