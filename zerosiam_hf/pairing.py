@@ -62,11 +62,12 @@ def paired_rows(before: dict[str, dict[int, Path]], after: dict[str, dict[int, P
                 f"{sorted(after[method])}); pair runs of the same seeds."
             )
         pairs = [(before[method][seed], after[method][seed]) for seed in seeds]
-        for a, b in pairs:
-            if not _same(_problems(a), _problems(b)):
+        problems = [(_problems(a), _problems(b)) for a, b in pairs]  # each run.json read once
+        for (a, b), (x, y) in zip(pairs, problems):
+            if not _same(x, y):
                 raise ValueError(f"{a} and {b} answered other problems; pair runs of the same problems and seeds.")
         # one set of problems for every seed (a benchmark's first n) or a set per seed (a synthetic preset)
-        same = all(_same(_problems(a), _problems(pairs[0][0])) for a, _ in pairs)
+        same = all(_same(x, problems[0][0]) for x, _ in problems)
         answers = [(read_jsonl(a / PREDICTIONS_FILE), read_jsonl(b / PREDICTIONS_FILE)) for a, b in pairs]
         for a, b in answers:
             if sorted(row["index"] for row in a) != sorted(row["index"] for row in b):
